@@ -1,0 +1,441 @@
+"""Tests for server.config (loading, precedence, validation) and server.cli (help, errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from server import cli
+from server.config import AppConfig, Config, ConfigError, load_config
+
+ALL_FLAGS = [
+    "--host", "--port", "--redis-url", "--node-id", "--app-id", "--app-key", "--app-secret",
+    "--history-size", "--history-ttl", "--max-message-size", "--max-event-data",
+    "--activity-timeout", "--pong-timeout", "--drain-grace", "--max-connections",
+    "--outbound-queue-bytes", "--max-rss", "--chaos", "--chaos-token", "--chaos-host",
+    "--key-prefix", "--position-check-interval", "--log-level", "--config",
+]  # fmt: skip
+
+ALL_ENV = [
+    "TURNOUT_HOST", "TURNOUT_PORT", "TURNOUT_REDIS_URL", "TURNOUT_NODE_ID", "TURNOUT_APP_ID",
+    "TURNOUT_APP_KEY", "TURNOUT_APP_SECRET", "TURNOUT_HISTORY_SIZE", "TURNOUT_HISTORY_TTL",
+    "TURNOUT_MAX_MESSAGE_SIZE", "TURNOUT_MAX_EVENT_DATA", "TURNOUT_ACTIVITY_TIMEOUT",
+    "TURNOUT_PONG_TIMEOUT", "TURNOUT_DRAIN_GRACE", "TURNOUT_MAX_CONNECTIONS",
+    "TURNOUT_OUTBOUND_QUEUE_BYTES", "TURNOUT_MAX_RSS_MB", "TURNOUT_CHAOS",
+    "TURNOUT_CHAOS_TOKEN", "TURNOUT_CHAOS_HOST", "TURNOUT_KEY_PREFIX",
+    "TURNOUT_POSITION_CHECK_INTERVAL", "TURNOUT_LOG_LEVEL", "TURNOUT_CONFIG",
+]  # fmt: skip
+
+
+def write_toml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "turnout.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(argv: list[str], env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, env or {})
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------ defaults
+
+
+def test_defaults() -> None:
+    c = load_config([], {})
+    assert c == dataclasses.replace(Config(), node_id=c.node_id)
+    assert (c.host, c.port) == ("127.0.0.1", 6001)
+    assert (c.redis_host, c.redis_port, c.redis_db) == ("127.0.0.1", 6379, 0)
+    assert c.apps == (AppConfig("turnout", "turnout-key", "turnout-secret"),)
+    assert c.history_size == 1000
+    assert c.history_ttl == 300.0
+    assert c.max_message_size == 10240
+    assert c.max_event_data == 10240
+    assert c.activity_timeout == 120
+    assert c.pong_timeout == 30.0
+    assert c.drain_grace == 10.0
+    assert c.max_connections == 0
+    assert c.outbound_queue_bytes == 1048576
+    assert c.max_rss_mb == 0.0
+    assert c.chaos is False
+    assert c.chaos_token == ""
+    assert c.chaos_host == "127.0.0.1"
+    assert c.key_prefix == "turnout"
+    assert c.position_check_interval == 1.0
+    assert c.log_level == "info"
+    assert c.node_id.endswith(f"-{__import__('os').getpid()}")
+    assert len(c.node_id) <= 64
+
+
+def test_app_lookup_and_secrets_not_in_repr() -> None:
+    c = Config(apps=(AppConfig("1", "k1", "s1"), AppConfig("2", "k2", "s2")), chaos_token="t0k")
+    assert c.app_by_key("k2") == AppConfig("2", "k2", "s2")
+    assert c.app_by_id("1") == AppConfig("1", "k1", "s1")
+    assert c.app_by_key("nope") is None
+    assert c.app_by_id("k1") is None
+    assert "s1" not in repr(c)
+    assert "t0k" not in repr(c)
+
+
+def test_config_is_frozen_and_hashable() -> None:
+    c = Config(node_id="n1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.port = 1  # type: ignore[misc]
+    assert hash(c) == hash(Config(node_id="n1"))
+    assert dataclasses.replace(c, redis_url="redis://r:7000/3").redis_port == 7000
+
+
+def test_direct_construction_is_validated() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        Config(port=70000)
+    with pytest.raises(ConfigError, match="history_ttl"):
+        Config(history_ttl=0)
+    with pytest.raises(ConfigError, match="port"):
+        Config(port=True)  # bool is an int subclass; must not pass as one
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost", ("localhost", 6379, 0)),
+        ("redis://10.0.0.5:7000", ("10.0.0.5", 7000, 0)),
+        ("redis://r:6380/5", ("r", 6380, 5)),
+        ("redis://[::1]:6379/2", ("::1", 6379, 2)),
+    ],
+)
+def test_redis_url_parsing(url: str, expected: tuple[str, int, int]) -> None:
+    c = load_config(["--redis-url", url], {})
+    assert (c.redis_host, c.redis_port, c.redis_db) == expected
+
+
+# ---------------------------------------------------------------------------- precedence
+
+
+def test_precedence_flag_env_toml_default(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'port = 7001\nhistory_size = 11\nkey_prefix = "from-toml"\nlog_level = "error"\n'
+        "pong_timeout = 5\n",
+    )
+    env = {
+        "TURNOUT_CONFIG": path,
+        "TURNOUT_PORT": "7002",
+        "TURNOUT_HISTORY_SIZE": "22",
+        "TURNOUT_LOG_LEVEL": "WARNING",
+    }
+    c = load_config(["--port", "7003"], env)
+    assert c.port == 7003  # flag beats env and TOML
+    assert c.history_size == 22  # env beats TOML
+    assert c.log_level == "warning"  # env beats TOML, and is normalised
+    assert c.key_prefix == "from-toml"  # TOML beats default
+    assert c.pong_timeout == 5.0  # TOML int widened to float
+    assert isinstance(c.pong_timeout, float)
+    assert c.drain_grace == 10.0  # default
+
+
+def test_config_flag_beats_config_env(tmp_path: Path) -> None:
+    a = tmp_path / "a.toml"
+    a.write_text("port = 1111\n")
+    b = tmp_path / "b.toml"
+    b.write_text("port = 2222\n")
+    assert load_config(["--config", str(a)], {"TURNOUT_CONFIG": str(b)}).port == 1111
+
+
+def test_empty_env_values_are_ignored(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 7001\n")
+    assert load_config([], {"TURNOUT_CONFIG": path, "TURNOUT_PORT": ""}).port == 7001
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, False),
+        (["--chaos"], {}, True),
+        ([], {"TURNOUT_CHAOS": "yes"}, True),
+        ([], {"TURNOUT_CHAOS": "ON"}, True),
+        ([], {"TURNOUT_CHAOS": "1"}, True),
+        (["--no-chaos"], {"TURNOUT_CHAOS": "true"}, False),
+        ([], {"TURNOUT_CHAOS": "off"}, False),
+    ],
+)
+def test_chaos_boolean(argv: list[str], env: dict[str, str], expected: bool) -> None:
+    c = load_config([*argv, "--chaos-token", "t"], env)
+    assert c.chaos is expected
+
+
+def test_all_flags_reach_their_fields() -> None:
+    argv = [
+        "--host", "0.0.0.0", "--port", "0", "--redis-url", "redis://r:1/2", "--node-id", "n-1",
+        "--history-size", "0", "--history-ttl", "2.5", "--max-message-size", "256",
+        "--max-event-data", "100", "--activity-timeout", "3600", "--pong-timeout", "0.5",
+        "--drain-grace", "0", "--max-connections", "5", "--outbound-queue-bytes", "4096",
+        "--max-rss", "512.5", "--chaos", "--chaos-token", "tok", "--chaos-host", "0.0.0.0",
+        "--key-prefix", "ns:a", "--position-check-interval", "0.25", "--log-level", "debug",
+    ]  # fmt: skip
+    c = load_config(argv, {})
+    assert c == Config(
+        host="0.0.0.0", port=0, redis_url="redis://r:1/2", node_id="n-1", history_size=0,
+        history_ttl=2.5, max_message_size=256, max_event_data=100, activity_timeout=3600,
+        pong_timeout=0.5, drain_grace=0.0, max_connections=5, outbound_queue_bytes=4096,
+        max_rss_mb=512.5, chaos=True, chaos_token="tok", chaos_host="0.0.0.0",
+        key_prefix="ns:a", position_check_interval=0.25, log_level="debug",
+    )  # fmt: skip
+
+
+def test_all_env_vars_reach_their_fields() -> None:
+    env = {
+        "TURNOUT_HOST": "::", "TURNOUT_PORT": "9", "TURNOUT_REDIS_URL": "redis://r",
+        "TURNOUT_NODE_ID": "env-node", "TURNOUT_HISTORY_SIZE": "3", "TURNOUT_HISTORY_TTL": "4",
+        "TURNOUT_MAX_MESSAGE_SIZE": "1000", "TURNOUT_MAX_EVENT_DATA": "500",
+        "TURNOUT_ACTIVITY_TIMEOUT": "7", "TURNOUT_PONG_TIMEOUT": "8", "TURNOUT_DRAIN_GRACE": "9",
+        "TURNOUT_MAX_CONNECTIONS": "10", "TURNOUT_OUTBOUND_QUEUE_BYTES": "11",
+        "TURNOUT_MAX_RSS_MB": "12", "TURNOUT_CHAOS": "true", "TURNOUT_CHAOS_TOKEN": "tt",
+        "TURNOUT_CHAOS_HOST": "::1", "TURNOUT_KEY_PREFIX": "kp",
+        "TURNOUT_POSITION_CHECK_INTERVAL": "13", "TURNOUT_LOG_LEVEL": "error",
+    }  # fmt: skip
+    c = load_config([], env)
+    assert c == Config(
+        host="::", port=9, redis_url="redis://r", node_id="env-node", history_size=3,
+        history_ttl=4.0, max_message_size=1000, max_event_data=500, activity_timeout=7,
+        pong_timeout=8.0, drain_grace=9.0, max_connections=10, outbound_queue_bytes=11,
+        max_rss_mb=12.0, chaos=True, chaos_token="tt", chaos_host="::1", key_prefix="kp",
+        position_check_interval=13.0, log_level="error",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- apps
+
+
+MULTI_APP_TOML = """
+[[apps]]
+id = "1"
+key = "key-one"
+secret = "secret-one"
+
+[[apps]]
+id = "2"
+key = "key-two"
+secret = "secret-two"
+"""
+
+
+def test_multi_app_toml(tmp_path: Path) -> None:
+    c = load_config(["--config", write_toml(tmp_path, MULTI_APP_TOML)], {})
+    assert c.apps == (
+        AppConfig("1", "key-one", "secret-one"),
+        AppConfig("2", "key-two", "secret-two"),
+    )
+    assert c.app_by_key("key-two") == AppConfig("2", "key-two", "secret-two")
+    assert c.app_by_id("1") is not None
+    assert c.app_by_key("turnout-key") is None  # the default app is replaced, not added
+
+
+def test_app_flags_replace_first_app_only(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, MULTI_APP_TOML)
+    c = load_config(["--config", path, "--app-key", "flag-key"], {"TURNOUT_APP_SECRET": "env-s"})
+    # Unspecified parts of the first app come from defaults, not from the TOML's first app.
+    assert c.apps[0] == AppConfig("turnout", "flag-key", "env-s")
+    assert c.apps[1] == AppConfig("2", "key-two", "secret-two")
+
+
+def test_app_flag_beats_app_env() -> None:
+    c = load_config(["--app-id", "42"], {"TURNOUT_APP_ID": "7", "TURNOUT_APP_KEY": "k"})
+    assert c.apps == (AppConfig("42", "k", "turnout-secret"),)
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--port", "70000"], {}, "invalid --port (command line): must be between 0 and 65535"),
+        (["--port", "-1"], {}, "invalid --port (command line): must be between 0 and 65535"),
+        ([], {"TURNOUT_PORT": "abc"}, "invalid --port (TURNOUT_PORT): 'abc' is not an integer"),
+        (["--port", "1.5"], {}, "invalid --port (command line): '1.5' is not an integer"),
+        (["--history-ttl", "0"], {}, "invalid --history-ttl (command line): must be > 0"),
+        (["--history-ttl", "nan"], {}, "invalid --history-ttl (command line): 'nan' is not a"),
+        (["--history-size", "-1"], {}, "invalid --history-size (command line): must be >= 0"),
+        (["--redis-url", "http://x:1/0"], {}, "invalid --redis-url (command line): "),
+        (["--redis-url", "redis://x/abc"], {}, "invalid --redis-url (command line): "),
+        (["--redis-url", "redis://u:p@x/0"], {}, "credentials"),
+        (["--redis-url", "redis://x:99999"], {}, "invalid --redis-url (command line): "),
+        (["--chaos"], {}, "invalid --chaos-token (not set): required when chaos is on"),
+        ([], {"TURNOUT_CHAOS": "maybe"}, "invalid --chaos (TURNOUT_CHAOS): 'maybe' is not a"),
+        (["--chaos-host", "localhost"], {}, "invalid --chaos-host (command line): "),
+        (["--log-level", "loud"], {}, "invalid --log-level (command line): 'loud' is not one"),
+        (["--node-id", "a b"], {}, "invalid --node-id (command line): "),
+        (["--node-id", "x" * 65], {}, "invalid --node-id (command line): "),
+        (["--max-message-size", "255"], {}, "invalid --max-message-size (command line): "),
+        ([], {"TURNOUT_ACTIVITY_TIMEOUT": "0"}, "invalid --activity-timeout (TURNOUT_ACTIV"),
+        (["--max-rss", "-5"], {}, "invalid --max-rss (command line): must be >= 0"),
+        (["--app-key", "a/b"], {}, "invalid --app-key (command line): "),
+        ([], {"TURNOUT_APP_SECRET": ""}, None),  # empty env is ignored, so this is fine
+        (["--bogus"], {}, "invalid command line: unrecognized arguments: --bogus"),
+        (["--max"], {}, "invalid command line:"),  # no abbreviations
+    ],
+)
+def test_invalid_values_name_setting_and_source(
+    argv: list[str], env: dict[str, str], expected: str | None
+) -> None:
+    if expected is None:
+        load_config(argv, env)
+        return
+    assert expected in error_of(argv, env)
+
+
+def test_chaos_token_from_env_satisfies_chaos_flag() -> None:
+    c = load_config(["--chaos"], {"TURNOUT_CHAOS_TOKEN": "secret"})
+    assert c.chaos
+    assert c.chaos_token == "secret"
+
+
+def test_toml_errors_name_key_and_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "history_ttl = 0\n")
+    assert error_of(["--config", path]) == f"invalid history_ttl in {path}: must be > 0 (got 0.0)"
+
+    path = write_toml(tmp_path, "prot = 1\n")
+    msg = error_of(["--config", path])
+    assert msg.startswith(f"invalid prot in {path}: unknown setting")
+    assert "'port'" in msg  # the near miss is suggested
+
+    path = write_toml(tmp_path, 'port = "6001"\n')
+    assert (
+        error_of(["--config", path]) == f"invalid port in {path}: must be an integer, not a string"
+    )
+
+    path = write_toml(tmp_path, "chaos = 1\n")
+    assert error_of(["--config", path]).startswith(f"invalid chaos in {path}: must be a boolean")
+
+    path = write_toml(tmp_path, "port = [\n")
+    assert error_of(["--config", path]).startswith(f"invalid config file {path}: ")
+
+    missing = str(tmp_path / "missing.toml")
+    assert error_of([], {"TURNOUT_CONFIG": missing}).startswith(
+        "invalid --config (TURNOUT_CONFIG): cannot read"
+    )
+
+
+def test_toml_chaos_without_token_names_chaos_token(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "chaos = true\n")
+    assert "chaos-token" in error_of(["--config", path])
+    # ...and supplying the token from any layer fixes it.
+    assert load_config(["--config", path, "--chaos-token", "x"], {}).chaos
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            MULTI_APP_TOML.replace('key = "key-two"', 'key = "key-one"'),
+            "duplicate app key 'key-one'",
+        ),
+        (MULTI_APP_TOML.replace('id = "2"', 'id = "1"'), "duplicate app id '1'"),
+        ('[[apps]]\nid = "1"\nkey = "k"\n', "invalid apps[0] in {path}: missing 'secret'"),
+        ('[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\nextra = 1\n', "apps[0].extra in {path}"),
+        ('[[apps]]\nid = "1"\nkey = "k k"\nsecret = "s"\n', "invalid apps[0].key in {path}"),
+        ("apps = []\n", "at least one app is required"),
+        ('apps = "x"\n', "invalid apps in {path}: must be an array of tables"),
+    ],
+)
+def test_bad_apps_in_toml(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write_toml(tmp_path, toml)
+    msg = error_of(["--config", path])
+    assert expected.format(path=path) in msg
+    assert "apps" in msg
+
+
+def test_app_flag_colliding_with_toml_app_is_an_error(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, MULTI_APP_TOML)
+    msg = error_of(["--config", path, "--app-key", "key-two"])
+    assert "duplicate app key 'key-two'" in msg
+    assert "--app-key" in msg
+    assert path in msg
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def test_help_lists_every_flag_and_env_var() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from server.cli import main; main(['--help'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "100", "PATH": ""},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    for name in [*ALL_FLAGS, *ALL_ENV]:
+        assert name in proc.stdout, name
+    assert "precedence" in proc.stdout.lower() or "first one that sets it wins" in proc.stdout
+    assert "seconds" in proc.stdout.lower()
+    assert "bytes" in proc.stdout.lower()
+
+
+def test_every_field_has_a_flag() -> None:
+    # Guards against a new Config field being added without a CLI flag / env var.
+    names = {f.name for f in dataclasses.fields(Config) if f.init}
+    flagged = {f.lstrip("-").replace("-", "_") for f in ALL_FLAGS} | {"max_rss_mb", "apps"}
+    assert names <= flagged
+
+
+def test_main_help_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "--outbound-queue-bytes" in capsys.readouterr().out
+
+
+def test_main_bad_value_returns_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TURNOUT_PORT", raising=False)
+    monkeypatch.delenv("TURNOUT_CONFIG", raising=False)
+    assert cli.main(["--port", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert err == "turnout-server: error: invalid --port (command line): 'abc' is not an integer\n"
+
+
+def test_main_reads_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURNOUT_HISTORY_TTL", "-3")
+    assert cli.main([]) == 2
+    assert "invalid --history-ttl (TURNOUT_HISTORY_TTL): must be > 0" in capsys.readouterr().err
+
+
+def test_main_runs_node_with_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ALL_ENV:
+        monkeypatch.delenv(var, raising=False)
+    seen: list[Config] = []
+
+    def fake_run(config: Config) -> int:
+        seen.append(config)
+        logging.getLogger("turnout.test").warning("hello")
+        return 3
+
+    fake = types.ModuleType("server.node")
+    fake.run = fake_run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "server.node", fake)
+    root = logging.getLogger()
+    before_level, before_handlers = root.level, list(root.handlers)
+    try:
+        assert cli.main(["--node-id", "n7", "--log-level", "debug", "--port", "0"]) == 3
+        assert cli.main(["--node-id", "n7", "--log-level", "debug", "--port", "0"]) == 3
+        assert [c.port for c in seen] == [0, 0]
+        assert root.level == logging.DEBUG
+        ours = [h for h in root.handlers if h not in before_handlers]
+        assert len(ours) == 1  # a second main() replaces its handler instead of adding one
+        record = logging.LogRecord("turnout.x", logging.INFO, __file__, 1, "msg", None, None)
+        line = ours[0].format(record)
+        assert line.endswith(" INFO turnout.x [n7] msg")
+    finally:
+        for h in root.handlers:
+            if h not in before_handlers:
+                root.removeHandler(h)
+        root.setLevel(before_level)
