@@ -168,7 +168,7 @@ def _default_node_id() -> str:
 
 
 def _default_apps() -> tuple[AppConfig, ...]:
-    return (AppConfig("turnout", "turnout-key", "turnout-secret"),)
+    return (AppConfig("1", "turnout-key", "turnout-secret"),)
 
 
 # ------------------------------------------------------------------------ the dataclasses
@@ -407,7 +407,7 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _APP_FLAGS = {"id": "--app-id", "key": "--app-key", "secret": "--app-secret"}
-_DEFAULT_APP = AppConfig("turnout", "turnout-key", "turnout-secret")
+_DEFAULT_APP = AppConfig("1", "turnout-key", "turnout-secret")
 
 
 def _env_name(name: str) -> str:

@@ -53,7 +53,7 @@ def test_defaults() -> None:
     assert c == dataclasses.replace(Config(), node_id=c.node_id)
     assert (c.host, c.port) == ("127.0.0.1", 6001)
     assert (c.redis_host, c.redis_port, c.redis_db) == ("127.0.0.1", 6379, 0)
-    assert c.apps == (AppConfig("turnout", "turnout-key", "turnout-secret"),)
+    assert c.apps == (AppConfig("1", "turnout-key", "turnout-secret"),)
     assert c.history_size == 1000
     assert c.history_ttl == 300.0
     assert c.max_message_size == 10240
@@ -241,7 +241,7 @@ def test_app_flags_replace_first_app_only(tmp_path: Path) -> None:
     path = write_toml(tmp_path, MULTI_APP_TOML)
     c = load_config(["--config", path, "--app-key", "flag-key"], {"TURNOUT_APP_SECRET": "env-s"})
     # Unspecified parts of the first app come from defaults, not from the TOML's first app.
-    assert c.apps[0] == AppConfig("turnout", "flag-key", "env-s")
+    assert c.apps[0] == AppConfig("1", "flag-key", "env-s")
     assert c.apps[1] == AppConfig("2", "key-two", "secret-two")
 
 

@@ -1,0 +1,133 @@
+"""The opt-in chaos endpoint (memory leak on demand) and the RSS watchdog.
+
+The endpoint is off unless the node runs with --chaos; then every request must carry the token
+(header ``X-Chaos-Token`` or ``?token=``) and, unless chaos_host is 0.0.0.0, come from a
+loopback peer. Routes: ``POST /chaos/leak?mb_per_s=N``, ``POST /chaos/stop``,
+``GET /chaos/status``. The leak allocates and touches real pages so RSS really grows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import trio
+
+from .api import Response, token_matches
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("turnout.chaos")
+
+__all__ = ["EXIT_MAX_RSS", "Chaos"]
+
+EXIT_MAX_RSS = 3
+LEAK_TICK = 0.1
+MAX_LEAK_MB_PER_S = 1024.0
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / (1024 * 1024)
+
+
+class Chaos:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._leaked: list[bytearray] = []
+        self._leak_rate = 0.0
+        self._leak_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def leaked_mb(self) -> float:
+        return sum(len(b) for b in self._leaked) / (1024 * 1024)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.node.config.max_rss_mb > 0:
+                nursery.start_soon(self._watchdog)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _watchdog(self) -> None:
+        limit = self.node.config.max_rss_mb
+        while True:
+            await trio.sleep(0.25)
+            current = rss_mb()
+            if current > limit and not self.node.draining:
+                log.error("RSS %.0f MB passed --max-rss %.0f MB: draining and exiting with %d",
+                          current, limit, EXIT_MAX_RSS)
+                self.stop_leak()
+                self.node.request_drain(f"max_rss exceeded ({current:.0f} MB > {limit:.0f} MB)",
+                                        exit_code=EXIT_MAX_RSS)
+                return
+
+    def stop_leak(self) -> None:
+        if self._leak_scope is not None:
+            self._leak_scope.cancel()
+            self._leak_scope = None
+        self._leak_rate = 0.0
+
+    async def _leak(self, mb_per_s: float, scope: trio.CancelScope) -> None:
+        with scope:
+            chunk = int(mb_per_s * 1024 * 1024 * LEAK_TICK)
+            while True:
+                block = bytearray(chunk)
+                # Touch one byte per page so the kernel really backs the allocation.
+                block[::4096] = b"\x01" * len(range(0, chunk, 4096))
+                self._leaked.append(block)
+                await trio.sleep(LEAK_TICK)
+
+    def _status(self) -> dict[str, Any]:
+        return {"leaking_mb_per_s": self._leak_rate, "leaked_mb": round(self.leaked_mb, 1),
+                "rss_mb": round(rss_mb(), 1), "max_rss_mb": self.node.config.max_rss_mb,
+                "node": self.node.config.node_id}
+
+    async def handle(self, method: str, path: str, params: dict[str, str],
+                     headers: dict[str, str], peer: str) -> Response:
+        config = self.node.config
+        if not config.chaos:
+            return Response.json(404, {"error": "chaos endpoint is disabled (start with --chaos)"})
+        host = peer.rsplit(":", 1)[0].strip("[]")
+        if config.chaos_host != "0.0.0.0":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                log.warning("chaos request from non-loopback peer %s refused", peer)
+                return Response.json(
+                    403, {"error": "chaos endpoint only answers loopback"})
+        if not token_matches(config.chaos_token, params.get("token") or headers.get("x-chaos-token")):
+            log.warning("chaos request from %s with a bad token refused", peer)
+            return Response.json(401, {"error": "missing or wrong chaos token"})
+        if path == "/chaos/status" and method == "GET":
+            return Response.json(200, self._status())
+        if path == "/chaos/leak" and method == "POST":
+            try:
+                rate = float(params.get("mb_per_s", ""))
+            except ValueError:
+                return Response.json(400, {"error": "mb_per_s must be a number"})
+            if not 0 < rate <= MAX_LEAK_MB_PER_S:
+                return Response.json(
+                    400, {"error": f"mb_per_s must be in (0, {MAX_LEAK_MB_PER_S}]"})
+            self.stop_leak()
+            self._leak_rate = rate
+            self._leak_scope = trio.CancelScope()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._leak, rate, self._leak_scope)
+            log.warning("chaos: leaking %.1f MB/s", rate)
+            return Response.json(200, self._status())
+        if path == "/chaos/stop" and method == "POST":
+            self.stop_leak()
+            freed = self.leaked_mb
+            self._leaked.clear()
+            log.warning("chaos: leak stopped, %.1f MB released", freed)
+            return Response.json(200, self._status())
+        return Response.json(404, {"error": f"no chaos route {method} {path}"})

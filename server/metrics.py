@@ -1,0 +1,107 @@
+"""Prometheus metrics through prometheus-client.
+
+The hot path only bumps plain integer attributes (a prometheus Counter takes a lock per
+increment); a custom collector reads them at scrape time. Each node has its own registry so
+several nodes can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Metrics", "NodeStats"]
+
+
+@dataclass(slots=True)
+class NodeStats:
+    messages_in: int = 0
+    connections_total: int = 0
+    rejected_connections: int = 0
+    slow_consumer_closes: int = 0
+    bad_frames: int = 0
+    bad_messages: int = 0
+    auth_failures: int = 0
+    http_requests: int = 0
+    api_events: int = 0
+    loop_lag: float = 0.0
+    loop_lag_max: float = 0.0
+
+
+class _NodeCollector(Collector):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._process = psutil.Process()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        node = self._node
+        stats = node.stats
+        hub = node.hub.statistics()
+        label = ["node"]
+        value = [node.config.node_id]
+
+        def gauge(name: str, doc: str, v: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(f"turnout_{name}", doc, labels=label)
+            g.add_metric(value, v)
+            return g
+
+        def counter(name: str, doc: str, v: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(f"turnout_{name}", doc, labels=label)
+            c.add_metric(value, v)
+            return c
+
+        yield gauge("connections", "Open websocket connections", len(node.connections))
+        yield gauge("subscriptions", "Channel subscriptions on this node", hub["subscriptions"])
+        yield gauge("channels", "Channels with local subscribers", hub["channels"])
+        yield gauge("redis_link_up", "1 while the pub/sub link to Redis is up",
+                    1.0 if node.hub.broker.link_up else 0.0)
+        yield gauge("draining", "1 while the node drains", 1.0 if node.draining else 0.0)
+        yield gauge("rss_bytes", "Resident set size of the node process",
+                    self._process.memory_info().rss)
+        yield gauge("event_loop_lag_seconds", "Last measured scheduling lag", stats.loop_lag)
+        yield gauge("event_loop_lag_max_seconds", "Worst scheduling lag since start",
+                    stats.loop_lag_max)
+        yield counter("connections_opened", "Websocket connections accepted",
+                      stats.connections_total)
+        yield counter("connections_rejected", "Websocket connections refused",
+                      stats.rejected_connections)
+        yield counter("messages_in", "Websocket text messages received", stats.messages_in)
+        yield counter("messages_out", "Channel event frames written to sockets",
+                      hub["frames_out"])
+        yield counter("events_delivered", "Channel events fanned out by this node",
+                      hub["delivered"])
+        yield counter("events_published", "Events published through this node's HTTP API",
+                      node.hub.broker.published)
+        yield counter("slow_consumer_disconnects", "Clients closed 4100 for a full queue",
+                      stats.slow_consumer_closes)
+        yield counter("bad_frames", "Websocket protocol violations", stats.bad_frames)
+        yield counter("bad_messages", "Malformed or refused client messages",
+                      stats.bad_messages)
+        yield counter("auth_failures", "Rejected signatures", stats.auth_failures)
+        yield counter("gaps_detected", "Out-of-order or missing pub/sub events detected",
+                      hub["gaps_detected"])
+        yield counter("catchups", "Channel catch-ups read from Redis streams", hub["catchups"])
+        yield counter("unrecoverable_gaps", "Gaps the stream could not fill",
+                      hub["unrecoverable"])
+        yield counter("redis_link_changes", "Redis link up/down transitions",
+                      node.hub.broker.link_changes)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(node))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

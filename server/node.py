@@ -1,0 +1,199 @@
+"""One broadcast node: listener, hub, broker, reaper, metrics, chaos, drain.
+
+``serve_node(config, task_status=...)`` is nursery-startable and hands back the running Node
+(with its bound port) once it accepts connections. ``run(config)`` is the process entry point:
+it adds SIGTERM/SIGINT handling and returns the exit code (0 after a drain, 3 after the memory
+watchdog drained the node).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import protocol
+from .broker import Broker
+from .chaos import Chaos
+from .config import Config
+from .http import serve_socket
+from .hub import Hub
+from .metrics import Metrics, NodeStats
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("turnout.node")
+
+__all__ = ["Node", "run", "serve_node"]
+
+ACCEPT_BATCH = 256
+REAPER_INTERVAL = 1.0
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = NodeStats()
+        self.connections: dict[Connection, None] = {}
+        self.draining = False
+        self.drain_reason = ""
+        self.exit_code = 0
+        self.port = 0
+        self.hub = Hub(
+            lambda on_message, on_link: Broker(
+                host=config.redis_host, port=config.redis_port, db=config.redis_db,
+                key_prefix=config.key_prefix, node_id=config.node_id,
+                history_size=config.history_size, history_ttl=config.history_ttl,
+                on_message=on_message, on_link=on_link,
+            ),
+            position_check_interval=config.position_check_interval,
+            history_enabled=config.history_size > 0,
+        )
+        self.metrics = Metrics(self)
+        self.chaos = Chaos(self)
+        self._listener: socket.socket | None = None
+        self._drain_requested = trio.Event()
+        self._done = trio.Event()
+
+    # ------------------------------------------------------------------ serving
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.listen(4096)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def serve(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as root:
+            await root.start(self.hub.serve)
+            await root.start(self.chaos.serve)
+            root.start_soon(self._reaper)
+            root.start_soon(self._lag_monitor)
+            async with trio.open_nursery() as conns:
+                self._listener = self._bind()
+                conns.start_soon(self._accept_loop, self._listener, conns)
+                conns.start_soon(self._drain_when_requested)
+                log.info("node %s listening on %s:%d (redis %s)", self.config.node_id,
+                         self.config.host, self.port, self.config.redis_url)
+                task_status.started(self)
+                await self._done.wait()
+                conns.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+        await self.hub.broker.aclose()
+
+    async def _accept_loop(self, listener: socket.socket, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except trio.ClosedResourceError:
+                return
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, addr = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # EMFILE and friends: log and let the backlog wait instead of spinning.
+                    log.error("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conns.start_soon(serve_socket, self, sock, f"{addr[0]}:{addr[1]}")
+
+    async def _reaper(self) -> None:
+        """Ping silent clients; close those that do not answer within pong_timeout (4201)."""
+        activity = self.config.activity_timeout
+        pong_timeout = self.config.pong_timeout
+        ping = protocol.ping()
+        while True:
+            await trio.sleep(REAPER_INTERVAL)
+            now = trio.current_time()
+            for conn in list(self.connections):
+                if conn.ping_sent_at is not None:
+                    if now - conn.ping_sent_at > pong_timeout:
+                        conn.close(protocol.PONG_NOT_RECEIVED, "pong not received")
+                elif now - conn.last_activity > activity:
+                    conn.ping_sent_at = now
+                    conn.send_message(ping)
+
+    async def _lag_monitor(self) -> None:
+        interval = 0.25
+        while True:
+            start = trio.current_time()
+            await trio.sleep(interval)
+            lag = max(0.0, trio.current_time() - start - interval)
+            self.stats.loop_lag = lag
+            self.stats.loop_lag_max = max(self.stats.loop_lag_max, lag)
+
+    # ------------------------------------------------------------------ draining
+    def request_drain(self, reason: str, exit_code: int = 0) -> None:
+        if not self._drain_requested.is_set():
+            self.drain_reason = reason
+            self.exit_code = exit_code
+            self.draining = True  # /health answers 503 from this instant
+            self._drain_requested.set()
+
+    async def _drain_when_requested(self) -> None:
+        await self._drain_requested.wait()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Stop accepting, close clients with 4200 spread over the grace period, finish."""
+        log.warning("draining (%s): %d connections over %.1f s", self.drain_reason,
+                    len(self.connections), self.config.drain_grace)
+        if self._listener is not None:
+            trio.lowlevel.notify_closing(self._listener)
+            self._listener.close()
+            self._listener = None
+        targets = list(self.connections)
+        grace = self.config.drain_grace
+        start = trio.current_time()
+        for index, conn in enumerate(targets):
+            due = start + grace * index / max(1, len(targets))
+            if due > trio.current_time():
+                await trio.sleep_until(due)
+            conn.close(protocol.RECONNECT, "server draining; reconnect")
+        with trio.move_on_after(5.0):
+            while self.connections:
+                await trio.sleep(0.05)
+        log.warning("drained; exiting with %d", self.exit_code)
+        self._done.set()
+
+
+async def serve_node(config: Config, *,
+                     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    await Node(config).serve(task_status=task_status)
+
+
+async def _main(config: Config) -> int:
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await nursery.start(node.serve)
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.warning("received %s", signal.Signals(signum).name)
+                    node.request_drain(f"signal {signal.Signals(signum).name}")
+
+            nursery.start_soon(watch)
+            await node._done.wait()
+            nursery.cancel_scope.cancel()
+    return node.exit_code
+
+
+def run(config: Config) -> int:
+    """Run one node until it is drained; returns the process exit code."""
+    try:
+        return trio.run(_main, config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
