@@ -1,0 +1,1 @@
+"""Test support: real redis-server and turnout-server processes, a small Pusher test client."""
