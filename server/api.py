@@ -150,7 +150,7 @@ def _event_items(node: Node, event: dict[str, Any], *, batch: bool) -> list[tupl
     socket_id = event.get("socket_id") or ""
     if socket_id and (not isinstance(socket_id, str) or not _SOCKET_ID_RE.fullmatch(socket_id)):
         raise ApiError(400, "'socket_id' must look like 123.456")
-    return [(ch, protocol.event_prefix(name, ch, data), socket_id) for ch in channels]
+    return [(str(ch), protocol.event_prefix(name, str(ch), data), socket_id) for ch in channels]
 
 
 async def _events(node: Node, app: AppConfig, body: dict[str, Any]) -> Response:

@@ -122,8 +122,9 @@ class Broker:
         items = list(items)
         if self._sha is None:
             self._sha = reply_str(await self.commands.execute("SCRIPT", "LOAD", PUBLISH_LUA))
+        sha = self._sha or ""
         commands = [
-            ("EVALSHA", self._sha, 3, self._meta(app_id, ch), self._stream(app_id, ch),
+            ("EVALSHA", sha, 3, self._meta(app_id, ch), self._stream(app_id, ch),
              self.channel_key(app_id, ch), secrets.token_hex(4), self.history_size,
              self.history_ttl, exclude, prefix)
             for ch, prefix, exclude in items
@@ -341,7 +342,7 @@ class Broker:
                         task_status.started()
                         started = True
             except (RedisLinkDown, trio.TooSlowError, OSError) as exc:
-                reason = exc
+                reason: BaseException = exc
             except BaseExceptionGroup as group:
                 link_errors, rest = group.split((RedisLinkDown, trio.TooSlowError, OSError))
                 if rest is not None:

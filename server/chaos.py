@@ -104,7 +104,8 @@ class Chaos:
                 log.warning("chaos request from non-loopback peer %s refused", peer)
                 return Response.json(
                     403, {"error": "chaos endpoint only answers loopback"})
-        if not token_matches(config.chaos_token, params.get("token") or headers.get("x-chaos-token")):
+        token = params.get("token") or headers.get("x-chaos-token")
+        if not token_matches(config.chaos_token, token):
             log.warning("chaos request from %s with a bad token refused", peer)
             return Response.json(401, {"error": "missing or wrong chaos token"})
         if path == "/chaos/status" and method == "GET":

@@ -13,7 +13,7 @@ import logging
 import secrets
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -307,7 +307,7 @@ class Connection:
                         "a string")
             return
         try:
-            await self.node.hub.subscribe(self, self.app.id, channel, position or None)
+            await self.node.hub.subscribe(self, self.app.id, channel, position)
         except SubscribeRefused as exc:
             log.warning("refusing subscription of %s to %s: %s", self.socket_id, channel, exc)
             self.close(protocol.OVER_CAPACITY, "node cannot reach redis; reconnect elsewhere")
@@ -319,7 +319,7 @@ class Connection:
         self.send_message(protocol.error(protocol.UNAUTHORIZED, message))
 
 
-def _position(data: dict[str, Any]) -> tuple[int, str] | bool | None:
+def _position(data: dict[str, Any]) -> tuple[int, str] | Literal[False] | None:
     """(offset, epoch) from a subscribe message, None if absent, False if malformed."""
     offset = data.get("offset")
     epoch = data.get("epoch")

@@ -18,6 +18,7 @@ import trio
 
 from . import protocol
 from .api import Response, handle_request
+from .config import AppConfig
 from .connection import Connection
 from .frames import accept_key, encode_close, encode_text
 
@@ -57,7 +58,11 @@ async def _receive(sock: socket.socket, timeout: float) -> bytes:
 async def serve_socket(node: Node, sock: socket.socket, peer: str) -> None:
     """Own ``sock`` until it is closed, whatever happens."""
     try:
-        await _serve(node, sock, peer)
+        accepted = await _serve(node, sock, peer)
+        if accepted is not None:
+            # A separate call so the HTTP parser and request objects are freed while the
+            # websocket lives on: idle connections are the memory budget.
+            await _run_websocket(node, sock, *accepted, peer)
     except (OSError, trio.TooSlowError, h11.ProtocolError) as exc:
         log.debug("connection from %s ended: %r", peer, exc)
     finally:
@@ -65,7 +70,7 @@ async def serve_socket(node: Node, sock: socket.socket, peer: str) -> None:
         sock.close()
 
 
-async def _serve(node: Node, sock: socket.socket, peer: str) -> None:
+async def _serve(node: Node, sock: socket.socket, peer: str) -> tuple[AppConfig, bytes] | None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
     timeout = HEADER_TIMEOUT
     while True:
@@ -74,17 +79,16 @@ async def _serve(node: Node, sock: socket.socket, peer: str) -> None:
             data = await _receive(sock, timeout)
             conn.receive_data(data)
             if not data and conn.their_state is h11.IDLE:
-                return
+                return None
             continue
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return
+            return None
         if not isinstance(event, h11.Request):
-            return
+            return None
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
         target = event.target.decode("latin-1")
         if headers.get("upgrade", "").lower() == "websocket":
-            await _upgrade(node, sock, conn, event, headers, target, peer)
-            return
+            return await _upgrade(node, sock, conn, event, headers, target, peer)
         body = bytearray()
         too_big = False
         while True:
@@ -116,7 +120,7 @@ async def _serve(node: Node, sock: socket.socket, peer: str) -> None:
         await send_all(sock, conn.send(h11.Data(data=response.body)) or b"")
         await send_all(sock, conn.send(h11.EndOfMessage()) or b"")
         if conn.our_state is h11.MUST_CLOSE or not keep_alive or node.draining:
-            return
+            return None
         conn.start_next_cycle()
         timeout = KEEPALIVE_TIMEOUT
 
@@ -126,7 +130,9 @@ async def _reject_ws(sock: socket.socket, code: int, message: str) -> None:
 
 
 async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, request: h11.Request,
-                   headers: dict[str, str], target: str, peer: str) -> None:
+                   headers: dict[str, str], target: str, peer: str
+                   ) -> tuple[AppConfig, bytes] | None:
+    """Complete the handshake; the app and any bytes after it, or None if refused."""
     key = headers.get("sec-websocket-key")
     if (request.method != b"GET" or not key or headers.get("sec-websocket-version") != "13"
             or "upgrade" not in headers.get("connection", "").lower()):
@@ -135,7 +141,7 @@ async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, reques
             status_code=400, headers=[("content-length", str(len(response.body))),
                                       ("connection", "close")])) or b"")
         await send_all(sock, conn.send(h11.Data(data=response.body)) or b"")
-        return
+        return None
     # Drain any request body (there should be none) so trailing bytes are websocket frames.
     while True:
         part = conn.next_event()
@@ -154,35 +160,40 @@ async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, reques
     query = dict(parse_qsl(url.query))
     if len(parts) != 2 or parts[0] != "app":
         await _reject_ws(sock, protocol.PATH_NOT_FOUND, f"path not found: {url.path}")
-        return
+        return None
     app = node.config.app_by_key(parts[1])
     if app is None:
         node.stats.rejected_connections += 1
         log.info("connection from %s refused: unknown app key %r", peer, parts[1][:64])
         await _reject_ws(sock, protocol.UNKNOWN_APP, f"app key {parts[1][:64]} does not exist")
-        return
+        return None
     if "protocol" not in query:
         await _reject_ws(sock, protocol.NO_PROTOCOL, "no protocol version supplied")
-        return
+        return None
     if query["protocol"] != str(protocol.SUPPORTED_PROTOCOL):
         await _reject_ws(sock, protocol.UNSUPPORTED_PROTOCOL,
                          f"unsupported protocol version {query['protocol'][:16]}; use 7")
-        return
+        return None
     if node.draining:
         await _reject_ws(sock, protocol.RECONNECT, "server draining; reconnect elsewhere")
-        return
+        return None
     limit = node.config.max_connections
     if limit and len(node.connections) >= limit:
         node.stats.rejected_connections += 1
         await _reject_ws(sock, protocol.OVER_CAPACITY, "over capacity")
-        return
+        return None
+    return app, bytes(initial)
+
+
+async def _run_websocket(node: Node, sock: socket.socket, app: AppConfig, initial: bytes,
+                         peer: str) -> None:
     ws = Connection(node, sock, app, peer)
     node.connections[ws] = None
     node.stats.connections_total += 1
     try:
         ws.send_message(protocol.connection_established(
             ws.socket_id, node.config.activity_timeout))
-        await ws.run(bytes(initial))
+        await ws.run(initial)
     finally:
         node.hub.drop_connection(ws)
         node.connections.pop(ws, None)
