@@ -297,6 +297,10 @@ class Broker:
             reply = await conn.read_reply()
             if isinstance(reply, list) and reply:
                 self._dispatch(reply)
+            elif reply == b"PONG":
+                # Outside subscribed mode (no channel subscribed yet, or all released) Redis
+                # answers PING with +PONG, not ["pong", ""].
+                self._pong.set()
 
     async def _session(self, task_status: trio.TaskStatus[None]) -> None:
         """One pub/sub connection's life: connect, resubscribe, serve until it fails."""
@@ -306,7 +310,11 @@ class Broker:
                 # Unconfirmed events survive: their waiters are woken by this session's
                 # confirmations. Confirmations from the previous connection are void.
                 self._acks.clear()
-                self._confirmed = {k: self._confirmed.get(k) or trio.Event() for k in self._wanted}
+                # (Never `get(k) or Event()`: a trio.Event refuses to be used as a bool.)
+                previous = self._confirmed
+                self._confirmed = {
+                    k: previous[k] if k in previous else trio.Event() for k in self._wanted
+                }
                 self._pubsub = conn
                 nursery.start_soon(self._reader, conn)
                 if self._wanted:
