@@ -291,7 +291,11 @@ class Hub:
             with trio.fail_after(SETTLE_TIMEOUT):
                 state = await self._ready_state(app_id, name)
                 await state.settled.wait()
-                while position is not None and position[1] == state.epoch and \
+                if position is not None and position[1] == "":
+                    # Epoch "" = the channel had no epoch yet when the client subscribed: it
+                    # owes everything of the channel's first epoch since its offset.
+                    position = (position[0], state.epoch or "")
+                while position is not None and position[1] == (state.epoch or "") and \
                         position[0] > state.last:
                     # The client is ahead of this node (it came from a node further along):
                     # make sure we are catching up, then wait until we pass its position.
@@ -304,7 +308,7 @@ class Hub:
                 since = state.last
                 if position is not None:
                     p_offset, p_epoch = position
-                    recovered = p_epoch == state.epoch and p_offset <= state.last
+                    recovered = p_epoch == (state.epoch or "") and p_offset <= state.last
                     if recovered and p_offset < state.last:
                         if not self.history_enabled:
                             recovered = False

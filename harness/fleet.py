@@ -1,0 +1,427 @@
+"""The client fleet: Pusher-protocol websocket clients in a worker process, recording history.
+
+A worker process (``python -m harness.fleet SPEC.json``) runs many clients on trio with
+trio-websocket (the user's choice; per-message cost matters little at a few messages per
+second per client). Each client connects through its lane's entry proxy from one of several
+127.0.0.x source addresses, subscribes to its channels, reconnects with exponential backoff and
+full jitter, resumes every channel from its last position, and records every step as history
+ops. The worker talks to the harness over stdin/stdout JSON lines:
+
+commands (stdin): ``{"cmd": "add_clients", "clients": [...]}`` (a connection storm: all at
+once), ``{"cmd": "stall", "share": 0.2, "duration_s": 10, "seed": 1}`` (slow consumers stop
+reading), ``{"cmd": "drain"}`` (final read: every client records ``drain`` and closes).
+
+events (stdout): ``{"type": "status", ...}`` every half second and ``{"type": "drained"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+
+from .history import HistoryWriter, client_process
+
+log = logging.getLogger("turnout.fleet")
+
+DRAIN_QUIET_S = 1.0
+
+__all__ = ["ClientSpec", "FleetSpec", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    id: int
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    worker: int
+    history_path: str
+    entries: tuple[str, ...]
+    source_addresses: tuple[str, ...] = ("127.0.0.1",)
+    clients: tuple[ClientSpec, ...] = ()
+    connect_rate_per_s: float = 500.0
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+    resume: bool = True
+    silence_ping_s: float = 5.0
+    pong_timeout_s: float = 5.0
+    seed: int = 0
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> FleetSpec:
+        data = json.loads(raw)
+        data["entries"] = tuple(data["entries"])
+        data["source_addresses"] = tuple(data.get("source_addresses") or ("127.0.0.1",))
+        data["clients"] = tuple(ClientSpec(c["id"], tuple(c["channels"]))
+                                for c in data.get("clients", ()))
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            **{k: getattr(self, k) for k in self.__dataclass_fields__ if k != "clients"},
+            "clients": [{"id": c.id, "channels": list(c.channels)} for c in self.clients],
+        })
+
+
+@dataclass
+class FleetStats:
+    clients: int = 0
+    connected: int = 0
+    subscribed: int = 0
+    delivered: int = 0
+    reconnects: int = 0
+    drained: int = 0
+    finished: int = 0
+    stalled: int = 0
+
+
+@dataclass
+class _Client:
+    spec: ClientSpec
+    positions: dict[str, tuple[int, str]] = field(default_factory=dict)
+    stalled_until: float = 0.0
+    draining: bool = False
+    connected: bool = False
+
+
+class _Drain(Exception):
+    pass
+
+
+class Fleet:
+    def __init__(self, spec: FleetSpec, history: HistoryWriter) -> None:
+        self.spec = spec
+        self.history = history
+        self.stats = FleetStats()
+        self.clients: list[_Client] = []
+        self.rng = random.Random(spec.seed * 1_000_003 + spec.worker)
+        self.drain_event = trio.Event()
+        self._connect_limiter = trio.CapacityLimiter(256)
+        self._next_connect = 0.0
+
+    # ------------------------------------------------------------------ pacing
+    async def _paced(self) -> None:
+        """Spread initial connects at ``connect_rate_per_s`` (a ramp, not a storm)."""
+        now = trio.current_time()
+        slot = max(now, self._next_connect)
+        self._next_connect = slot + 1.0 / max(self.spec.connect_rate_per_s, 1e-3)
+        await trio.sleep_until(slot)
+
+    # ------------------------------------------------------------------ one client
+    async def run_client(self, client: _Client, paced: bool) -> None:
+        try:
+            await self._run_client(client, paced)
+        finally:
+            self.stats.finished += 1
+
+    async def _run_client(self, client: _Client, paced: bool) -> None:
+        process = client_process(client.spec.id)
+        backoff = self.spec.backoff_min_s
+        entry = self.spec.entries[client.spec.id % len(self.spec.entries)]
+        source = self.spec.source_addresses[client.spec.id % len(self.spec.source_addresses)]
+        if paced:
+            await self._paced()
+        while not self.drain_event.is_set():
+            code: int | None = None
+            reason = ""
+            try:
+                await self._session(client, process, entry, source)
+                return  # drained cleanly
+            except ConnectionClosed as exc:
+                code, reason = exc.reason.code, exc.reason.reason or ""
+            except (HandshakeError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+            except _Drain:
+                return
+            if client.connected:
+                client.connected = False
+                self.stats.connected -= 1
+                backoff = self.spec.backoff_min_s
+            self.history.record(process, "info", "disconnect", {"code": code, "reason": reason})
+            self.stats.reconnects += 1
+            if self.drain_event.is_set():
+                break
+            # Full jitter: spread reconnects of a whole fleet that lost its node at once.
+            await trio.sleep(self.rng.uniform(0, backoff))
+            backoff = min(backoff * 2, self.spec.backoff_max_s)
+        if not client.draining:
+            # Drain requested while disconnected: the final read still happens, on a new
+            # connection, so the client's history ends with what it could recover.
+            await self._final_read(client, process, entry, source)
+
+    async def _final_read(self, client: _Client, process: str, entry: str, source: str) -> None:
+        for _ in range(20):
+            try:
+                await self._session(client, process, entry, source, final=True)
+                return
+            except _Drain:
+                return
+            except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError,
+                    trio.TooSlowError):
+                await trio.sleep(0.5)
+        self.history.record(process, "info", "disconnect", {"code": None,
+                                                            "reason": "final read failed"})
+
+    async def _open(self, entry: str, source: str, nursery: trio.Nursery) -> WebSocketConnection:
+        url = urlsplit(entry)
+        host = url.hostname or "127.0.0.1"
+        port = url.port or 80
+        resource_path = url.path + ("?" + url.query if url.query else "")
+        with trio.fail_after(10):
+            async with self._connect_limiter:
+                stream = await trio.open_tcp_stream(host, port, local_address=source)
+                try:
+                    return await wrap_client_stream(nursery, stream, host, resource_path,
+                                                    message_queue_size=1)
+                except BaseException:
+                    await stream.aclose()
+                    raise
+
+    async def _session(self, client: _Client, process: str, entry: str, source: str,
+                       final: bool = False) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await self._open(entry, source, nursery)
+                try:
+                    await self._converse(client, process, ws, final)
+                finally:
+                    nursery.cancel_scope.cancel()
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await ws.aclose()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _converse(self, client: _Client, process: str, ws: WebSocketConnection,
+                        final: bool) -> None:
+        hello = orjson.loads(await _get(ws, 10))
+        if hello.get("event") != "pusher:connection_established":
+            raise trio.BrokenResourceError(f"unexpected first message {hello.get('event')}")
+        info = orjson.loads(hello["data"])
+        self.history.record(process, "ok", "connect", {"socket_id": info["socket_id"]})
+        client.connected = True
+        self.stats.connected += 1
+        pending = set(client.spec.channels)
+        for channel in client.spec.channels:
+            data: dict[str, Any] = {"channel": channel}
+            position = client.positions.get(channel)
+            if position is not None and self.spec.resume:
+                data["offset"], data["epoch"] = position
+            self.history.record(process, "invoke", "subscribe", {
+                "channel": channel,
+                **({"position": {"offset": position[0], "epoch": position[1]}}
+                   if position is not None and self.spec.resume else {}),
+            })
+            await ws.send_message(orjson.dumps({"event": "pusher:subscribe", "data": data})
+                                  .decode())
+        silence_ping = min(self.spec.silence_ping_s, float(info.get("activity_timeout", 120)))
+        ping_sent: float | None = None
+        while True:
+            draining = final or self.drain_event.is_set()
+            stall = client.stalled_until - trio.current_time()
+            if stall > 0 and not draining:
+                # A slow consumer: stop reading; the kernel buffers fill and the server sees it.
+                await trio.sleep(min(stall, 1.0))
+                continue
+            if draining and not pending:
+                # The final read: take whatever is still in flight until the line is quiet.
+                wait = DRAIN_QUIET_S
+            elif ping_sent is not None:
+                wait = ping_sent + self.spec.pong_timeout_s - trio.current_time()
+            else:
+                wait = silence_ping
+            raw = await _get(ws, max(wait, 0.01), none_on_timeout=True)
+            if raw is None:
+                if draining and not pending:
+                    self._finish(client, process)
+                if ping_sent is not None:
+                    raise trio.TooSlowError("no pong from server")
+                ping_sent = trio.current_time()
+                await ws.send_message('{"event":"pusher:ping","data":{}}')
+                continue
+            ping_sent = None
+            message = orjson.loads(raw)
+            event = message.get("event", "")
+            channel = message.get("channel")
+            if event == "pusher:ping":
+                await ws.send_message('{"event":"pusher:pong","data":{}}')
+            elif event == "pusher_internal:subscription_succeeded":
+                pending.discard(channel)
+                self.stats.subscribed += 1
+                recovered = message.get("recovered")
+                epoch = message.get("epoch")
+                offset = message.get("offset")
+                self.history.record(process, "ok", "subscribe", {
+                    "channel": channel, "recovered": recovered, "offset": offset,
+                    "epoch": epoch,
+                })
+                if isinstance(offset, int) and (recovered is None or recovered is False or
+                                                channel not in client.positions):
+                    # Start from the server's position; "" = channel not yet published, so a
+                    # resume asks for everything from its first event.
+                    client.positions[channel] = (offset, epoch or "")
+            elif event in ("pusher:error", "pusher:subscription_error"):
+                self.history.record(process, "info", "error", {"message": message})
+                if event == "pusher:subscription_error":
+                    self.history.record(process, "fail", "subscribe", {
+                        "channel": channel, "error": str(message.get("data"))[:200]})
+            elif channel is not None and not event.startswith("pusher"):
+                self._on_update(client, process, channel, message)
+
+    def _on_update(self, client: _Client, process: str, channel: str,
+                   message: dict[str, Any]) -> None:
+        try:
+            payload = orjson.loads(message.get("data") or "{}")
+        except orjson.JSONDecodeError:
+            payload = {}
+        offset = message.get("offset")
+        epoch = message.get("epoch")
+        value: dict[str, Any] = {"channel": channel, "id": payload.get("id"),
+                                 "seq": payload.get("seq")}
+        if isinstance(offset, int):
+            value["offset"] = offset
+            value["epoch"] = epoch
+            client.positions[channel] = (offset, epoch or "")
+        self.history.record(process, "ok", "deliver", value)
+        self.stats.delivered += 1
+
+    def _finish(self, client: _Client, process: str) -> None:
+        client.draining = True
+        self.history.record(process, "ok", "drain", {"channels": list(client.spec.channels)})
+        self.stats.drained += 1
+        if client.connected:
+            client.connected = False
+            self.stats.connected -= 1
+        raise _Drain
+
+    # ------------------------------------------------------------------ control
+    def add_clients(self, specs: list[ClientSpec], nursery: trio.Nursery, paced: bool) -> None:
+        for spec in specs:
+            client = _Client(spec)
+            self.clients.append(client)
+            self.stats.clients += 1
+            nursery.start_soon(self.run_client, client, paced)
+
+    def stall(self, share: float, duration_s: float, seed: int) -> None:
+        rng = random.Random(seed * 7919 + self.spec.worker)
+        until = trio.current_time() + duration_s
+        chosen = [c for c in self.clients if rng.random() < share]
+        for client in chosen:
+            client.stalled_until = until
+        self.stats.stalled = len(chosen)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The one real error of a connection's nursery (trio wraps it in an ExceptionGroup)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
+
+
+async def _get(ws: WebSocketConnection, timeout: float, *,
+               none_on_timeout: bool = False) -> str | None:
+    """The next text message, or None on timeout when ``none_on_timeout``."""
+    with trio.move_on_after(timeout):
+        message = await ws.get_message()
+        return message if isinstance(message, str) else message.decode()
+    if none_on_timeout:
+        return None
+    raise trio.TooSlowError("timed out waiting for a message")
+
+
+async def _control(fleet: Fleet, nursery: trio.Nursery, done: trio.Event) -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    buffer = b""
+    while True:
+        data = await stdin.receive_some(65536)
+        if not data:
+            fleet.drain_event.set()  # the harness went away: finish up
+            return
+        buffer += data
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if not line.strip():
+                continue
+            command = json.loads(line)
+            cmd = command.get("cmd")
+            if cmd == "add_clients":
+                fleet.add_clients([ClientSpec(c["id"], tuple(c["channels"]))
+                                   for c in command["clients"]], nursery, paced=False)
+            elif cmd == "stall":
+                fleet.stall(float(command["share"]), float(command["duration_s"]),
+                            int(command.get("seed", 0)))
+            elif cmd == "drain":
+                fleet.drain_event.set()
+            elif cmd == "exit":
+                done.set()
+                return
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _status(fleet: Fleet) -> None:
+    while True:
+        s = fleet.stats
+        _emit({"type": "status", "worker": fleet.spec.worker, "clients": s.clients,
+               "connected": s.connected, "subscribed": s.subscribed, "delivered": s.delivered,
+               "reconnects": s.reconnects, "drained": s.drained, "stalled": s.stalled,
+               "time": time.monotonic()})
+        await trio.sleep(0.5)
+
+
+async def run_worker(spec: FleetSpec) -> None:
+    with HistoryWriter(spec.history_path) as history:
+        fleet = Fleet(spec, history)
+        done = trio.Event()
+        async with trio.open_nursery() as outer:
+            outer.start_soon(history.autoflush)
+            outer.start_soon(_status, fleet)
+            async with trio.open_nursery() as clients:
+                clients.start_soon(_control, fleet, clients, done)
+                fleet.add_clients(list(spec.clients), clients, paced=True)
+                await fleet.drain_event.wait()
+                # Every client task ends by itself after its final read; bound it anyway.
+                with trio.move_on_after(120):
+                    while fleet.stats.finished < fleet.stats.clients:
+                        await trio.sleep(0.1)
+                clients.cancel_scope.cancel()
+            history.flush()
+            _emit({"type": "drained", "worker": spec.worker, "drained": fleet.stats.drained,
+                   "clients": fleet.stats.clients})
+            outer.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.fleet SPEC.json", file=sys.stderr)
+        return 2
+    with open(args[0]) as f:
+        spec = FleetSpec.from_json(f.read())
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    trio.run(run_worker, spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
