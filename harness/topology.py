@@ -1,0 +1,693 @@
+"""One run's local cluster: Redis, N turnout nodes, Toxiproxy on every link, HAProxy lanes.
+
+::
+
+    clients ──lane i──▶ [toxiproxy lane i] clients->lb[i] ──▶ [haproxy lane i]
+                                           lb[i]->node-k ◀──────────┘ (leastconn, /health checks)
+                                                 │
+                                                 ▼
+                                              node-k ──▶ [toxiproxy backend] node-k->redis ──▶ redis
+
+Every link a fault may cut goes through its own Toxiproxy proxy, named as above in
+``Topology.proxies``.  HAProxy health-checks the nodes *through* the lb->node proxies, so cutting
+that link makes the load balancer see the node down, as a real partition would.
+
+Lanes exist because of the 20,000 open-files cap per process: a client connection costs 4
+descriptors in its lane's Toxiproxy (client side + upstream of clients->lb, and of lb->node) and
+2 in its lane's HAProxy, so a lane carries at most 4,000 clients (16,000 fds plus slack) and a
+run has ``ceil(clients / 4000)`` lanes.  The publisher uses lane 0.
+
+Every listening port comes from :mod:`harness.ports` (outside the ephemeral range), so a killed
+node or a re-enabled proxy can always bind its port again, and two runs can share the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import math
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Final, NoReturn, final
+
+import httpx
+import trio
+
+from harness.ports import LOOPBACK, PortAllocator
+from harness.procs import (
+    REPO_ROOT,
+    HarnessSetupError,
+    ManagedProcess,
+    ProcessSpec,
+    ProcState,
+    ProcStats,
+    ReadyCheck,
+    Supervisor,
+    find_binary,
+    http_ready,
+    open_supervisor,
+    tcp_ready,
+)
+from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
+
+__all__ = [
+    "LANE_CAPACITY",
+    "HarnessSetupError",
+    "Lane",
+    "NodeProcess",
+    "NodeState",
+    "Topology",
+    "TopologySpec",
+    "TopologyStatistics",
+    "check_haproxy_config",
+    "redis_ready",
+    "render_haproxy_config",
+    "run_topology",
+]
+
+#: Most client connections one lane may carry (see the module docstring for the fd budget).
+LANE_CAPACITY: Final = 4000
+# Connections a lane's HAProxy accepts beyond its clients: publisher, health probes, stats.
+_LANE_HEADROOM: Final = 1000
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """What to build.  Independent of the experiment-file format on purpose."""
+
+    nodes: int = 2
+    clients: int = 0
+    history_size: int = 1000
+    history_ttl_s: float = 300
+    activity_timeout_s: float = 120
+    drain_grace_s: float = 10
+    max_rss_mb: int = 512
+    app_id: str = "turnout"
+    app_key: str = "turnout-key"
+    app_secret: str = "turnout-secret"
+    key_prefix: str = "turnout"
+    #: Token of the nodes' chaos endpoints; None picks a random one per run.
+    chaos_token: str | None = None
+    #: Command that starts a node (the flags are appended); None = turnout-server.
+    node_command: tuple[str, ...] | None = None
+    lane_capacity: int = LANE_CAPACITY
+    ready_timeout_s: float = 30.0
+    #: Seed of every Toxiproxy server's RNG (toxicity, jitter) for reproducible runs.
+    toxiproxy_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError("a topology needs at least one node")
+        if self.clients < 0:
+            raise ValueError("clients must be >= 0")
+        if not 1 <= self.lane_capacity <= LANE_CAPACITY:
+            raise ValueError(f"lane_capacity must be within 1..{LANE_CAPACITY} (fd cap)")
+
+    @property
+    def lanes(self) -> int:
+        return max(1, math.ceil(self.clients / self.lane_capacity))
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.nodes + 1)]
+
+
+class NodeState(enum.StrEnum):
+    STARTING = "starting"
+    UP = "up"
+    DRAINING = "draining"  # SIGTERM sent by us, not exited yet
+    PAUSED = "paused"  # SIGSTOPped
+    KILLED = "killed"  # died from a signal
+    EXITED = "exited"  # exited by itself: 0 after a drain, 3 after its memory watchdog
+
+
+@final
+class NodeProcess:
+    """One turnout node.  Fault code acts on it through these methods."""
+
+    def __init__(self, name: str, port: int, process: ManagedProcess, drain_grace_s: float):
+        self.name = name
+        self.port = port
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.process = process
+        self._drain_grace_s = drain_grace_s
+
+    def __repr__(self) -> str:
+        return f"<NodeProcess {self.name} :{self.port} pid={self.pid} {self.state}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode
+
+    @property
+    def state(self) -> NodeState:
+        match self.process.state:
+            case ProcState.STARTING:
+                return NodeState.STARTING
+            case ProcState.RUNNING:
+                return NodeState.UP
+            case ProcState.PAUSED:
+                return NodeState.PAUSED
+            case ProcState.STOPPING:
+                return NodeState.DRAINING
+            case _:
+                code = self.process.returncode
+                return NodeState.KILLED if code is not None and code < 0 else NodeState.EXITED
+
+    async def drain(self, grace: float | None = None) -> int:
+        """SIGTERM (the node drains its clients), SIGKILL if still alive after the grace."""
+        return await self.process.stop(self._drain_grace_s + 5 if grace is None else grace)
+
+    async def kill(self) -> int:
+        return await self.process.kill()
+
+    def pause(self) -> None:
+        self.process.pause()
+
+    def resume(self) -> None:
+        self.process.resume()
+
+    async def restart(self) -> None:
+        """Stop if needed and start again on the same port; returns once /health is 200."""
+        await self.process.restart(grace=self._drain_grace_s + 5)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def health(self, timeout: float = 1.0) -> int | None:
+        """Status of a direct GET /health (bypassing every proxy); None if unreachable."""
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+            try:
+                return (await client.get(f"{self.url}/health")).status_code
+            except httpx.HTTPError:
+                return None
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class Lane:
+    """One shard of the client-facing path: a Toxiproxy process and an HAProxy process."""
+
+    index: int
+    toxiproxy: ToxiproxyServer
+    haproxy: ManagedProcess
+    frontend_port: int
+    stats_port: int
+    config_path: Path
+    entry: Proxy  # clients->lb[i]
+    node_proxies: Mapping[str, Proxy] = field(repr=False)  # node name -> lb[i]->node
+
+    @property
+    def entry_url(self) -> str:
+        """HTTP base URL clients of this lane use (Pusher HTTP API, /health)."""
+        return f"http://{self.entry.listen}"
+
+    @property
+    def ws_url(self) -> str:
+        """Websocket base URL; append ``/app/<key>?protocol=7...``."""
+        return f"ws://{self.entry.listen}"
+
+    async def backend_status(self, timeout: float = 2.0) -> dict[str, tuple[str, str]]:
+        """HAProxy's view of each node: name -> (status, last check status), e.g. ("UP", "L7OK")."""
+        url = f"http://{LOOPBACK}:{self.stats_port}/;csv"
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+            text = (await client.get(url)).raise_for_status().text
+        rows = csv.DictReader(io.StringIO(text.removeprefix("# ")))
+        return {
+            row["svname"]: (row["status"], row["check_status"])
+            for row in rows
+            if row["pxname"] == "nodes" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
+
+@dataclass(frozen=True)
+class TopologyStatistics:
+    processes: tuple[ProcStats, ...]
+    nodes: Mapping[str, NodeState]
+    lanes: int
+    links: tuple[str, ...]
+    total_rss_bytes: int
+    total_fds: int
+
+
+@final
+class Topology:
+    """Everything a fault or a client fleet needs about the running cluster."""
+
+    def __init__(self, spec: TopologySpec, run_dir: Path, supervisor: Supervisor) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.supervisor = supervisor
+        self.chaos_token = spec.chaos_token or secrets.token_urlsafe(16)
+        self.redis: ManagedProcess | None = None
+        self.redis_port = 0
+        self.backend_toxiproxy: ToxiproxyServer | None = None
+        self.nodes: dict[str, NodeProcess] = {}
+        self.lanes: list[Lane] = []
+        #: link name -> proxy: "clients->lb[0]", "lb[0]->node-1", "node-1->redis".
+        self.proxies: dict[str, Proxy] = {}
+
+    @property
+    def redis_url(self) -> str:
+        """Direct Redis URL (no proxy), for inspection by checkers, never for the nodes."""
+        return f"redis://{LOOPBACK}:{self.redis_port}/0"
+
+    @property
+    def entry_urls(self) -> list[str]:
+        return [lane.entry_url for lane in self.lanes]
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [lane.ws_url for lane in self.lanes]
+
+    @property
+    def http_api_url(self) -> str:
+        """Base URL of the Pusher HTTP API (POST /apps/<id>/events), through lane 0."""
+        return self.lanes[0].entry_url
+
+    @property
+    def toxiproxies(self) -> list[ToxiproxyServer]:
+        backend = [self.backend_toxiproxy] if self.backend_toxiproxy is not None else []
+        return backend + [lane.toxiproxy for lane in self.lanes]
+
+    def lane_for(self, client_index: int) -> Lane:
+        """The lane client number ``client_index`` should use (round robin)."""
+        return self.lanes[client_index % len(self.lanes)]
+
+    def proxy(self, link: str) -> Proxy:
+        try:
+            return self.proxies[link]
+        except KeyError:
+            raise KeyError(f"no link {link!r}; links: {sorted(self.proxies)}") from None
+
+    async def reset_faults(self) -> None:
+        """Remove every toxic and re-enable every proxy on every Toxiproxy server."""
+        async with trio.open_nursery() as nursery:
+            for server in self.toxiproxies:
+                nursery.start_soon(server.reset)
+
+    async def lb_status(self) -> dict[int, dict[str, tuple[str, str]]]:
+        """Per lane, HAProxy's view of each node (see :meth:`Lane.backend_status`)."""
+        return {lane.index: await lane.backend_status() for lane in self.lanes}
+
+    async def wait_lb_ready(
+        self, nodes: Sequence[str] | None = None, *, timeout: float = 15.0
+    ) -> None:
+        """Wait until every lane's HAProxy has ``nodes`` (default: all up nodes) UP after a
+        passing check, and GET /health through every lane's entry proxy answers 200."""
+        wanted = (
+            list(nodes)
+            if nodes is not None
+            else [n.name for n in self.nodes.values() if n.state is NodeState.UP]
+        )
+        last: object = None
+        with trio.move_on_after(timeout) as scope:
+            async with httpx.AsyncClient(trust_env=False, timeout=1.0) as client:
+                while True:
+                    try:
+                        ready = True
+                        for lane in self.lanes:
+                            status = await lane.backend_status()
+                            last = status
+                            if any(
+                                status.get(n, ("?", ""))[0] != "UP"
+                                or not status[n][1].startswith("L7OK")
+                                for n in wanted
+                            ):
+                                ready = False
+                                break
+                            response = await client.get(f"{lane.entry_url}/health")
+                            last = f"lane {lane.index} GET /health -> {response.status_code}"
+                            if response.status_code != 200:
+                                ready = False
+                                break
+                        if ready:
+                            return
+                    except httpx.HTTPError as exc:
+                        last = exc
+                    await trio.sleep(0.1)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"load balancer not ready for {wanted} in {timeout:g}s: {last}")
+
+    def statistics(self) -> TopologyStatistics:
+        procs = tuple(p.statistics() for p in self.supervisor.processes.values())
+        return TopologyStatistics(
+            processes=procs,
+            nodes={name: node.state for name, node in self.nodes.items()},
+            lanes=len(self.lanes),
+            links=tuple(sorted(self.proxies)),
+            total_rss_bytes=sum(p.rss_bytes or 0 for p in procs),
+            total_fds=sum(p.num_fds or 0 for p in procs),
+        )
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+
+def redis_ready(host: str, port: int) -> ReadyCheck:
+    """Ready once Redis answers PING with +PONG (not -LOADING)."""
+
+    async def probe() -> bool:
+        with trio.move_on_after(1.0):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                return False
+            async with stream:
+                await stream.send_all(b"PING\r\n")
+                return (await stream.receive_some(64)).startswith(b"+PONG")
+        return False
+
+    return probe
+
+
+def render_haproxy_config(
+    *,
+    lane: int,
+    frontend_port: int,
+    stats_port: int,
+    backends: Mapping[str, tuple[str, int]],
+    maxconn: int,
+) -> str:
+    """HAProxy config of one lane: one ``mode http`` frontend for websockets and the HTTP API."""
+    servers = "\n".join(
+        f"    server {name} {host}:{port} check" for name, (host, port) in backends.items()
+    )
+    return f"""\
+# Generated by turnout's harness (lane {lane}). Started as: haproxy -f <this> -db
+global
+    maxconn {maxconn}
+    # Only alerts/notices (server UP/DOWN transitions), never one line per request.
+    log stdout format raw local0 notice
+
+defaults
+    mode http
+    log global
+    option dontlognull
+    timeout connect 2s
+    # Websockets idle for long stretches between broadcasts: keep them for an hour.
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    timeout client-fin 5s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    timeout queue 5s
+    timeout check 1s
+    retries 2
+    option redispatch
+
+frontend lane{lane}
+    bind {LOOPBACK}:{frontend_port}
+    maxconn {maxconn}
+    default_backend nodes
+
+backend nodes
+    balance leastconn
+    option httpchk GET /health HTTP/1.1
+    http-check send hdr Host turnout
+    http-check expect status 200
+    default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
+{servers}
+
+listen stats
+    bind {LOOPBACK}:{stats_port}
+    maxconn 16
+    stats enable
+    stats uri /
+"""
+
+
+async def check_haproxy_config(path: Path, *, timeout: float = 10.0) -> str:
+    """Run ``haproxy -c -f path``; return its output, raise HarnessSetupError if rejected."""
+    binary = find_binary("haproxy", hint="install it: apt-get install haproxy")
+    with trio.fail_after(timeout):
+        result = await trio.run_process(
+            [binary, "-c", "-f", str(path)], capture_stdout=True, capture_stderr=True, check=False
+        )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    if result.returncode != 0:
+        raise HarnessSetupError(f"haproxy rejected {path}:\n{output}")
+    return output
+
+
+def _node_command(spec: TopologySpec) -> list[str]:
+    if spec.node_command:
+        return list(spec.node_command)
+    script = Path(sys.executable).parent / "turnout-server"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "server"]
+
+
+def _stray_node_env() -> dict[str, None]:
+    # The node reads TURNOUT_* variables (TURNOUT_CONFIG, TURNOUT_MAX_CONNECTIONS...) for every
+    # setting we do not pass as a flag: whatever is in the harness's environment must not leak.
+    return {key: None for key in os.environ if key.startswith("TURNOUT_")}
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", LOOPBACK,
+        "--save", "",  # a cache, never persisted: a restart starts empty (a "Redis lost" fault)
+        "--appendonly", "no",
+        "--dir", str(data_dir),
+        "--logfile", "",  # stdout, i.e. the supervisor's log file
+    ]  # fmt: skip
+
+
+def _node_argv(
+    spec: TopologySpec, name: str, port: int, redis_proxy: Proxy, token: str
+) -> list[str]:
+    return [
+        *_node_command(spec),
+        "--host", LOOPBACK,
+        "--port", str(port),
+        "--redis-url", f"redis://{redis_proxy.listen}/0",
+        "--node-id", name,
+        "--app-id", spec.app_id,
+        "--app-key", spec.app_key,
+        "--app-secret", spec.app_secret,
+        "--history-size", str(spec.history_size),
+        "--history-ttl", _num(spec.history_ttl_s),
+        "--activity-timeout", _num(spec.activity_timeout_s),
+        "--drain-grace", _num(spec.drain_grace_s),
+        "--max-rss", str(spec.max_rss_mb),
+        "--key-prefix", spec.key_prefix,
+        "--chaos",
+        "--chaos-token", token,
+    ]  # fmt: skip
+
+
+async def _concurrently(thunks: Sequence[Callable[[], Awaitable[object]]]) -> None:
+    """Run setup steps concurrently; re-raise the first real failure unwrapped, so run_topology
+    fails with e.g. ``ProcessFailed: node-2 exited...`` rather than a nested ExceptionGroup."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for thunk in thunks:
+                nursery.start_soon(thunk)
+    except BaseExceptionGroup as group:
+        _, rest = group.split(trio.Cancelled)
+        leaves: list[BaseException] = []
+        pending: list[BaseException] = [rest] if rest is not None else []
+        while pending:
+            exc = pending.pop()
+            if isinstance(exc, BaseExceptionGroup):
+                pending.extend(reversed(exc.exceptions))
+            else:
+                leaves.append(exc)
+        if leaves and all(isinstance(e, Exception) for e in leaves):
+            first = leaves[0]
+            if len(leaves) > 1:
+                first.add_note(f"({len(leaves) - 1} more failure(s) in the same setup step)")
+            raise first from None
+        raise
+
+
+def _prepare_run_dir(run_dir: Path, spec: TopologySpec) -> Path:
+    run_dir = Path(run_dir).resolve()
+    for sub in ("logs", "redis", *spec.node_names):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _require_binaries(spec: TopologySpec) -> dict[str, str]:
+    """Fail before starting anything if a binary is missing."""
+    found = {
+        "redis-server": find_binary(
+            "redis-server", hint="install it: apt-get install redis-server"
+        ),
+        "haproxy": find_binary("haproxy", hint="install it: apt-get install haproxy"),
+        "toxiproxy-server": find_binary("toxiproxy-server", hint="run scripts/setup.sh"),
+    }
+    command = _node_command(spec)
+    if os.sep in command[0] and not os.access(command[0], os.X_OK):
+        raise HarnessSetupError(f"node command {command[0]} is not executable")
+    return found
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+async def run_topology(
+    spec: TopologySpec,
+    run_dir: Path,
+    *,
+    task_status: trio.TaskStatus[Topology] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Start the whole cluster, hand back a :class:`Topology` once the LB routes to every node,
+    and tear everything down when cancelled.
+
+    Raises:
+        HarnessSetupError: a binary is missing or a port could not be reserved.
+        ProcessFailed: a component exited or was not ready in time (message has its log tail).
+        TimeoutError: HAProxy did not see every node healthy in time.
+    """
+    binaries = _require_binaries(spec)
+    run_dir = _prepare_run_dir(run_dir, spec)
+    ports = PortAllocator()
+
+    def reserve() -> int:
+        try:
+            return ports.allocate()
+        except OSError as exc:
+            raise HarnessSetupError(f"could not reserve a loopback port: {exc}") from exc
+
+    async with AsyncExitStack() as stack:
+        stack.callback(ports.close)
+        supervisor = await stack.enter_async_context(
+            open_supervisor(run_dir / "logs", teardown_grace=3.0)
+        )
+        topo = Topology(spec, run_dir, supervisor)
+        timeout = spec.ready_timeout_s
+
+        # 1. Redis.
+        topo.redis_port = reserve()
+        topo.redis = await supervisor.start(
+            ProcessSpec(
+                name="redis",
+                argv=_redis_argv(binaries["redis-server"], topo.redis_port, run_dir / "redis"),
+                ready=redis_ready(LOOPBACK, topo.redis_port),
+                ready_timeout=timeout,
+            )
+        )
+
+        # 2. Backend Toxiproxy and one node->redis proxy per node.
+        backend = await start_toxiproxy(
+            supervisor, "toxiproxy-backend", seed=spec.toxiproxy_seed, ports=ports
+        )
+        stack.push_async_callback(backend.aclose)
+        topo.backend_toxiproxy = backend
+        for name in spec.node_names:
+            topo.proxies[f"{name}->redis"] = await backend.create_proxy(
+                f"{name}.redis", f"{LOOPBACK}:{topo.redis_port}", listen_port=reserve()
+            )
+
+        # 3. Nodes, concurrently (each is a Python start-up).
+        node_ports = {name: reserve() for name in spec.node_names}
+
+        async def start_node(name: str) -> None:
+            port = node_ports[name]
+            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"], topo.chaos_token)
+            # -m server (no installed script) must find the repo whatever the cwd.
+            pythonpath = os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            )
+            process = await supervisor.start(
+                ProcessSpec(
+                    name=name,
+                    argv=argv,
+                    env={**_stray_node_env(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath},
+                    cwd=run_dir / name,
+                    ready=http_ready(f"http://{LOOPBACK}:{port}/health"),
+                    ready_timeout=timeout,
+                    stop_grace=spec.drain_grace_s + 5,
+                )
+            )
+            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s)
+
+        await _concurrently([partial(start_node, n) for n in spec.node_names])
+        topo.nodes = {name: topo.nodes[name] for name in spec.node_names}  # stable order
+
+        # 4. Lanes: a Toxiproxy (clients->lb + lb->node proxies) and an HAProxy each.
+        maxconn = spec.lane_capacity + _LANE_HEADROOM
+        lanes: dict[int, Lane] = {}
+
+        async def start_lane(index: int) -> None:
+            toxi = await start_toxiproxy(
+                supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
+            )
+            stack.push_async_callback(toxi.aclose)
+            node_proxies: dict[str, Proxy] = {}
+            for name, node in topo.nodes.items():
+                node_proxies[name] = await toxi.create_proxy(
+                    f"lane{index}.lb-{name}", f"{LOOPBACK}:{node.port}", listen_port=reserve()
+                )
+            frontend_port, stats_port = reserve(), reserve()
+            config_path = run_dir / f"haproxy-lane{index}.cfg"
+            _write_text(
+                config_path,
+                render_haproxy_config(
+                    lane=index,
+                    frontend_port=frontend_port,
+                    stats_port=stats_port,
+                    backends={n: (p.listen_host, p.listen_port) for n, p in node_proxies.items()},
+                    maxconn=maxconn,
+                ),
+            )
+            haproxy = await supervisor.start(
+                ProcessSpec(
+                    name=f"haproxy-lane{index}",
+                    argv=[binaries["haproxy"], "-f", str(config_path), "-db"],
+                    ready=tcp_ready(LOOPBACK, stats_port),
+                    ready_timeout=timeout,
+                    stop_grace=2.0,
+                )
+            )
+            entry = await toxi.create_proxy(
+                f"lane{index}.clients-lb", f"{LOOPBACK}:{frontend_port}", listen_port=reserve()
+            )
+            lanes[index] = Lane(
+                index=index,
+                toxiproxy=toxi,
+                haproxy=haproxy,
+                frontend_port=frontend_port,
+                stats_port=stats_port,
+                config_path=config_path,
+                entry=entry,
+                node_proxies=node_proxies,
+            )
+
+        await _concurrently([partial(start_lane, i) for i in range(spec.lanes)])
+        topo.lanes = [lanes[i] for i in range(spec.lanes)]
+        for lane in topo.lanes:
+            topo.proxies[f"clients->lb[{lane.index}]"] = lane.entry
+            for name, proxy in lane.node_proxies.items():
+                topo.proxies[f"lb[{lane.index}]->{name}"] = proxy
+
+        # 5. Ready only when every HAProxy routes to every node, end to end.
+        await topo.wait_lb_ready(timeout=timeout)
+        task_status.started(topo)
+        await trio.sleep(math.inf)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,581 @@
+"""Real-process tests of the harness plumbing: ports, supervisor, Toxiproxy, HAProxy, topology.
+
+They start real redis-server / toxiproxy-server / haproxy processes (and real turnout nodes in
+the last test), so every test has an absolute deadline and checks with psutil that no child
+outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from harness.ports import PortAllocator, _ephemeral_range
+from harness.procs import (
+    REPO_ROOT,
+    ProcessFailed,
+    ProcessSpec,
+    ProcState,
+    ReadinessTimeout,
+    cancel_on_signals,
+    open_supervisor,
+    tcp_ready,
+)
+from harness.topology import (
+    NodeState,
+    Topology,
+    TopologySpec,
+    check_haproxy_config,
+    render_haproxy_config,
+    run_topology,
+)
+from harness.toxiproxy import ToxiproxyStateError, start_toxiproxy
+
+PY = sys.executable
+SLEEPER = [PY, "-c", "import time; time.sleep(600)"]
+
+# A stand-in node: answers GET /health with 200 and takes (and ignores) turnout-server's flags,
+# so the topology plumbing can be tested without the real server.
+FAKE_NODE = textwrap.dedent(
+    """
+    import argparse, http.server, os, signal
+    p = argparse.ArgumentParser()
+    p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--node-id")
+    args, _ = p.parse_known_args()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = f"ok {args.node_id}".encode()
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    server.serve_forever()
+    """
+)
+
+
+def _alive(pid: int | None) -> bool:
+    # A zombie is dead: it only waits for its (possibly non-reaping) new parent to collect it.
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _wait_gone(pids: Iterable[int | None], timeout: float = 10.0) -> None:
+    pids = list(pids)
+    with trio.move_on_after(timeout):
+        while any(_alive(p) for p in pids):
+            await trio.sleep(0.05)
+    assert not [p for p in pids if _alive(p)], "children outlived their supervisor"
+
+
+def _descendants(pid: int | None) -> list[int]:
+    if pid is None:
+        return []
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+# --- ports ----------------------------------------------------------------------------------
+
+
+def test_ports_are_distinct_free_and_outside_the_ephemeral_range() -> None:
+    allocator = PortAllocator()
+    got: list[int] = []
+    mutex = threading.Lock()
+
+    def grab() -> None:
+        mine = [allocator.allocate() for _ in range(25)]
+        with mutex:
+            got.extend(mine)
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(got) == len(set(got)) == 200
+        eph_low, eph_high = _ephemeral_range()
+        assert not [p for p in got if eph_low <= p <= eph_high]
+        # A second allocator stands for a second run on the same machine: it must not get any
+        # port the first still holds, even though none of them is bound yet.
+        other = PortAllocator()
+        try:
+            theirs = other.allocate_many(200)
+            assert not set(theirs) & set(got)
+        finally:
+            other.close()
+        for port in got[:20]:
+            with socket.socket() as sock:
+                # As every server does: a port whose old connections sit in TIME_WAIT is free.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+    finally:
+        allocator.close()
+    assert allocator.reserved() == frozenset()
+
+
+# --- supervisor -----------------------------------------------------------------------------
+
+
+async def test_supervisor_kills_children_and_grandchildren_on_cancel(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        pids: list[int | None] = []
+        with trio.CancelScope() as scope:
+            async with open_supervisor(tmp_path) as sup:
+                a = await sup.start(ProcessSpec("a", SLEEPER))
+                # A shell whose background child shares its process group: teardown must reach it.
+                b = await sup.start(ProcessSpec("b", ["sh", "-c", "sleep 600 & sleep 600"]))
+                with trio.fail_after(5):
+                    while len(_descendants(b.pid)) < 2:
+                        await trio.sleep(0.02)
+                pids = [a.pid, b.pid, *_descendants(b.pid)]
+                assert all(_alive(p) for p in pids)
+                scope.cancel()
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert a.state is ProcState.EXITED
+        await _wait_gone(pids)
+
+
+async def test_stop_escalates_pause_resume_restart_and_exit_codes(tmp_path: Path) -> None:
+    stubborn = [
+        PY,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+    ]
+    with trio.fail_after(30):
+        async with open_supervisor(tmp_path) as sup:
+            p = await sup.start(ProcessSpec("stubborn", stubborn))
+            await trio.sleep(0.3)  # let it install its handler
+            t0 = trio.current_time()
+            assert await p.stop(grace=0.5) == -signal.SIGKILL
+            assert 0.4 < trio.current_time() - t0 < 3
+
+            q = await sup.start(ProcessSpec("quitter", ["sh", "-c", "sleep 0.2; exit 3"]))
+            assert await q.wait() == 3
+            assert q.state is ProcState.EXITED
+            assert q.returncode == 3
+
+            r = await sup.start(ProcessSpec("pausable", SLEEPER))
+            r.pause()
+            assert r.state is ProcState.PAUSED
+            with trio.fail_after(5):
+                while psutil.Process(r.pid).status() != psutil.STATUS_STOPPED:
+                    await trio.sleep(0.02)
+            r.resume()
+            assert r.state is ProcState.RUNNING
+            old_pid = r.pid
+            r.pause()
+            await r.restart(grace=1)  # stopping a paused process must not hang
+            assert r.pid != old_pid
+            assert r.state is ProcState.RUNNING
+            assert r.statistics().starts == 2
+            assert r.statistics().rss_bytes
+            await _wait_gone([old_pid])
+            assert "start #2" in r.log_path.read_text()
+        await _wait_gone([r.pid])
+
+
+async def test_readiness_failures_are_reported_with_the_log(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with open_supervisor(tmp_path) as sup:
+            with pytest.raises(ProcessFailed, match="status 3") as info:
+                await sup.start(
+                    ProcessSpec(
+                        "crasher",
+                        ["sh", "-c", "echo boom-marker; exit 3"],
+                        ready=tcp_ready("127.0.0.1", 9),
+                    )
+                )
+            assert "boom-marker" in str(info.value)
+            t0 = trio.current_time()
+            with pytest.raises(ReadinessTimeout):
+                await sup.start(
+                    ProcessSpec("mute", SLEEPER, ready=tcp_ready("127.0.0.1", 9), ready_timeout=0.5)
+                )
+            assert trio.current_time() - t0 < 3
+            mute = sup.processes["mute"]
+            assert mute.state is ProcState.EXITED  # killed, not left behind
+
+
+async def test_no_orphan_when_the_harness_is_sigkilled(tmp_path: Path) -> None:
+    """pdeathsig: the supervisor's process dies without any teardown; its child must die too."""
+    script = tmp_path / "harness_stub.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, trio
+            from pathlib import Path
+            from harness.procs import ProcessSpec, open_supervisor
+
+            async def main():
+                async with open_supervisor(Path(sys.argv[1])) as sup:
+                    proc = await sup.start(ProcessSpec("sleeper", {SLEEPER!r}))
+                    print(proc.pid, flush=True)
+                    await trio.sleep(600)
+
+            trio.run(main)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with trio.fail_after(30):
+        stub = await trio.lowlevel.open_process(
+            [PY, str(script), str(tmp_path / "logs")], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            assert stub.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await stub.stdout.receive_some(64)
+                assert chunk, "stub exited before starting its child"
+                line += chunk
+            child = int(line)
+            assert _alive(child)
+            assert psutil.Process(child).ppid() == stub.pid
+            assert os.getpgid(child) == child  # its own process group
+            stub.send_signal(signal.SIGKILL)
+            await stub.wait()
+        finally:
+            if stub.returncode is None:
+                stub.kill()
+                await stub.wait()
+        await _wait_gone([child], timeout=5)
+
+
+# --- toxiproxy ------------------------------------------------------------------------------
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    async for data in stream:
+        await stream.send_all(data)
+
+
+async def _rtt(stream: trio.SocketStream) -> float:
+    t0 = time.monotonic()
+    await stream.send_all(b"ping")
+    got = b""
+    while len(got) < 4:
+        chunk = await stream.receive_some(64)
+        assert chunk, "connection closed"
+        got += chunk
+    return time.monotonic() - t0
+
+
+async def test_toxiproxy_latency_timeout_and_disable(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, _echo, 0)
+            echo_port = listeners[0].socket.getsockname()[1]
+            async with open_supervisor(tmp_path) as sup:
+                server = await start_toxiproxy(sup)
+                try:
+                    proxy = await server.create_proxy("echo", f"127.0.0.1:{echo_port}")
+                    stream = await trio.open_tcp_stream(proxy.listen_host, proxy.listen_port)
+                    assert await _rtt(stream) < 0.1
+
+                    # Latency applies to an already-open connection too.
+                    toxic = await proxy.add_toxic("latency", attributes={"latency": 300})
+                    assert toxic.name == "latency_downstream"
+                    assert [t.name for t in await proxy.list_toxics()] == ["latency_downstream"]
+                    assert 0.29 < await _rtt(stream) < 1.5
+                    await proxy.remove_toxic("latency_downstream")
+                    assert await proxy.list_toxics() == []
+                    assert await _rtt(stream) < 0.1
+
+                    # timeout=0 blackholes: data goes in, nothing comes back.
+                    await proxy.add_toxic("timeout", stream="upstream", attributes={"timeout": 0})
+                    with trio.move_on_after(0.7) as blackholed:
+                        await _rtt(stream)
+                    assert blackholed.cancelled_caught
+                    # Removing a timeout toxic closes its connections.
+                    await proxy.remove_toxic("timeout_upstream")
+                    with trio.fail_after(3):
+                        while await stream.receive_some(64):
+                            pass
+                    await stream.aclose()
+
+                    stream = await trio.open_tcp_stream(proxy.listen_host, proxy.listen_port)
+                    assert await _rtt(stream) < 0.1
+                    await proxy.disable()  # closes live connections and stops listening
+                    assert not (await proxy.state()).enabled
+                    with trio.fail_after(3):
+                        try:
+                            while await stream.receive_some(64):
+                                pass
+                        except trio.BrokenResourceError:
+                            pass
+                    with pytest.raises(OSError):
+                        await trio.open_tcp_stream(proxy.listen_host, proxy.listen_port)
+                    await proxy.enable()
+                    stream = await trio.open_tcp_stream(proxy.listen_host, proxy.listen_port)
+                    assert await _rtt(stream) < 0.1
+                    await stream.aclose()
+
+                    # Typos are refused before they become silent no-op toxics.
+                    with pytest.raises(ValueError, match="latency_ms"):
+                        await proxy.add_toxic("latency", attributes={"latency_ms": 5})
+                    await proxy.add_toxic("bandwidth", attributes={"rate": 10}, toxicity=0.5)
+                    await server.reset()
+                    assert await proxy.list_toxics() == []
+                    with pytest.raises(ToxiproxyStateError):
+                        await server.update_toxic(proxy, "nope", attributes={"rate": 1})
+                finally:
+                    await server.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_two_toxiproxy_servers_in_one_process_do_not_interfere(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with open_supervisor(tmp_path) as sup:
+            a = await start_toxiproxy(sup, "toxi-a")
+            b = await start_toxiproxy(sup, "toxi-b")
+            try:
+                assert a.url != b.url
+                # Same proxy name on both servers: each server keeps its own.
+                pa = await a.create_proxy("link", "127.0.0.1:9")
+                pb = await b.create_proxy("link", "127.0.0.1:9")
+                assert pa.listen_port != pb.listen_port
+                await pa.add_toxic("latency", attributes={"latency": 100})
+                await pb.disable()
+                assert [t.type for t in await pa.list_toxics()] == ["latency"]
+                assert await pb.list_toxics() == []
+                assert (await pa.state()).enabled
+                assert not (await pb.state()).enabled
+                await b.reset()
+                assert [t.type for t in await pa.list_toxics()] == ["latency"]
+            finally:
+                await a.aclose()
+                await b.aclose()
+
+
+async def test_toxiproxy_python_is_process_global(tmp_path: Path) -> None:
+    """Canary for harness/toxiproxy.py's docstring: toxiproxy-python's server address is a
+    class attribute, so it cannot address two servers from one process.  If this starts
+    failing, the library changed and keeping our own client should be reconsidered."""
+    toxiproxy = pytest.importorskip("toxiproxy")
+
+    with trio.fail_after(30):
+        async with open_supervisor(tmp_path) as sup:
+            a = await start_toxiproxy(sup, "toxi-a")
+            b = await start_toxiproxy(sup, "toxi-b")
+            try:
+
+                def via_library() -> None:
+                    client_a, client_b = toxiproxy.Toxiproxy(), toxiproxy.Toxiproxy()
+                    client_a.update_api_consumer(a.host, a.port)
+                    proxy_a = client_a.create(upstream="127.0.0.1:9", name="lib")
+                    client_b.update_api_consumer(b.host, b.port)  # repoints client_a too
+                    client_b.create(upstream="127.0.0.1:9", name="lib")
+                    proxy_a.add_toxic(type="latency", attributes={"latency": 50})
+
+                await trio.to_thread.run_sync(via_library)
+                # The toxic meant for server A's proxy landed on server B.
+                assert await a.list_toxics("lib") == []
+                assert [t.type for t in await b.list_toxics("lib")] == ["latency"]
+            finally:
+                await a.aclose()
+                await b.aclose()
+
+
+# --- haproxy --------------------------------------------------------------------------------
+
+
+async def test_generated_haproxy_config_is_accepted(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        render_haproxy_config(
+            lane=0,
+            frontend_port=21001,
+            stats_port=21002,
+            backends={"node-1": ("127.0.0.1", 21003), "node-2": ("127.0.0.1", 21004)},
+            maxconn=5000,
+        )
+    )
+    with trio.fail_after(15):
+        output = await check_haproxy_config(config)
+    assert "valid" in output.lower()
+    text = config.read_text()
+    for needle in (
+        "balance leastconn",
+        "option httpchk GET /health",
+        "http-check expect status 200",
+        "inter 500ms fall 2 rise 2",
+        "timeout tunnel 1h",
+        "maxconn 5000",
+        "mode http",
+    ):
+        assert needle in text
+
+
+# --- topology -------------------------------------------------------------------------------
+
+
+def _topology_pids(topo: Topology) -> list[int | None]:
+    pids: list[int | None] = [p.pid for p in topo.supervisor.processes.values()]
+    return pids + [d for p in pids for d in _descendants(p)]
+
+
+async def test_topology_plumbing_with_fake_nodes(tmp_path: Path) -> None:
+    fake = tmp_path / "fake_node.py"
+    fake.write_text(FAKE_NODE)
+    # 4001 clients -> 2 lanes: exercises sharding without opening 4001 connections.
+    spec = TopologySpec(nodes=2, clients=4001, node_command=(PY, str(fake)), ready_timeout_s=20)
+    assert spec.lanes == 2
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, spec, tmp_path / "run")
+            pids = _topology_pids(topo)
+            assert len(topo.entry_urls) == 2
+            assert topo.http_api_url == topo.entry_urls[0]
+            assert set(topo.proxies) == {
+                "clients->lb[0]",
+                "clients->lb[1]",
+                "lb[0]->node-1",
+                "lb[0]->node-2",
+                "lb[1]->node-1",
+                "lb[1]->node-2",
+                "node-1->redis",
+                "node-2->redis",
+            }
+            stats = topo.statistics()
+            assert stats.lanes == 2
+            assert stats.total_rss_bytes > 0
+            assert {p.name for p in stats.processes} >= {"redis", "haproxy-lane1", "node-2"}
+            assert dict(stats.nodes) == {"node-1": NodeState.UP, "node-2": NodeState.UP}
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                for url in topo.entry_urls:
+                    assert (await client.get(f"{url}/health")).status_code == 200
+
+            # Cutting one lane's LB->node link: only that lane's HAProxy sees the node down.
+            await topo.proxy("lb[0]->node-1").disable()
+            with trio.fail_after(10):
+                while (await topo.lanes[0].backend_status())["node-1"][0] != "DOWN":
+                    await trio.sleep(0.1)
+            assert (await topo.lanes[1].backend_status())["node-1"][0] == "UP"
+            await topo.reset_faults()
+            await topo.wait_lb_ready(timeout=10)
+
+            node = topo.nodes["node-2"]
+            old_pid = node.pid
+            await node.kill()
+            assert node.state is NodeState.KILLED
+            assert node.exit_code == -signal.SIGKILL
+            await node.restart()
+            assert node.state is NodeState.UP
+            assert node.pid != old_pid
+            assert await node.health() == 200
+            pids.append(node.pid)
+            node.pause()
+            assert node.state is NodeState.PAUSED
+            node.resume()
+            assert await node.drain(grace=5) == 0
+            assert node.state is NodeState.EXITED
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
+    assert (tmp_path / "run" / "haproxy-lane1.cfg").exists()
+    assert (tmp_path / "run" / "logs" / "redis.log").exists()
+
+
+async def test_two_runs_coexist(tmp_path: Path) -> None:
+    fake = tmp_path / "fake_node.py"
+    fake.write_text(FAKE_NODE)
+    spec = TopologySpec(nodes=1, clients=1, node_command=(PY, str(fake)), ready_timeout_s=20)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            one = await nursery.start(run_topology, spec, tmp_path / "one")
+            two = await nursery.start(run_topology, spec, tmp_path / "two")
+
+            def ports(topo: Topology) -> set[int]:
+                listening = {topo.redis_port, *(n.port for n in topo.nodes.values())}
+                listening |= {p.listen_port for p in topo.proxies.values()}
+                listening |= {s.port for s in topo.toxiproxies}
+                return listening | {
+                    x for lane in topo.lanes for x in (lane.frontend_port, lane.stats_port)
+                }
+
+            assert not ports(one) & ports(two)
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                for topo in (one, two):
+                    assert (await client.get(f"{topo.http_api_url}/health")).status_code == 200
+            pids = _topology_pids(one) + _topology_pids(two)
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
+
+
+async def test_sigterm_to_the_harness_cancels_the_run(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as run_scope:
+                await nursery.start(cancel_on_signals, run_scope)
+                async with open_supervisor(tmp_path) as sup:
+                    child = await sup.start(ProcessSpec("sleeper", SLEEPER))
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    await trio.sleep_forever()
+            assert run_scope.cancelled_caught
+        await _wait_gone([child.pid])
+
+
+@pytest.mark.skipif(
+    not (REPO_ROOT / "server" / "node.py").exists(), reason="server/node.py not written yet"
+)
+async def test_full_topology_with_real_nodes(tmp_path: Path) -> None:
+    spec = TopologySpec(nodes=2, clients=10, drain_grace_s=1, ready_timeout_s=45)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, spec, tmp_path / "run")
+            pids = _topology_pids(topo)
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                response = await client.get(f"{topo.http_api_url}/health")
+                assert response.status_code == 200
+                for node in topo.nodes.values():
+                    assert await node.health() == 200
+            status = await topo.lb_status()
+            assert {s for lane in status.values() for s, _ in lane.values()} == {"UP"}
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
+
+
+async def test_missing_binary_is_a_clear_setup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import procs
+    from harness.procs import HarnessSetupError
+
+    monkeypatch.setattr(procs, "TOOLS_BIN", tmp_path / "nowhere")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(
+        HarnessSetupError, match=re.escape("toxiproxy-server not found: run scripts/setup.sh")
+    ):
+        procs.find_binary("toxiproxy-server")
+    with pytest.raises(HarnessSetupError, match="redis-server not found"):
+        await run_topology(TopologySpec(), tmp_path / "run")
