@@ -291,6 +291,23 @@ class Topology:
         except KeyError:
             raise KeyError(f"no link {link!r}; links: {sorted(self.proxies)}") from None
 
+    async def stop_redis(self, *, flush: bool = False) -> None:
+        """Stop Redis gracefully (SIGTERM: it writes its AOF); ``flush`` deletes its data."""
+        assert self.redis is not None
+        await self.redis.stop(5.0)
+        if flush:
+            data_dir = self.run_dir / "redis"
+            for path in sorted(data_dir.rglob("*"), reverse=True):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+
+    async def start_redis(self) -> None:
+        """Start Redis again on the same port; returns once it answers PING."""
+        assert self.redis is not None
+        await self.redis.restart()
+
     async def reset_faults(self) -> None:
         """Remove every toxic and re-enable every proxy on every Toxiproxy server."""
         async with trio.open_nursery() as nursery:
@@ -466,8 +483,11 @@ def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
         binary,
         "--port", str(port),
         "--bind", LOOPBACK,
-        "--save", "",  # a cache, never persisted: a restart starts empty (a "Redis lost" fault)
-        "--appendonly", "no",
+        # Persisted like a production Redis: a graceful restart (restart_redis) keeps every
+        # stream and epoch; restart_redis with flush=true deletes the data to lose it all.
+        "--save", "",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
         "--dir", str(data_dir),
         "--logfile", "",  # stdout, i.e. the supervisor's log file
     ]  # fmt: skip
