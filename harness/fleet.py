@@ -5,19 +5,24 @@ trio-websocket (the user's choice; per-message cost matters little at a few mess
 second per client). Each client connects through its lane's entry proxy from one of several
 127.0.0.x source addresses, subscribes to its channels, reconnects with exponential backoff and
 full jitter, resumes every channel from its last position, and records every step as history
-ops. The worker talks to the harness over stdin/stdout JSON lines:
+ops. The worker connects to the harness's Unix socket (``control_path``) and speaks JSON lines:
 
-commands (stdin): ``{"cmd": "add_clients", "clients": [...]}`` (a connection storm: all at
-once), ``{"cmd": "stall", "share": 0.2, "duration_s": 10, "seed": 1}`` (slow consumers stop
-reading), ``{"cmd": "drain"}`` (final read: every client records ``drain`` and closes).
+commands (harness -> worker): ``{"cmd": "add_clients", "clients": [...]}`` (more measured
+clients), ``{"cmd": "storm", "count": 5000, "duration_s": 10, "channel": "c"}`` (bare
+connections opened all at once), ``{"cmd": "stall", "share": 0.2, "duration_s": 10, "seed": 1}``
+(slow consumers stop reading), ``{"cmd": "drain"}`` (final read: every client records ``drain``
+and closes).
 
-events (stdout): ``{"type": "status", ...}`` every half second and ``{"type": "drained"}``.
+events (worker -> harness): ``{"type": "status", ...}`` every half second and
+``{"type": "drained"}``. If the harness goes away the worker drains and exits.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import random
 import resource
 import sys
@@ -50,6 +55,7 @@ class FleetSpec:
     worker: int
     history_path: str
     entries: tuple[str, ...]
+    control_path: str = ""
     source_addresses: tuple[str, ...] = ("127.0.0.1",)
     clients: tuple[ClientSpec, ...] = ()
     connect_rate_per_s: float = 500.0
@@ -86,6 +92,9 @@ class FleetStats:
     drained: int = 0
     finished: int = 0
     stalled: int = 0
+    storm_open: int = 0
+    storm_opened: int = 0
+    storm_failed: int = 0
 
 
 @dataclass
@@ -101,6 +110,42 @@ class _Drain(Exception):
     pass
 
 
+class LatencyWindow:
+    """Delivery latency (receive time - the publisher's wall-clock ``sent_at``) over the last
+    status interval, for live display only; the checker computes the real percentiles."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def add(self, ms: float) -> None:
+        if len(self.samples) < 20_000:
+            self.samples.append(ms)
+
+    def snapshot(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        self.samples = []
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return {"p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1),
+                "max": round(ordered[-1], 1), "n": len(ordered)}
+
+
+def _handshake(host: str, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def _masked_text(payload: bytes) -> bytes:
+    """One masked client text frame (payloads under 126 bytes only: a subscribe)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
+
+
 class Fleet:
     def __init__(self, spec: FleetSpec, history: HistoryWriter) -> None:
         self.spec = spec
@@ -108,6 +153,7 @@ class Fleet:
         self.stats = FleetStats()
         self.clients: list[_Client] = []
         self.rng = random.Random(spec.seed * 1_000_003 + spec.worker)
+        self.latency = LatencyWindow()
         self.drain_event = trio.Event()
         self._connect_limiter = trio.CapacityLimiter(256)
         self._next_connect = 0.0
@@ -141,7 +187,8 @@ class Fleet:
                 await self._session(client, process, entry, source)
                 return  # drained cleanly
             except ConnectionClosed as exc:
-                code, reason = exc.reason.code, exc.reason.reason or ""
+                if exc.reason is not None:
+                    code, reason = exc.reason.code, exc.reason.reason or ""
             except (HandshakeError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:200]
             except _Drain:
@@ -206,7 +253,7 @@ class Fleet:
 
     async def _converse(self, client: _Client, process: str, ws: WebSocketConnection,
                         final: bool) -> None:
-        hello = orjson.loads(await _get(ws, 10))
+        hello = orjson.loads(await _get(ws, 10) or "{}")
         if hello.get("event") != "pusher:connection_established":
             raise trio.BrokenResourceError(f"unexpected first message {hello.get('event')}")
         info = orjson.loads(hello["data"])
@@ -296,6 +343,9 @@ class Fleet:
             client.positions[channel] = (offset, epoch or "")
         self.history.record(process, "ok", "deliver", value)
         self.stats.delivered += 1
+        sent_at = payload.get("sent_at")
+        if isinstance(sent_at, float):
+            self.latency.add((time.time() - sent_at) * 1000)
 
     def _finish(self, client: _Client, process: str) -> None:
         client.draining = True
@@ -313,6 +363,63 @@ class Fleet:
             self.clients.append(client)
             self.stats.clients += 1
             nursery.start_soon(self.run_client, client, paced)
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        return {"type": "status", "worker": self.spec.worker, "clients": s.clients,
+                "connected": s.connected, "subscribed": s.subscribed,
+                "delivered": s.delivered, "reconnects": s.reconnects, "drained": s.drained,
+                "stalled": s.stalled, "storm_open": s.storm_open,
+                "storm_opened": s.storm_opened, "storm_failed": s.storm_failed,
+                "latency_ms": self.latency.snapshot(), "time": time.monotonic()}
+
+    async def storm(self, count: int, duration_s: float, channel: str) -> None:
+        """Open ``count`` bare connections at once (each subscribes to ``channel`` and reads and
+        discards), hold them ``duration_s``, close them. Not measured: the storm's point is
+        what it does to the measured clients."""
+        deadline = trio.current_time() + duration_s
+        limiter = trio.CapacityLimiter(1000)  # concurrent connects: the fd and SYN budget
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                entry = self.spec.entries[index % len(self.spec.entries)]
+                source = self.spec.source_addresses[index % len(self.spec.source_addresses)]
+                nursery.start_soon(self._storm_one, entry, source, channel, deadline, limiter)
+
+    async def _storm_one(self, entry: str, source: str, channel: str, deadline: float,
+                         limiter: trio.CapacityLimiter) -> None:
+        url = urlsplit(entry)
+        stream: trio.SocketStream | None = None
+        try:
+            async with limiter:
+                with trio.fail_after(max(1.0, deadline - trio.current_time())):
+                    stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1",
+                                                        url.port or 80, local_address=source)
+                    path = url.path + ("?" + url.query if url.query else "")
+                    await stream.send_all(_handshake(url.hostname or "", path))
+                    response = b""
+                    while b"\r\n\r\n" not in response:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            raise trio.BrokenResourceError("closed during handshake")
+                        response += chunk
+                    if b" 101 " not in response.split(b"\r\n", 1)[0]:
+                        raise trio.BrokenResourceError("handshake refused")
+                    await stream.send_all(_masked_text(orjson.dumps(
+                        {"event": "pusher:subscribe", "data": {"channel": channel}})))
+            self.stats.storm_opened += 1
+            self.stats.storm_open += 1
+            try:
+                with trio.move_on_at(deadline):
+                    while await stream.receive_some(65536):
+                        pass
+            finally:
+                self.stats.storm_open -= 1
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+            self.stats.storm_failed += 1
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def stall(self, share: float, duration_s: float, seed: int) -> None:
         rng = random.Random(seed * 7919 + self.spec.worker)
@@ -344,11 +451,34 @@ async def _get(ws: WebSocketConnection, timeout: float, *,
     raise trio.TooSlowError("timed out waiting for a message")
 
 
-async def _control(fleet: Fleet, nursery: trio.Nursery, done: trio.Event) -> None:
-    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+class _Channel:
+    """The JSON-lines link to the harness (a Unix socket), or stdout when there is none."""
+
+    def __init__(self, stream: trio.abc.Stream | None) -> None:
+        self.stream = stream
+        self._lock = trio.Lock()
+
+    async def emit(self, obj: dict[str, Any]) -> None:
+        line = (json.dumps(obj) + "\n").encode()
+        if self.stream is None:
+            sys.stdout.write(line.decode())
+            sys.stdout.flush()
+            return
+        async with self._lock:
+            try:
+                await self.stream.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+async def _control(fleet: Fleet, channel: _Channel, nursery: trio.Nursery) -> None:
+    stream: Any = channel.stream or trio.lowlevel.FdStream(sys.stdin.fileno())
     buffer = b""
     while True:
-        data = await stdin.receive_some(65536)
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
         if not data:
             fleet.drain_event.set()  # the harness went away: finish up
             return
@@ -362,51 +492,44 @@ async def _control(fleet: Fleet, nursery: trio.Nursery, done: trio.Event) -> Non
             if cmd == "add_clients":
                 fleet.add_clients([ClientSpec(c["id"], tuple(c["channels"]))
                                    for c in command["clients"]], nursery, paced=False)
+            elif cmd == "storm":
+                nursery.start_soon(fleet.storm, int(command["count"]),
+                                   float(command["duration_s"]), str(command["channel"]))
             elif cmd == "stall":
                 fleet.stall(float(command["share"]), float(command["duration_s"]),
                             int(command.get("seed", 0)))
             elif cmd == "drain":
                 fleet.drain_event.set()
-            elif cmd == "exit":
-                done.set()
-                return
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-async def _status(fleet: Fleet) -> None:
+async def _status(fleet: Fleet, channel: _Channel) -> None:
     while True:
-        s = fleet.stats
-        _emit({"type": "status", "worker": fleet.spec.worker, "clients": s.clients,
-               "connected": s.connected, "subscribed": s.subscribed, "delivered": s.delivered,
-               "reconnects": s.reconnects, "drained": s.drained, "stalled": s.stalled,
-               "time": time.monotonic()})
+        await channel.emit(fleet.status())
         await trio.sleep(0.5)
 
 
 async def run_worker(spec: FleetSpec) -> None:
+    stream = await trio.open_unix_socket(spec.control_path) if spec.control_path else None
+    channel = _Channel(stream)
     with HistoryWriter(spec.history_path) as history:
         fleet = Fleet(spec, history)
-        done = trio.Event()
         async with trio.open_nursery() as outer:
             outer.start_soon(history.autoflush)
-            outer.start_soon(_status, fleet)
+            outer.start_soon(_status, fleet, channel)
             async with trio.open_nursery() as clients:
-                clients.start_soon(_control, fleet, clients, done)
+                clients.start_soon(_control, fleet, channel, clients)
                 fleet.add_clients(list(spec.clients), clients, paced=True)
                 await fleet.drain_event.wait()
-                # Every client task ends by itself after its final read; bound it anyway.
+                # Every client ends by itself after its final read; bound it anyway.
                 with trio.move_on_after(120):
                     while fleet.stats.finished < fleet.stats.clients:
                         await trio.sleep(0.1)
                 clients.cancel_scope.cancel()
             history.flush()
-            _emit({"type": "drained", "worker": spec.worker, "drained": fleet.stats.drained,
-                   "clients": fleet.stats.clients})
+            await channel.emit({**fleet.status(), "type": "drained"})
             outer.cancel_scope.cancel()
+    if stream is not None:
+        await stream.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
