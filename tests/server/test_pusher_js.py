@@ -1,0 +1,268 @@
+"""Compatibility with the official clients: pusher-js 8 (Node build) subscribed on node 1 of a
+two-node cluster receives what the official ``pusher`` Python SDK triggers through node 2.
+
+The Node side is tests/compat/pusher_client.js, which prints one JSON line per thing pusher-js
+reports. Private channels are authorized by pusher-js's ``channelAuthorization.customHandler``,
+which asks the tiny HTTP auth endpoint served here; the endpoint signs with the app secret,
+except for one channel that it deliberately signs with the wrong secret.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pusher
+import pytest
+import trio
+
+from server.auth import channel_auth
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc, _die_with_parent
+
+NODE = shutil.which("node")
+COMPAT = REPO / "tests" / "compat"
+SCRIPT = COMPAT / "pusher_client.js"
+
+pytestmark = pytest.mark.skipif(
+    NODE is None, reason="node (Node.js 18+) is not installed: the pusher-js test needs it")
+
+# Generous: a loaded 2-core CI machine starts node + pusher-js in well under this.
+SUBSCRIBE_DEADLINE = 60.0
+DELIVERY_DEADLINE = 60.0
+SCRIPT_TIMEOUT = 150  # the Node script gives up on its own after this many seconds
+
+
+class AuthEndpoint:
+    """A pusher auth endpoint on a thread: POST {"socket_id", "channel_name"} -> {"auth"}."""
+
+    def __init__(self, bad_channels: set[str]) -> None:
+        self.bad_channels = bad_channels
+        self.requests: list[dict[str, str]] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                socket_id, channel = body.get("socket_id"), body.get("channel_name")
+                endpoint.requests.append({"socket_id": socket_id, "channel_name": channel})
+                if not isinstance(socket_id, str) or not isinstance(channel, str):
+                    self._answer(400, {"error": "socket_id and channel_name are required"})
+                    return
+                secret = "wrong-secret" if channel in endpoint.bad_channels else APP_SECRET
+                self._answer(200, {"auth": channel_auth(APP_KEY, secret, socket_id, channel)})
+
+            def _answer(self, status: int, obj: dict[str, Any]) -> None:
+                raw = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pusher/auth"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AuthEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+class NodeScript:
+    """The pusher-js script as a subprocess; its stdout JSON lines collected in ``lines``."""
+
+    def __init__(self, proc: trio.Process, nodes: list[NodeProc]) -> None:
+        self.proc = proc
+        self.stderr = b""
+        self.nodes = nodes
+        self.lines: list[dict[str, Any]] = []
+
+    async def read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        buffer = b""
+        async for chunk in self.proc.stdout:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                if line.strip():
+                    try:
+                        self.lines.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        text = line.decode(errors="replace")
+                        self.lines.append({"type": "unparsed", "text": text})
+
+    async def read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for chunk in self.proc.stderr:
+            self.stderr += chunk
+
+    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("type") == kind
+                and all(line.get(k) == v for k, v in match.items())]
+
+    def report(self) -> str:
+        stderr = self.stderr.decode(errors="replace")
+        nodes = "\n".join(f"--- {n.node_id} log (tail) ---\n{n.log()[-4000:]}" for n in self.nodes)
+        return (f"pusher-js script (exit {self.proc.returncode}) printed:\n"
+                + "\n".join(json.dumps(line) for line in self.lines)
+                + f"\n--- its stderr ---\n{stderr[-4000:]}\n{nodes}")
+
+    async def wait_until(self, condition: Callable[[], bool], what: str, deadline: float) -> None:
+        with trio.move_on_after(deadline):
+            while not condition():
+                if self.proc.returncode is not None:
+                    await trio.sleep(0.2)  # let the reader drain the last lines
+                    if condition():
+                        return
+                    pytest.fail(f"pusher-js script exited before {what}\n{self.report()}")
+                await trio.sleep(0.05)
+            return
+        pytest.fail(f"timed out after {deadline} s waiting for {what}\n{self.report()}")
+
+
+@pytest.fixture
+def auth_endpoint() -> Iterator[Callable[[set[str]], AuthEndpoint]]:
+    started: list[AuthEndpoint] = []
+
+    def start(bad_channels: set[str]) -> AuthEndpoint:
+        endpoint = AuthEndpoint(bad_channels).__enter__()
+        started.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        endpoint.__exit__()
+
+
+async def test_pusher_js_receives_sdk_events_across_the_cluster(
+    start_nodes, auth_endpoint
+) -> None:
+    if not (COMPAT / "node_modules" / "pusher-js").is_dir():
+        pytest.fail("tests/compat/node_modules/pusher-js is missing: run scripts/setup.sh "
+                    "(it runs npm install in tests/compat)")
+    suffix = uuid.uuid4().hex[:8]
+    public, private, bad = f"pjs-public-{suffix}", f"private-pjs-{suffix}", f"private-bad-{suffix}"
+    node1 = start_nodes("node-1")
+    node2 = start_nodes("node-2")
+    auth = auth_endpoint({bad})
+
+    argv = [NODE, str(SCRIPT), "--host", "127.0.0.1", "--port", str(node1.port),
+            "--key", APP_KEY, "--auth-url", auth.url, "--channel", public, "--channel", private,
+            "--channel", bad, "--timeout", str(SCRIPT_TIMEOUT)]
+    # Published below: to both channels, to one, in a batch, and a non-JSON string.
+    both = [{"i": i, "text": f"héllo ✓ {i}", "nested": {"list": [i, None, True]}}
+            for i in range(8)]
+    expected_count = 2 * len(both) + 1 + 1 + 2
+    argv += ["--expect", str(expected_count)]
+
+    proc = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        cwd=COMPAT, preexec_fn=_die_with_parent)
+    script = NodeScript(proc, [node1, node2])
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(script.read_stdout)
+            nursery.start_soon(script.read_stderr)
+            await _exercise(script, node2, public, private, bad, both, expected_count, auth)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            with trio.move_on_after(10):
+                await proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    await stream.aclose()
+
+
+async def _exercise(script: NodeScript, node2: NodeProc, public: str, private: str, bad: str,
+                    both: list[dict[str, Any]], expected_count: int, auth: AuthEndpoint) -> None:
+    await script.wait_until(
+        lambda: bool(script.of("subscription_succeeded", channel=public))
+        and bool(script.of("subscription_succeeded", channel=private))
+        and bool(script.of("subscription_error", channel=bad)),
+        "both subscriptions to succeed and the badly signed one to fail", SUBSCRIBE_DEADLINE)
+
+    # --- the wrongly signed private channel: pusher-js's subscription_error path -----------
+    (connected,) = script.of("connected")
+    socket_id = connected["socket_id"]
+    assert {"socket_id": socket_id, "channel_name": bad} in auth.requests
+    assert {"socket_id": socket_id, "channel_name": private} in auth.requests
+    (refusal,) = script.of("subscription_error", channel=bad)
+    assert refusal["error"] == {
+        "type": "AuthError", "error": "invalid or missing signature for private channel",
+        "status": 401,
+    }, script.report()
+    assert not script.of("subscription_succeeded", channel=bad), script.report()
+    assert not script.of("subscription_error", channel=private), script.report()
+    # The accompanying pusher:error 4009 reaches pusher.connection's 'error' without closing.
+    assert any(line["error"] == {"type": "PusherError", "data": {
+        "code": 4009, "message": "invalid or missing signature for private channel"}}
+        for line in script.of("connection_error")), script.report()
+
+    # --- publish through node 2 with the official SDK ---------------------------------------
+    sdk = pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, host="127.0.0.1",
+                        port=node2.port, ssl=False, timeout=30)
+    sent: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {public: [], private: []}
+
+    def record(response: dict[str, Any], event: str, data: Any, *channels: str) -> None:
+        for channel in channels:
+            sent[channel].append((event, data, response["positions"][channel]))
+
+    def publish_all() -> None:
+        # Refused channel first: were it (wrongly) delivered, it would arrive before the end.
+        sdk.trigger(bad, "leak", {"secret": True})
+        for data in both:
+            record(sdk.trigger([public, private], "update", data), "update", data,
+                   public, private)
+        record(sdk.trigger(private, "private-only", {"only": "private"}), "private-only",
+               {"only": "private"}, private)
+        record(sdk.trigger(public, "plain", "just text, not JSON"), "plain",
+               "just text, not JSON", public)
+        batch = sdk.trigger_batch([
+            {"channel": public, "name": "batched", "data": {"b": 1}},
+            {"channel": private, "name": "batched", "data": {"b": 2}},
+        ])
+        record(batch["batch"][0], "batched", {"b": 1}, public)
+        record(batch["batch"][1], "batched", {"b": 2}, private)
+
+    await trio.to_thread.run_sync(publish_all)
+    assert sum(len(v) for v in sent.values()) == expected_count
+
+    await script.wait_until(lambda: bool(script.of("done")),
+                            f"{expected_count} events through pusher-js", DELIVERY_DEADLINE)
+    (done,) = script.of("done")
+    assert done["reason"] == "count", script.report()
+
+    # --- every event, in order, with its data and its position, on both channels ------------
+    for channel, expected in sent.items():
+        got = script.of("event", channel=channel)
+        assert [(e["event"], e["data"]) for e in got] == [(ev, d) for ev, d, _ in expected], (
+            f"{channel}:\n{script.report()}")
+        assert [(e["offset"], e["epoch"]) for e in got] == [
+            (pos["offset"], pos["epoch"]) for _, _, pos in expected], script.report()
+        offsets = [e["offset"] for e in got]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), script.report()
+    assert not script.of("event", channel=bad), script.report()
+    # One connection throughout: the refused subscription did not cost the socket.
+    assert len(script.of("connected")) == 1, script.report()
+    before_done = script.lines[:script.lines.index(done)]
+    assert not [line for line in before_done
+                if line["type"] == "state" and line["previous"] == "connected"], script.report()
