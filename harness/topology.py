@@ -89,6 +89,7 @@ class TopologySpec:
     activity_timeout_s: float = 120
     drain_grace_s: float = 10
     max_rss_mb: int = 512
+    outbound_queue_bytes: int = 1048576
     app_id: str = "turnout"
     app_key: str = "turnout-key"
     app_secret: str = "turnout-secret"
@@ -510,6 +511,7 @@ def _node_argv(
         "--activity-timeout", _num(spec.activity_timeout_s),
         "--drain-grace", _num(spec.drain_grace_s),
         "--max-rss", str(spec.max_rss_mb),
+        "--outbound-queue-bytes", str(spec.outbound_queue_bytes),
         "--key-prefix", spec.key_prefix,
         "--chaos",
         "--chaos-token", token,

@@ -24,7 +24,7 @@ class LinkToxic(Fault):
         self.resolved = ",".join(name for name, _ in self._links)
         for _, proxy in self._links:
             for stream in self.streams():
-                await proxy.add_toxic(self.toxic_type, stream=stream,
+                await proxy.add_toxic(self.toxic_type, stream=stream,  # type: ignore[arg-type]
                                       name=f"turnout-{self.kind}-{stream}",
                                       attributes=self.attributes())
 

@@ -1,0 +1,227 @@
+"""``turnout``: run experiments headless, open the TUI, re-check a run folder.
+
+    turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
+                     [--target URL --app-id ID --app-key KEY --app-secret SECRET]
+    turnout check RUN_DIR            re-run the checker on a run folder's history
+    turnout tui [RUN_DIR]            the Textual front end (see tui/)
+
+Exit codes of ``run`` and ``check``: 0 pass, 1 an invariant was violated, 2 the harness could
+not run (the message names what was missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from . import checker
+from .experiment import ExperimentError, load_experiment
+from .procs import cancel_on_signals
+from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
+
+__all__ = ["main"]
+
+console = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one experiment headless")
+    run.add_argument("file", type=Path, help="experiment TOML file (see docs/experiments.md)")
+    run.add_argument("--out", type=Path, help="run folder (default runs/<time>-<name>/)")
+    run.add_argument("--no-recovery", action="store_true",
+                     help="negative control: nodes run with history off (drops expected)")
+    run.add_argument("--seed", type=int, help="seed for every random choice")
+    run.add_argument("--scale", type=float, default=1.0, help="multiply client counts")
+    run.add_argument("--target", help="external Pusher-protocol endpoint (ws:// or http://) "
+                     "instead of a local cluster; only client-side faults are allowed")
+    run.add_argument("--app-id", default="1")
+    run.add_argument("--app-key", default="turnout-key")
+    run.add_argument("--app-secret", default="turnout-secret")
+    run.add_argument("-v", "--verbose", action="store_true")
+    check = sub.add_parser("check", help="re-run the checker on a run folder")
+    check.add_argument("run_dir", type=Path)
+    tui = sub.add_parser("tui", help="the interactive Textual front end")
+    tui.add_argument("path", nargs="?", type=Path, help="a run folder to open or attach to")
+    return parser
+
+
+class _Progress:
+    """Live progress from the run's event stream: a rich table on a terminal, lines in CI."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.phase = "setup"
+        self.status: dict[str, Any] = {}
+        self.faults: list[str] = []
+        self.interactive = console.is_terminal
+        self._last_line = 0.0
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "phase":
+            self.phase = event["phase"]
+            console.log(f"[bold]{self.name}[/]: phase [cyan]{self.phase}[/]")
+        elif kind == "status":
+            self.status = event
+            if not self.interactive and event["t"] - self._last_line >= 10:
+                self._last_line = event["t"]
+                fleet = event.get("fleet", {})
+                pub = event.get("publisher", {})
+                console.log(f"t={event['t']:.0f}s {self.phase}: clients "
+                            f"{fleet.get('connected', 0)}/{fleet.get('clients', 0)} connected, "
+                            f"{fleet.get('delivered', 0)} delivered, published "
+                            f"{pub.get('ok', 0)} ok/{pub.get('indeterminate', 0)} unknown")
+        elif kind in ("fault", "heal", "fault_error"):
+            text = (f"{kind} {event.get('fault_id')}: {event.get('kind')} "
+                    f"{event.get('resolved') or event.get('target')}")
+            if kind == "fault_error":
+                text += f" — {event.get('error')}"
+            self.faults.append(f"t={event['t']:.0f}s {text}")
+            console.log(("[red]" if kind == "fault_error" else "[yellow]") + text)
+        elif kind == "log":
+            console.log(("[red]" if event.get("level") == "error" else "") + event["message"])
+
+    def render(self) -> Table:
+        table = Table(title=f"{self.name} — {self.phase}", expand=False)
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        fleet = self.status.get("fleet", {})
+        pub = self.status.get("publisher", {})
+        table.add_row("elapsed", f"{self.status.get('t', 0):.0f} s")
+        table.add_row("clients connected", f"{fleet.get('connected', 0)}/{fleet.get('clients', 0)}")
+        table.add_row("delivered", str(fleet.get("delivered", 0)))
+        table.add_row("reconnects", str(fleet.get("reconnects", 0)))
+        p99 = fleet.get("latency_p99_ms")
+        table.add_row("latency p99 (live)", f"{p99:.0f} ms" if p99 is not None else "—")
+        table.add_row("published ok / failed / unknown",
+                      f"{pub.get('ok', 0)} / {pub.get('failed', 0)} / "
+                      f"{pub.get('indeterminate', 0)}")
+        for name, node in self.status.get("nodes", {}).items():
+            conns = node.get("connections")
+            table.add_row(name, f"{node.get('state')}"
+                          + (f", {int(conns)} conns" if conns is not None else ""))
+        for line in self.faults[-4:]:
+            table.add_row("fault", line)
+        return table
+
+
+def verdict_table(result: RunResult) -> Table:
+    report = result.report
+    colour = {"pass": "green", "fail": "red"}.get(report.verdict, "yellow")
+    table = Table(title=f"verdict: [{colour}]{report.verdict.upper()}[/]  ({result.run_dir})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in ("published", "indeterminate", "owed", "delivered", "lost", "duplicated",
+                "reordered", "unexpected"):
+        value = report.totals.get(key) if isinstance(report.totals, dict) else None
+        if value is None:
+            continue
+        bad = key in ("lost", "duplicated", "reordered", "unexpected") and value
+        table.add_row(key, f"[red]{value}[/]" if bad else str(value))
+    for key in ("p50", "p99", "max"):
+        value = report.latency_ms.get(key) if report.latency_ms else None
+        if value is not None:
+            table.add_row(f"latency {key}", f"{value:.1f} ms")
+    for fault in report.faults:
+        rec = fault.recovery_s
+        table.add_row(f"{fault.fault_id} {fault.fault} {fault.target}",
+                      "never recovered" if rec is None else f"recovered in {rec:.1f} s")
+    for violation in report.violations:
+        table.add_row("[red]violation[/]", violation)
+    if report.error:
+        table.add_row("[yellow]error[/]", report.error)
+    return table
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        experiment = load_experiment(args.file)
+    except (ExperimentError, OSError) as exc:
+        console.print(f"[red]turnout: error:[/] {exc}")
+        return EXIT_ERROR
+    options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery, seed=args.seed,
+                         scale=args.scale, target_url=args.target, app_id=args.app_id,
+                         app_key=args.app_key, app_secret=args.app_secret)
+    progress = _Progress(experiment.name)
+    result: RunResult | None = None
+
+    async def main() -> None:
+        nonlocal result
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancel_on_signals, nursery.cancel_scope)
+            if progress.interactive:
+                with Live(progress.render(), console=console, refresh_per_second=2) as live:
+                    async def refresh() -> None:
+                        while True:
+                            live.update(progress.render())
+                            await trio.sleep(0.5)
+                    nursery.start_soon(refresh)
+                    result = await run_experiment(experiment, options, progress.on_event,
+                                                  source=args.file)
+            else:
+                result = await run_experiment(experiment, options, progress.on_event,
+                                              source=args.file)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every process of the run was stopped[/]")
+        return 130
+    if result is None:
+        console.print("[yellow]run stopped before it finished: every process was stopped[/]")
+        return 130
+    console.print(verdict_table(result))
+    return result.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    run_dir: Path = args.run_dir
+    try:
+        experiment_doc = orjson.loads((run_dir / "experiment.json").read_bytes())
+        history = run_dir / "history.jsonl"
+        from .experiment import parse_experiment
+
+        experiment = parse_experiment((run_dir / "experiment.toml").read_text(),
+                                      source=str(run_dir / "experiment.toml"),
+                                      default_name=experiment_doc.get("name", "run"))
+        report = checker.check_files([history], experiment.invariants)
+    except (OSError, ExperimentError, ValueError) as exc:
+        console.print(f"[red]turnout: error:[/] {exc}")
+        return EXIT_ERROR
+    console.print(checker.render_markdown(report, experiment.name))
+    return {"pass": 0, "fail": 1}.get(report.verdict, EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "tui":
+        try:
+            from tui.app import run_tui
+        except ImportError as exc:
+            console.print(f"[red]turnout: error:[/] the TUI is not available: {exc}")
+            return EXIT_ERROR
+        return run_tui(args.path)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The command channel of a running experiment: a Unix socket ``control.sock`` in the run folder.
+
+Clients (the TUI, or ``socat``) send one JSON object per line and get one JSON reply per line:
+
+- ``{"cmd": "inject", "kind": "kill_node", "target": "node-2", "params": {...},
+  "duration_s": 10}`` → ``{"ok": true, "fault_id": "i1"}`` (interactive faults are recorded in
+  the history like scheduled ones; without a duration they hold until healed)
+- ``{"cmd": "heal", "fault_id": "i1"}``, ``{"cmd": "heal_all"}`` → ``{"ok": true}``
+- ``{"cmd": "faults"}`` → ``{"ok": true, "active": [...]}``
+- ``{"cmd": "ping"}`` → ``{"ok": true}``
+
+Errors answer ``{"ok": false, "error": "..."}`` and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .events import EventLog
+from .experiment import FAULT_KINDS
+from .faults import FaultError
+from .nemesis import Nemesis
+
+__all__ = ["handle_command", "serve_control"]
+
+
+def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str, Any]:
+    if not isinstance(command, dict):
+        return {"ok": False, "error": "a command must be a JSON object"}
+    cmd = command.get("cmd")
+    if cmd == "ping":
+        return {"ok": True}
+    if cmd == "faults":
+        return {"ok": True, "active": [
+            {"fault_id": f.fault_id, "kind": f.kind, "target": f.target, "source": f.source}
+            for f in nemesis.active.values()]}
+    if cmd == "heal":
+        healed = nemesis.heal(str(command.get("fault_id")))
+        return {"ok": healed} if healed else {"ok": False, "error": "no such active fault"}
+    if cmd == "heal_all":
+        nemesis.heal_all()
+        return {"ok": True}
+    if cmd == "inject":
+        kind = command.get("kind")
+        if kind not in FAULT_KINDS:
+            return {"ok": False, "error": f"unknown fault kind {kind!r}"}
+        spec = FAULT_KINDS[kind]
+        target = str(command.get("target") or spec.default_target)
+        params = {k.name: k.default for k in spec.params}
+        params.update(command.get("params") or {})
+        duration = command.get("duration_s", spec.duration_s)
+        try:
+            fault_id = nemesis.start("", kind, target, params,
+                                     float(duration) if duration is not None else None,
+                                     source="interactive")
+        except (FaultError, ValueError, TypeError) as exc:
+            return {"ok": False, "error": str(exc)}
+        events.log(f"interactive fault {fault_id}: {kind} on {target}")
+        return {"ok": True, "fault_id": fault_id}
+    return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+async def _serve_one(stream: trio.SocketStream, nemesis: Nemesis, events: EventLog) -> None:
+    buffer = b""
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                try:
+                    reply = handle_command(nemesis, events, json.loads(line))
+                except json.JSONDecodeError as exc:
+                    reply = {"ok": False, "error": f"invalid JSON: {exc}"}
+                try:
+                    await stream.send_all((json.dumps(reply) + "\n").encode())
+                except trio.BrokenResourceError:
+                    return
+
+
+async def serve_control(path: Path, nemesis: Nemesis, events: EventLog, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    path.unlink(missing_ok=True)
+    await sock.bind(str(path))
+    sock.listen(8)
+    try:
+        async with trio.open_nursery() as nursery, trio.SocketListener(sock) as listener:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(_serve_one, stream, nemesis, events)
+    finally:
+        path.unlink(missing_ok=True)

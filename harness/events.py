@@ -1,0 +1,54 @@
+"""The run's event stream: what the TUI (and anyone tailing the run folder) watches.
+
+``events.jsonl`` in the run folder, one JSON object per line, always with ``t`` (seconds since
+the run started) and ``type``:
+
+- ``run``: the run started: ``name``, ``experiment`` (its dict), ``run_dir``, ``target``.
+- ``phase``: ``phase`` entered (steady, faults, heal, settle, drain, check).
+- ``status``: every second: ``nodes`` (name -> state, pid, rss_bytes, connections, redis),
+  ``links`` (name -> list of active toxics / enabled), ``fleet`` (connected, delivered,
+  reconnects, latency), ``publisher`` (ok, failed, indeterminate), ``live`` (duplicates and
+  reorders seen so far: provisional, the checker decides).
+- ``fault`` / ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
+  (schedule|interactive); ``fault_error`` when an injection failed.
+- ``log``: ``level``, ``message``.
+- ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.
+
+Commands flow the other way through ``control.sock`` (see harness.control).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["EventLog"]
+
+
+class EventLog:
+    """Append-only JSONL writer (flushed per event: a tailing TUI must see it at once)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self.t0 = clock()
+        self._file = open(path, "ab", buffering=0)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        event = {"t": round(self._clock() - self.t0, 3), "type": type, **fields}
+        if not self._file.closed:
+            self._file.write(orjson.dumps(event, default=str) + b"\n")
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit("log", level=level, message=message)
+
+    def close(self) -> None:
+        self._file.close()

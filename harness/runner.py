@@ -1,0 +1,316 @@
+"""One experiment, headless: cluster up, workload, faults on schedule, heal, settle, drain,
+check, report. The TUI drives the same engine (through ``run_experiment``'s event stream and
+control socket), so a run started there writes the same run folder.
+
+Run folder (``runs/<time>-<name>/`` by default)::
+
+    experiment.toml      the file as given (plus experiment.json: the parsed, scaled form)
+    history.jsonl        every op of every process, merged by time (the checker's input)
+    parts/               the per-process history files it was merged from
+    events.jsonl         the live event stream (harness.events)
+    report.json          verdict, totals, latency, faults with recovery times, violations
+    report.md, junit.xml the same for humans and CI
+    logs/                every process's output (redis, toxiproxy, haproxy, nodes, fleet)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from . import checker
+from .control import serve_control
+from .events import EventLog
+from .experiment import Experiment
+from .faults import FaultContext
+from .fleet_control import FleetControl, plan_clients
+from .history import HARNESS, HistoryWriter, merge_histories
+from .nemesis import Nemesis
+from .procs import HarnessSetupError, ProcessFailed, open_supervisor
+from .publisher import Publisher, PublisherSpec
+from .topology import Topology, TopologySpec, run_topology
+
+log = logging.getLogger("turnout.runner")
+
+__all__ = ["RunOptions", "RunResult", "run_experiment"]
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path | None = None
+    runs_root: Path = Path("runs")
+    no_recovery: bool = False
+    seed: int | None = None
+    scale: float = 1.0
+    # External Pusher-protocol endpoint (--target): no local cluster.
+    target_url: str | None = None
+    app_id: str = "1"
+    app_key: str = "turnout-key"
+    app_secret: str = "turnout-secret"
+    subscribe_timeout_s: float = 120.0
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: checker.Report
+    exit_code: int
+
+
+def _run_dir(options: RunOptions, name: str) -> Path:
+    if options.out_dir is not None:
+        path = options.out_dir
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = options.runs_root / f"{stamp}-{name}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = options.runs_root / f"{stamp}-{name}-{suffix}"
+    (path / "parts").mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
+    if options.scale != 1.0:
+        experiment = experiment.scaled(options.scale)
+    if options.no_recovery:
+        experiment = experiment.negative_control()
+    return experiment
+
+
+def _ws_entry(base: str, key: str) -> str:
+    base = base.rstrip("/")
+    if base.startswith("http"):
+        base = "ws" + base[4:]
+    return f"{base}/app/{key}?protocol=7&client=turnout-harness&version=1"
+
+
+async def _node_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    try:
+        text = (await client.get(f"{url}/metrics", timeout=0.5)).text
+    except httpx.HTTPError:
+        return {}
+    wanted = {"turnout_connections", "turnout_redis_link_up", "turnout_rss_bytes",
+              "turnout_subscriptions", "turnout_events_delivered_total",
+              "turnout_slow_consumer_disconnects_total"}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            try:
+                out[name.removeprefix("turnout_")] = float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return out
+
+
+async def _status_loop(events: EventLog, topology: Topology | None, fleet: FleetControl,
+                       publisher: Publisher, nemesis: Nemesis) -> None:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        while True:
+            nodes: dict[str, Any] = {}
+            links: dict[str, Any] = {}
+            if topology is not None:
+                for name, node in topology.nodes.items():
+                    metrics = await _node_metrics(client, node.url) \
+                        if node.state.value == "up" else {}
+                    stats = node.process.statistics()
+                    nodes[name] = {"state": node.state.value, "pid": node.pid,
+                                   "rss_bytes": stats.rss_bytes, **metrics}
+                for link in sorted(topology.proxies):
+                    links[link] = {"toxics": []}
+                for entry in nemesis.active.values():
+                    for link in (entry.fault.resolved or "").split(","):
+                        if link in links:
+                            links[link]["toxics"].append(entry.kind)
+                redis = topology.redis
+                nodes["redis"] = {"state": redis.state.value if redis is not None else "?"}
+            events.emit("status", nodes=nodes, links=links, fleet=fleet.totals().to_dict(),
+                        publisher={"ok": publisher.ok, "failed": publisher.failed,
+                                   "indeterminate": publisher.indeterminate},
+                        faults=[{"fault_id": f.fault_id, "kind": f.kind, "target": f.target}
+                                for f in nemesis.active.values()])
+            await trio.sleep(1.0)
+
+
+async def run_experiment(experiment: Experiment, options: RunOptions,
+                         events_listener: Any = None, source: Path | None = None) -> RunResult:
+    """Run ``experiment``; never raises for a harness failure: the report says ``error``."""
+    experiment = prepare(experiment, options)
+    run_dir = _run_dir(options, experiment.name)
+    if source is not None:
+        shutil.copyfile(source, run_dir / "experiment.toml")
+    seed = options.seed if options.seed is not None else experiment.seed
+    events = EventLog(run_dir / "events.jsonl")
+    if events_listener is not None:
+        events.listeners.append(events_listener)
+    (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment.to_dict(), default=str,
+                                                           option=orjson.OPT_INDENT_2))
+    history = HistoryWriter(run_dir / "parts" / "history-harness.jsonl")
+    events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
+                target=options.target_url, experiment=experiment.to_dict())
+    error: str | None = None
+    nemesis_failures: list[str] = []
+    try:
+        nemesis_failures = await _run(experiment, options, run_dir, seed, events, history)
+    except (HarnessSetupError, ProcessFailed, OSError, TimeoutError, ValueError,
+            httpx.HTTPError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("run could not complete: %s", error)
+        events.log(error, level="error")
+    except BaseExceptionGroup as group:
+        error = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(group))[:2000]
+        if not error:
+            raise
+        log.error("run could not complete: %s", error)
+        events.log(error, level="error")
+    finally:
+        history.close()
+    events.emit("phase", phase="check")
+    parts = sorted((run_dir / "parts").glob("history-*.jsonl"))
+    merged = merge_histories(parts)
+    with open(run_dir / "history.jsonl", "wb") as out:
+        for op in merged:
+            out.write(op.to_json() + b"\n")
+    if error is not None:
+        report = checker.error_report(error)
+    else:
+        report = checker.check(merged, experiment.invariants)
+        if nemesis_failures:
+            report = replace(report, verdict="fail", violations=(
+                *report.violations, *(f"fault not applied: {m}" for m in nemesis_failures)))
+    exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
+    document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
+                "seed": seed, "target": options.target_url, "exit_code": exit_code}
+    (run_dir / "report.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    (run_dir / "report.md").write_text(checker.render_markdown(report, experiment.name))
+    (run_dir / "junit.xml").write_text(checker.render_junit(report, experiment.name))
+    events.emit("verdict", report=document, exit_code=exit_code)
+    events.close()
+    return RunResult(run_dir, report, exit_code)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out += _leaves(exc)
+        elif not isinstance(exc, trio.Cancelled):
+            out.append(exc)
+    return out
+
+
+async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed: int,
+               events: EventLog, history: HistoryWriter) -> list[str]:
+    cluster, clients_cfg, workload, phases = (experiment.cluster, experiment.clients,
+                                              experiment.workload, experiment.phases)
+    channels = [f"{workload.channel_prefix}{i}" for i in range(1, workload.channels + 1)]
+    storm = max((int(f.params.get("clients", 0) or 0) for f in experiment.faults
+                 if f.kind == "connection_storm"), default=0)
+    rng = random.Random(seed)
+    app = (options.app_id, options.app_key, options.app_secret)
+    async with trio.open_nursery() as root:
+        topology: Topology | None = None
+        if options.target_url is None:
+            spec = TopologySpec(
+                nodes=cluster.nodes, clients=clients_cfg.count + storm,
+                history_size=0 if not cluster.recovery else cluster.history_size,
+                history_ttl_s=cluster.history_ttl_s,
+                activity_timeout_s=cluster.activity_timeout_s,
+                drain_grace_s=cluster.drain_grace_s, max_rss_mb=int(cluster.max_rss_mb),
+                outbound_queue_bytes=cluster.outbound_queue_bytes,
+                app_id=app[0], app_key=app[1], app_secret=app[2],
+                key_prefix=f"turnout-{seed}", toxiproxy_seed=seed)
+            events.emit("phase", phase="setup")
+            topology = await root.start(run_topology, spec, run_dir)
+            ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]
+            api_url = topology.http_api_url
+        else:
+            ws_entries = [_ws_entry(options.target_url, app[1])]
+            api_url = options.target_url.replace("ws://", "http://").replace("wss://",
+                                                                             "https://")
+        async with open_supervisor(run_dir / "logs") as fleet_supervisor:
+            fleet = FleetControl(run_dir, clients_cfg.processes, seed=seed)
+            await root.start(fleet.serve)
+            plan = plan_clients(clients_cfg.count, channels, clients_cfg.channels_per_client)
+            await fleet.start_workers(
+                fleet_supervisor, entries=ws_entries, clients=plan,
+                history_dir=run_dir / "parts", storm_capacity=storm,
+                spec_kwargs={
+                    "connect_rate_per_s": clients_cfg.connect_rate_per_s,
+                    "backoff_min_s": clients_cfg.reconnect_backoff_min_s,
+                    "backoff_max_s": clients_cfg.reconnect_backoff_max_s,
+                    "resume": clients_cfg.resume,
+                })
+            expected = sum(len(c.channels) for c in plan)
+            if not await fleet.wait_subscribed(expected, options.subscribe_timeout_s):
+                raise TimeoutError(f"only {fleet.totals().subscribed} of {expected} "
+                                   f"subscriptions succeeded within "
+                                   f"{options.subscribe_timeout_s:g} s")
+            publisher = Publisher(PublisherSpec(
+                base_url=api_url, app_id=app[0], app_key=app[1], app_secret=app[2],
+                channels=tuple(channels), interval_s=workload.publish_interval_s,
+                jitter_s=workload.interval_jitter_s, payload_bytes=workload.payload_bytes,
+                timeout_s=workload.publish_timeout_s, retries=workload.publish_retries,
+                seed=seed), history)
+            ctx = FaultContext(topology=topology, rng=rng,
+                               stall_clients=fleet.stall,
+                               storm=lambda n, d: fleet.storm(n, d, channels[0]))
+            async with trio.open_nursery() as work:
+                nemesis = Nemesis(ctx, history, events, work)
+                work.start_soon(_status_loop, events, topology, fleet, publisher, nemesis)
+                await work.start(serve_control, run_dir / "control.sock", nemesis, events)
+                stop_publishing = trio.Event()
+
+                def phase(name: str) -> None:
+                    history.record(HARNESS, "info", "phase", {"phase": name})
+                    events.emit("phase", phase=name)
+
+                phase("steady")
+                work.start_soon(publisher.run, stop_publishing)
+                await trio.sleep(phases.steady_s)
+                phase("faults")
+                for fault in experiment.faults:
+                    nemesis.start(fault.fault_id, fault.kind, fault.target, fault.params,
+                                  fault.duration_s, delay_s=fault.at_s)
+                await trio.sleep(phases.faults_s)
+                with trio.move_on_after(180):
+                    await nemesis.wait_idle()
+                phase("heal")
+                nemesis.heal_all()
+                with trio.move_on_after(60):
+                    await nemesis.wait_idle()
+                if topology is not None:
+                    await topology.reset_faults()
+                    for node in topology.nodes.values():
+                        if node.state.value not in ("up", "starting"):
+                            events.log(f"heal: restarting {node.name} ({node.state.value})")
+                            await node.restart()
+                    await topology.wait_lb_ready(timeout=30)
+                await trio.sleep(phases.heal_s)
+                phase("settle")
+                stop_publishing.set()
+                await trio.sleep(phases.settle_s)
+                phase("drain")
+                drained = await fleet.drain(timeout=180)
+                if not drained:
+                    events.log("not every fleet worker finished its final read", "error")
+                work.cancel_scope.cancel()
+            failures = list(nemesis.failures)
+        root.cancel_scope.cancel()
+    return failures
+
