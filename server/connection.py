@@ -53,8 +53,8 @@ def new_socket_id() -> str:
 class Connection:
     __slots__ = (
         "__weakref__", "_flushed", "_head_partial", "_nursery", "_outq", "_outq_bytes",
-        "_scope", "_writer_running", "app", "channels", "closing", "last_activity", "node",
-        "parser", "peer", "ping_sent_at", "sock", "socket_id",
+        "_scope", "_writer_running", "app", "channels", "closing", "frame_failed",
+        "last_activity", "node", "parser", "peer", "ping_sent_at", "sock", "socket_id",
     )
 
     def __init__(self, node: Node, sock: socket.socket, app: AppConfig, peer: str) -> None:
@@ -66,6 +66,7 @@ class Connection:
         self.parser = FrameParser(node.config.max_message_size)
         self.channels: dict[str, Any] = {}
         self.closing = False
+        self.frame_failed = False
         self.last_activity = trio.current_time()
         self.ping_sent_at: float | None = None
         self._outq: deque[bytes] = deque()
@@ -216,13 +217,26 @@ class Connection:
         """Handle bytes from the client; False when the connection is finished."""
         self.last_activity = trio.current_time()
         self.ping_sent_at = None
+        if self.frame_failed:
+            # RFC 6455 7.1.7: once failed, process nothing more (not even a close frame); the
+            # rest of the stream is unparseable (e.g. the body of an oversize frame).
+            return True
         try:
             messages = self.parser.feed(data)
         except FrameError as exc:
             log.info("frame error from %s (%s): %s", self.socket_id, self.peer, exc.reason)
             self.node.stats.bad_frames += 1
+            self.frame_failed = True
             self.close(exc.code, exc.reason)
-            return True  # keep reading until the close handshake or the deadline
+            if not self._outq:
+                # Our close frame is out and we cannot read theirs: half-close so the client
+                # sees the end now instead of waiting out CLOSE_TIMEOUT. Keep draining input
+                # until its EOF, so closing the socket does not reset it.
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            return True
         for opcode, payload in messages:
             if opcode == OP_TEXT:
                 self.node.stats.messages_in += 1
@@ -255,6 +269,9 @@ class Connection:
         try:
             payload.decode("utf-8")
         except UnicodeDecodeError:
+            self.node.stats.bad_messages += 1
+            log.info("client %s (%s): text frame is not valid UTF-8, closing 1007",
+                     self.socket_id, self.peer)
             self.close(1007, "text frame is not valid UTF-8")
             return
         try:

@@ -125,7 +125,8 @@ async def _serve(node: Node, sock: socket.socket, peer: str) -> tuple[AppConfig,
         timeout = KEEPALIVE_TIMEOUT
 
 
-async def _reject_ws(sock: socket.socket, code: int, message: str) -> None:
+async def _reject_ws(sock: socket.socket, peer: str, code: int, message: str) -> None:
+    log.info("websocket from %s refused with %d: %s", peer, code, message)
     await send_all(sock, encode_text(protocol.error(code, message)) + encode_close(code, message))
 
 
@@ -159,28 +160,28 @@ async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, reques
     parts = url.path.strip("/").split("/")
     query = dict(parse_qsl(url.query))
     if len(parts) != 2 or parts[0] != "app":
-        await _reject_ws(sock, protocol.PATH_NOT_FOUND, f"path not found: {url.path}")
+        await _reject_ws(sock, peer, protocol.PATH_NOT_FOUND, f"path not found: {url.path}")
         return None
     app = node.config.app_by_key(parts[1])
     if app is None:
         node.stats.rejected_connections += 1
-        log.info("connection from %s refused: unknown app key %r", peer, parts[1][:64])
-        await _reject_ws(sock, protocol.UNKNOWN_APP, f"app key {parts[1][:64]} does not exist")
+        await _reject_ws(sock, peer, protocol.UNKNOWN_APP,
+                         f"app key {parts[1][:64]} does not exist")
         return None
     if "protocol" not in query:
-        await _reject_ws(sock, protocol.NO_PROTOCOL, "no protocol version supplied")
+        await _reject_ws(sock, peer, protocol.NO_PROTOCOL, "no protocol version supplied")
         return None
     if query["protocol"] != str(protocol.SUPPORTED_PROTOCOL):
-        await _reject_ws(sock, protocol.UNSUPPORTED_PROTOCOL,
+        await _reject_ws(sock, peer, protocol.UNSUPPORTED_PROTOCOL,
                          f"unsupported protocol version {query['protocol'][:16]}; use 7")
         return None
     if node.draining:
-        await _reject_ws(sock, protocol.RECONNECT, "server draining; reconnect elsewhere")
+        await _reject_ws(sock, peer, protocol.RECONNECT, "server draining; reconnect elsewhere")
         return None
     limit = node.config.max_connections
     if limit and len(node.connections) >= limit:
         node.stats.rejected_connections += 1
-        await _reject_ws(sock, protocol.OVER_CAPACITY, "over capacity")
+        await _reject_ws(sock, peer, protocol.OVER_CAPACITY, "over capacity")
         return None
     return app, bytes(initial)
 

@@ -1,0 +1,330 @@
+"""Bad input of every kind against one live node, watched by an innocent bystander.
+
+One node and one bystander client subscribed to a channel. An attacker then sends each kind of
+bad input in turn. For each case the test checks four things: the documented answer (a
+pusher:error code with the connection left open, a close code, or an HTTP status), a log line
+from the node about it, that the node process is still alive, and that the bystander still
+receives an event published afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from server.auth import sign_request
+from tests.support.client import publish, pusher_client
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc
+
+MAX_MESSAGE = 1024  # the node's --max-message-size in this module
+
+
+# ---------------------------------------------------------------------------- raw client
+
+
+class RawClient:
+    """A websocket client that can send frames no well-behaved library would."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.pending: list[Any] = []
+
+    @classmethod
+    async def connect(cls, node: NodeProc, target: str | None = None) -> RawClient:
+        stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(
+            host="127.0.0.1", target=target or f"/app/{APP_KEY}?protocol=7")))
+        client = cls(stream, ws)
+        assert isinstance(await client.event(), AcceptConnection)
+        return client
+
+    async def event(self, timeout: float = 5.0) -> Any:
+        with trio.fail_after(timeout):
+            while not self.pending:
+                data = await self.stream.receive_some(65536)
+                self.ws.receive_data(data or None)
+                self.pending += list(self.ws.events())
+            return self.pending.pop(0)
+
+    async def message(self) -> dict[str, Any]:
+        event = await self.event()
+        assert isinstance(event, TextMessage), event
+        return json.loads(event.data)
+
+    async def close_code(self) -> int:
+        """Read until the server's close frame; its code."""
+        while True:
+            event = await self.event()
+            if isinstance(event, CloseConnection):
+                return event.code
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True,
+          length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((b0, bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, bit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable[[NodeProc], Awaitable[None]]
+    log: str | None  # regex expected in the node's log after the case; None: not checked
+
+
+async def pusher_error_then_open(node: NodeProc, payload: str | bytes, code: int = 4200) -> None:
+    """Send one message; expect pusher:error ``code`` and a connection that still works."""
+    async with pusher_client(node.ws_url) as client:
+        await client.ws.send_message(payload)
+        message = await client.next()
+        assert message["event"] == "pusher:error", message
+        assert message["data"]["code"] == code, message
+        assert message["data"]["message"]
+        await client.send("pusher:ping", {})
+        assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+
+async def closed_by_server(ws: WebSocketConnection) -> int:
+    """Read until the server closes the websocket; its close code."""
+    with trio.fail_after(5):
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed as exc:
+            return exc.reason.code
+
+
+def text_case(name: str, payload: str | bytes, log: str, code: int = 4200) -> Case:
+    return Case(name, lambda node: pusher_error_then_open(node, payload, code), log)
+
+
+async def oversize_message(node: NodeProc) -> None:
+    start = len(node.log())
+    began = trio.current_time()
+    async with pusher_client(node.ws_url) as client:
+        await client.ws.send_message(json.dumps({"event": "pusher:ping",
+                                                 "data": "x" * (MAX_MESSAGE * 200)}))
+        assert await closed_by_server(client.ws) == 1009
+    # The close completes at once: the node does not wait out its close timeout, and does not
+    # parse the refused frame's body as more frames (one frame error, not a cascade).
+    assert trio.current_time() - began < 1.0
+    await trio.sleep(0.1)
+    assert len(re.findall(r"frame error", node.log()[start:])) == 1, node.log()[start:]
+
+
+async def oversize_announced(node: NodeProc) -> None:
+    # Only a header announcing 1 GiB: refused from the header alone, nothing buffered.
+    client = await RawClient.connect(node)
+    assert (await client.message())["event"] == "pusher:connection_established"
+    await client.send_raw(frame(0x1, b"", length=1 << 30))
+    assert await client.close_code() == 1009
+    await client.aclose()
+
+
+async def oversize_fragments(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    chunk = b"x" * (MAX_MESSAGE // 2)
+    await client.send_raw(frame(0x1, chunk, fin=False) + frame(0x0, chunk, fin=False)
+                          + frame(0x0, chunk, fin=True))
+    assert await client.close_code() == 1009
+    await client.aclose()
+
+
+async def unmasked_frame(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    await client.send_raw(frame(0x1, b'{"event":"pusher:ping","data":{}}', mask=False))
+    assert await client.close_code() == 1002
+    await client.aclose()
+
+
+async def orphan_continuation(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    await client.send_raw(frame(0x0, b"orphan"))
+    assert await client.close_code() == 1002
+    await client.aclose()
+
+
+async def reserved_bits(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    data = bytearray(frame(0x1, b"{}"))
+    data[0] |= 0x40  # RSV1 without a negotiated extension
+    await client.send_raw(bytes(data))
+    assert await client.close_code() == 1002
+    await client.aclose()
+
+
+async def invalid_utf8(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    await client.send_raw(frame(0x1, b'{"event":"pusher:ping","data":"\xff\xfe"}'))
+    assert await client.close_code() == 1007
+    await client.aclose()
+
+
+async def binary_frame(node: NodeProc) -> None:
+    await pusher_error_then_open(node, b"\x00\x01binary\xff")
+
+
+async def truncated_frame_then_hangup(node: NodeProc) -> None:
+    client = await RawClient.connect(node)
+    await client.message()
+    await client.send_raw(frame(0x1, b"x" * 100)[:20])
+    await client.aclose()
+
+
+async def garbage_instead_of_http(node: NodeProc) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+    await stream.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+    with trio.fail_after(5):
+        while await stream.receive_some(4096):
+            pass  # the node answers (or not) and closes the socket
+    await stream.aclose()
+
+
+async def refused_upgrade(node: NodeProc, target: str, code: int) -> None:
+    with trio.fail_after(5):
+        async with open_websocket_url(f"ws://127.0.0.1:{node.port}{target}") as ws:
+            message = json.loads(await ws.get_message())
+            assert message["event"] == "pusher:error"
+            assert message["data"]["code"] == code
+            assert await closed_by_server(ws) == code
+
+
+def upgrade_case(name: str, target: str, code: int) -> Case:
+    return Case(name, lambda node: refused_upgrade(node, target, code), rf"refused with {code}")
+
+
+def http_case(name: str, status: int, **how: Any) -> Case:
+    async def run(node: NodeProc) -> None:
+        path = how.get("path", f"/apps/{APP_ID}/events")
+        body = how.get("body", json.dumps({"name": "e", "data": "{}", "channel": "x"}).encode())
+        params = sign_request(how.get("key", APP_KEY), how.get("secret", APP_SECRET), "POST",
+                              path, body, timestamp=how.get("timestamp"))
+        params.update(how.get("tamper", {}))
+        response = await trio.to_thread.run_sync(
+            lambda: httpx.post(f"{node.url}{path}", params=params, content=body, timeout=5))
+        assert response.status_code == status, response.text
+        assert response.json()["error"]
+
+    return Case(name, run, rf"-> {status}")
+
+
+CASES = [
+    text_case("malformed JSON", '{"event": "pusher:ping", ', r"invalid message format"),
+    text_case("JSON array", '[{"event": "pusher:ping"}]', r"invalid message format"),
+    text_case("JSON string", '"pusher:ping"', r"invalid message format"),
+    text_case("missing event", '{"data": {"channel": "x"}}', r"missing 'event'"),
+    text_case("event not a string", '{"event": 7}', r"missing 'event'"),
+    text_case("unknown pusher event", '{"event": "pusher:bogus", "data": {}}',
+              r"unsupported event 'pusher:bogus'"),
+    text_case("double-encoded data that is not JSON",
+              '{"event": "pusher:subscribe", "data": "{not json"}', r"not valid JSON"),
+    text_case("subscribe without data", '{"event": "pusher:subscribe"}', r"needs 'channel'"),
+    text_case("deeply nested JSON", "[" * 500 + "]" * 500, r"invalid message format"),
+    text_case("bad resume position",
+              '{"event": "pusher:subscribe", "data": {"channel": "x", "offset": -1, '
+              '"epoch": "e"}}', r"'offset' must be"),
+    Case("binary frame", binary_frame, r"binary frame"),
+    Case("oversize message", oversize_message, r"frame error.*larger than 1024"),
+    Case("oversize announced in the header", oversize_announced, r"frame error.*larger than"),
+    Case("oversize across fragments", oversize_fragments, r"frame error.*larger than"),
+    Case("unmasked frame", unmasked_frame, r"frame error.*masked"),
+    Case("continuation without start", orphan_continuation, r"frame error.*continuation"),
+    Case("reserved bits", reserved_bits, r"frame error.*reserved"),
+    Case("invalid UTF-8 text", invalid_utf8, r"UTF-8"),
+    Case("truncated frame then hang-up", truncated_frame_then_hangup, None),
+    Case("garbage instead of HTTP", garbage_instead_of_http, None),
+    *[text_case(f"invalid channel name {name!r}",
+                json.dumps({"event": "pusher:subscribe", "data": {"channel": name}}),
+                r"invalid channel name")
+      for name in ["x" * 165, "with space", "semi;colon/slash", "#server-to-user-1", ""]],
+    text_case("channel name not a string",
+              '{"event": "pusher:subscribe", "data": {"channel": ["a"]}}', r"needs 'channel'"),
+    http_case("bad HTTP signature", 401, tamper={"auth_signature": "0" * 64}),
+    http_case("expired HTTP timestamp", 401, timestamp=1353088179),
+    http_case("future HTTP timestamp", 401, timestamp=4102444800),
+    http_case("wrong HTTP body_md5", 401, tamper={"body_md5": "0" * 32}),
+    http_case("wrong HTTP key", 401, key="not-the-key"),
+    http_case("unknown app id", 404, path="/apps/404/events"),
+    http_case("bad JSON body", 400, body=b"{nope"),
+    upgrade_case("wrong app key", f"/app/not-{APP_KEY}?protocol=7", 4001),
+    upgrade_case("protocol 6", f"/app/{APP_KEY}?protocol=6", 4007),
+    upgrade_case("no protocol", f"/app/{APP_KEY}", 4008),
+    upgrade_case("wrong path", f"/apps/{APP_KEY}?protocol=7", 4005),
+]
+
+
+async def test_every_bad_input_is_answered_and_harms_nobody(start_nodes):
+    node = start_nodes("node-1", "--max-message-size", str(MAX_MESSAGE))
+    async with pusher_client(node.ws_url) as bystander:
+        ok = await bystander.subscribe("bystander")
+        assert ok["event"] == "pusher_internal:subscription_succeeded"
+        for n, case in enumerate(CASES):
+            log_start = len(node.log())
+            try:
+                await case.run(node)
+            except BaseException as exc:
+                raise AssertionError(f"case {case.name!r}: {exc!r}") from exc
+            assert node.proc.poll() is None, f"node died on {case.name!r}:\n{node.log()}"
+            if case.log is not None:
+                await wait_for_log(node, log_start, case.log, case.name)
+            response = await trio.to_thread.run_sync(
+                publish, node.url, "bystander", "still-here", {"after": case.name})
+            assert response.status_code == 200, (case.name, response.text)
+            event = await bystander.next()
+            assert event["event"] == "still-here", (case.name, event)
+            assert json.loads(event["data"]) == {"after": case.name}
+            assert event["offset"] == n + 1, f"bystander missed an event around {case.name!r}"
+    assert node.proc.poll() is None
+
+
+async def wait_for_log(node: NodeProc, start: int, pattern: str, case: str) -> None:
+    with trio.move_on_after(3):
+        while True:
+            if re.search(pattern, node.log()[start:]):
+                return
+            await trio.sleep(0.02)
+    raise AssertionError(f"case {case!r}: no log line matching {pattern!r} in:\n"
+                         f"{node.log()[start:]}")
+
+
+def test_cases_have_unique_names():
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
