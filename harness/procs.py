@@ -81,11 +81,18 @@ class ReadinessTimeout(ProcessFailed):
 
 
 def find_binary(name: str, *, hint: str = "run scripts/setup.sh") -> str:
-    """Locate an executable: ``<repo>/.tools/bin`` first, then PATH, then /usr/sbin.
+    """Locate an executable: ``TURNOUT_<NAME>_BIN`` if set, else ``<repo>/.tools/bin``, then
+    PATH, then /usr/sbin.
 
     Raises:
         HarnessSetupError: naming the binary and how to get it.
     """
+    variable = "TURNOUT_" + name.upper().replace("-", "_") + "_BIN"
+    override = os.environ.get(variable)
+    if override:
+        if os.path.isfile(override) and os.access(override, os.X_OK):
+            return override
+        raise HarnessSetupError(f"{name} not found at {override} (set by {variable})")
     local = TOOLS_BIN / name
     if local.is_file() and os.access(local, os.X_OK):
         return str(local)

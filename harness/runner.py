@@ -31,7 +31,7 @@ from . import checker
 from .control import serve_control
 from .events import EventLog
 from .experiment import Experiment
-from .faults import FaultContext
+from .faults import FAULTS, FaultContext
 from .fleet_control import FleetControl, plan_clients
 from .history import HARNESS, HistoryWriter, merge_histories
 from .nemesis import Nemesis
@@ -223,6 +223,13 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                  if f.kind == "connection_storm"), default=0)
     rng = random.Random(seed)
     app = (options.app_id, options.app_key, options.app_secret)
+    if options.target_url is not None:
+        refused = [f"{f.fault_id} {f.kind}" for f in experiment.faults
+                   if FAULTS[f.kind].needs_cluster]
+        if refused:
+            raise ValueError(
+                f"against an external --target only client-side faults can run; these need "
+                f"control of the cluster's processes and proxies: {', '.join(refused)}")
     async with trio.open_nursery() as root:
         topology: Topology | None = None
         if options.target_url is None:

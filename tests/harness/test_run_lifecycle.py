@@ -1,0 +1,145 @@
+"""The headless run's contract beyond the verdict: exit 2 with a named cause when the harness
+cannot run, no process outliving a run whatever stops it, and --target mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.procs import start_node, start_redis
+
+from .runs import REPO, explain, report, turnout_run
+
+TINY = """
+description = "tiny run for lifecycle tests"
+[cluster]
+nodes = 2
+[clients]
+count = 10
+processes = 1
+channels_per_client = 2
+[workload]
+channels = 2
+publish_interval_s = 0.5
+interval_jitter_s = 0.1
+[phases]
+steady_s = {steady}
+faults_s = {faults}
+heal_s = 1
+settle_s = 2
+{extra}
+[invariants]
+min_delivered = 10
+"""
+
+
+def tiny(tmp_path: Path, steady: float = 3, faults: float = 0, extra: str = "") -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(steady=steady, faults=faults, extra=extra))
+    return path
+
+
+def test_missing_binary_exits_2_naming_it(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    result = turnout_run(str(tiny(tmp_path)), "--out", str(run_dir),
+                         env={"TURNOUT_TOXIPROXY_SERVER_BIN": "/nonexistent/toxiproxy-server"})
+    assert result.returncode == 2, explain(result, run_dir)
+    assert "toxiproxy-server not found" in result.stderr
+    doc = report(run_dir)
+    assert doc["verdict"] == "error"
+    assert "toxiproxy-server" in doc["error"]
+
+
+def test_malformed_experiment_exits_2_naming_the_key(tmp_path: Path):
+    path = tmp_path / "bad.toml"
+    path.write_text('description = "x"\n[phases]\nsteady_s = "ten"\n')
+    result = turnout_run(str(path))
+    assert result.returncode == 2
+    assert "phases.steady_s" in result.stderr
+    assert "bad.toml" in result.stderr
+
+
+def _wait_for_phase(run_dir: Path, phase: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    events = run_dir / "events.jsonl"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"harness exited early with {proc.returncode}"
+        if events.exists():
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event.get("type") == "phase" and event.get("phase") == phase:
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"phase {phase} not reached in {timeout} s")
+
+
+def _gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.2)
+    return alive
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_process_outlives_a_stopped_run(tmp_path: Path, how: signal.Signals):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=120)),
+         "--out", str(run_dir)], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_phase(run_dir, "steady", proc, timeout=120)
+        descendants = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        names = {psutil.Process(p).name() for p in descendants}
+        # the whole cluster is really there: redis, toxiproxy, haproxy, nodes, fleet
+        assert len(descendants) >= 7, names
+        proc.send_signal(how)
+        proc.wait(timeout=60)
+        survivors = _gone(descendants, timeout=30)
+        assert not survivors, [psutil.Process(p).cmdline() for p in survivors]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_target_mode_runs_against_an_external_endpoint(tmp_path: Path):
+    redis = start_redis(tmp_path / "redis")
+    node = start_node(tmp_path, redis.url, "external-1")
+    try:
+        extra = ('[[faults]]\nat_s = 1\nkind = "slow_consumers"\nshare = 0.3\n'
+                 'duration_s = 2\n')
+        run_dir = tmp_path / "run"
+        result = turnout_run(str(tiny(tmp_path, steady=2, faults=4, extra=extra)), "--out",
+                             str(run_dir), "--target", node.url)
+        assert result.returncode == 0, explain(result, run_dir)
+        doc = report(run_dir)
+        assert doc["verdict"] == "pass"
+        assert doc["target"] == node.url
+        assert [f["fault"] for f in doc["faults"]] == ["slow_consumers"]
+        assert not (run_dir / "haproxy-lane0.cfg").exists()  # no local cluster was started
+    finally:
+        node.kill()
+        redis.stop()
+
+
+def test_target_mode_refuses_process_faults_clearly(tmp_path: Path):
+    extra = '[[faults]]\nat_s = 1\nkind = "kill_node"\ntarget = "node-1"\n'
+    run_dir = tmp_path / "run"
+    result = turnout_run(str(tiny(tmp_path, steady=1, faults=2, extra=extra)), "--out",
+                         str(run_dir), "--target", "http://127.0.0.1:9")
+    assert result.returncode == 2, explain(result, run_dir)
+    assert "kill_node" in report(run_dir)["error"]
+    assert "external --target" in report(run_dir)["error"]
