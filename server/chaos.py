@@ -77,7 +77,9 @@ class Chaos:
     async def _leak(self, mb_per_s: float, scope: trio.CancelScope) -> None:
         with scope:
             chunk = int(mb_per_s * 1024 * 1024 * LEAK_TICK)
-            while True:
+            # Not ``while True``: a leak stopped before this task first ran (a stop pipelined
+            # right behind the leak request) must not allocate a chunk nobody will release.
+            while not scope.cancel_called:
                 block = bytearray(chunk)
                 # Touch one byte per page so the kernel really backs the allocation.
                 block[::4096] = b"\x01" * len(range(0, chunk, 4096))
