@@ -16,8 +16,9 @@ delivered
 duplicated
     Every delivery of an update to a client beyond the first (the extra copies are counted).
 reordered
-    A first delivery whose ``seq`` is lower than the highest ``seq`` already delivered to that
-    client on that channel (in the client's own receive order).
+    A first delivery of an ``ok`` update whose ``seq`` is lower than the highest ``seq`` of an
+    ``ok`` update already delivered to that client on that channel (in the client's own receive
+    order). Indeterminate updates are left out: when they were applied is unknown.
 unexpected
     A delivery of an id that was never published, whose publish ``fail``-ed, or that was
     published on another channel than the one it arrived on.
@@ -556,7 +557,9 @@ def _score(acc: _Accumulator, invariants: Invariants) -> Report:
                     if dpub.status != "ok":
                         indet_here += 1
                     seq = dpub.seq
-                    if seq is not None:
+                    # Order is judged among acknowledged updates only: an indeterminate publish
+                    # may have been applied at any moment (after a timeout, after its retry).
+                    if seq is not None and dpub.status == "ok":
                         if seq < max_seq:
                             sc.reord += 1
                             if len(sc.reord_ids) < DETAIL_IDS:
