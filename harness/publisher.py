@@ -133,11 +133,21 @@ class Publisher:
             self.history.record(PUBLISHER, "ok", "publish", value)
             return True
         error = f"HTTP {response.status_code}: {response.text[:160]}"
-        if 400 <= response.status_code < 500:
-            # Refused before anything was written (signature, limits): definitely not published.
+        if 400 <= response.status_code < 500 or _not_published(response):
+            # Refused before anything was written (signature, limits, Redis unreachable):
+            # definitely not published.
             self.failed += 1
             self.history.record(PUBLISHER, "fail", "publish", {**base, "error": error})
         else:
             self.indeterminate += 1
             self.history.record(PUBLISHER, "info", "publish", {**base, "error": error})
         return False
+
+
+def _not_published(response: httpx.Response) -> bool:
+    """turnout nodes say so when a 503 certainly published nothing (Redis unreachable)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("published") is False

@@ -18,7 +18,7 @@ import orjson
 from . import protocol
 from .auth import SignatureError, verify_request
 from .config import AppConfig
-from .redis_link import RedisError, RedisLinkDown
+from .redis_link import RedisError, RedisLinkDown, RedisUnreachable
 
 if TYPE_CHECKING:
     from .node import Node
@@ -73,6 +73,9 @@ async def handle_request(node: Node, method: str, target: str, headers: dict[str
     except ApiError as exc:
         log.info("%s %s -> %d: %s", method, path, exc.status, exc.message)
         return Response.json(exc.status, {"error": exc.message})
+    except RedisUnreachable as exc:
+        log.warning("%s %s -> 503: redis unreachable, nothing done: %s", method, path, exc)
+        return Response.json(503, {"error": f"redis unavailable: {exc}", "published": False})
     except (RedisLinkDown, RedisError) as exc:
         log.warning("%s %s -> 503: redis unavailable: %s", method, path, exc)
         return Response.json(503, {"error": f"redis unavailable: {exc}"})

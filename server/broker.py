@@ -23,6 +23,7 @@ from .redis_link import (
     RedisConnection,
     RedisError,
     RedisLinkDown,
+    RedisUnreachable,
     reply_int,
     reply_str,
 )
@@ -120,6 +121,10 @@ class Broker:
     ) -> list[PublishResult]:
         """Publish (channel, message prefix, excluded socket id) items in one pipeline."""
         items = list(items)
+        if not self.link_up:
+            # Refuse up front, so the caller knows for certain nothing was published (a
+            # command sent into a partition may or may not have been applied).
+            raise RedisUnreachable("redis link is down on this node; nothing was published")
         if self._sha is None:
             self._sha = reply_str(await self.commands.execute("SCRIPT", "LOAD", PUBLISH_LUA))
         sha = self._sha or ""

@@ -16,13 +16,17 @@ from typing import Any
 import hiredis
 import trio
 
-__all__ = ["RedisClient", "RedisConnection", "RedisError", "RedisLinkDown"]
+__all__ = ["RedisClient", "RedisConnection", "RedisError", "RedisLinkDown", "RedisUnreachable"]
 
 Arg = bytes | str | int | float
 
 
 class RedisLinkDown(Exception):
     """The connection to Redis failed or timed out; it is closed and must be re-established."""
+
+
+class RedisUnreachable(RedisLinkDown):
+    """Redis could not be reached, so the command was certainly not sent (nor applied)."""
 
 
 class RedisError(Exception):
@@ -56,7 +60,7 @@ class RedisConnection:
             with trio.fail_after(timeout):
                 stream = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
-            raise RedisLinkDown(f"cannot connect to redis at {host}:{port}: {exc!r}") from None
+            raise RedisUnreachable(f"cannot connect to redis at {host}:{port}: {exc!r}") from None
         conn = cls(stream)
         if db:
             await conn.call_many([("SELECT", db)], timeout)
