@@ -6,9 +6,10 @@ the run started) and ``type``:
 - ``run``: the run started: ``name``, ``experiment`` (its dict), ``run_dir``, ``target``.
 - ``phase``: ``phase`` entered (steady, faults, heal, settle, drain, check).
 - ``status``: every second: ``nodes`` (name -> state, pid, rss_bytes, connections, redis),
-  ``links`` (name -> list of active toxics / enabled), ``fleet`` (connected, delivered,
-  reconnects, latency), ``publisher`` (ok, failed, indeterminate), ``live`` (duplicates and
-  reorders seen so far: provisional, the checker decides).
+  ``links`` (name -> {"toxics": [fault kinds]}), ``fleet`` (clients, connected, subscribed,
+  delivered, reconnects, stalled, storm_open, latency_p50_ms/latency_p99_ms of the last
+  second, live_duplicates and live_reorders seen so far: provisional, the checker decides),
+  ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones).
 - ``fault`` / ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
   (schedule|interactive); ``fault_error`` when an injection failed.
 - ``log``: ``level``, ``message``.

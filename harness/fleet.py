@@ -95,6 +95,8 @@ class FleetStats:
     storm_open: int = 0
     storm_opened: int = 0
     storm_failed: int = 0
+    live_duplicates: int = 0
+    live_reorders: int = 0
 
 
 @dataclass
@@ -102,6 +104,8 @@ class _Client:
     spec: ClientSpec
     positions: dict[str, tuple[int, str]] = field(default_factory=dict)
     stalled_until: float = 0.0
+    seen: dict[str, set[Any]] = field(default_factory=dict)
+    max_seq: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     connected: bool = False
 
@@ -333,6 +337,17 @@ class Fleet:
             payload = orjson.loads(message.get("data") or "{}")
         except orjson.JSONDecodeError:
             payload = {}
+        # Provisional live counters for dashboards; the checker decides from the history.
+        pid, seq = payload.get("id"), payload.get("seq")
+        seen = client.seen.setdefault(channel, set())
+        if pid in seen:
+            self.stats.live_duplicates += 1
+        elif isinstance(seq, int):
+            seen.add(pid)
+            if seq < client.max_seq.get(channel, 0):
+                self.stats.live_reorders += 1
+            else:
+                client.max_seq[channel] = seq
         offset = message.get("offset")
         epoch = message.get("epoch")
         value: dict[str, Any] = {"channel": channel, "id": payload.get("id"),
@@ -371,6 +386,7 @@ class Fleet:
                 "delivered": s.delivered, "reconnects": s.reconnects, "drained": s.drained,
                 "stalled": s.stalled, "storm_open": s.storm_open,
                 "storm_opened": s.storm_opened, "storm_failed": s.storm_failed,
+                "live_duplicates": s.live_duplicates, "live_reorders": s.live_reorders,
                 "latency_ms": self.latency.snapshot(), "time": time.monotonic()}
 
     async def storm(self, count: int, duration_s: float, channel: str) -> None:

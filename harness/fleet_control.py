@@ -60,6 +60,8 @@ class FleetTotals:
     storm_open: int = 0
     storm_opened: int = 0
     storm_failed: int = 0
+    live_duplicates: int = 0
+    live_reorders: int = 0
     latency_p99_ms: float | None = None
     latency_p50_ms: float | None = None
 
@@ -206,7 +208,8 @@ class FleetControl:
         for worker in self.workers:
             s = worker.status
             for key in ("clients", "connected", "subscribed", "delivered", "reconnects",
-                        "drained", "stalled", "storm_open", "storm_opened", "storm_failed"):
+                        "drained", "stalled", "storm_open", "storm_opened", "storm_failed",
+                        "live_duplicates", "live_reorders"):
                 setattr(totals, key, getattr(totals, key) + int(s.get(key, 0)))
             latency = s.get("latency_ms")
             if latency:
