@@ -10,8 +10,9 @@ the run started) and ``type``:
   delivered, reconnects, stalled, storm_open, latency_p50_ms/latency_p99_ms of the last
   second, live_duplicates and live_reorders seen so far: provisional, the checker decides),
   ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones).
-- ``fault`` / ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
-  (schedule|interactive); ``fault_error`` when an injection failed.
+- ``fault_start`` (injection begins), ``fault`` (injected; ``resolved`` names the real
+  targets, ``hold_s``), ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
+  (schedule|interactive); ``fault_error`` when an injection or a heal failed.
 - ``log``: ``level``, ``message``.
 - ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.
 

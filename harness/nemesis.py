@@ -97,6 +97,7 @@ class Nemesis:
         value = {"fault_id": entry.fault_id, "fault": entry.kind, "target": entry.target,
                  "params": entry.params}
         self.history.record(NEMESIS, "invoke", "fault", value)
+        self.events.emit("fault_start", **value, kind=entry.kind, source=entry.source)
         self.active[entry.fault_id] = entry
         try:
             with trio.fail_after(120):
