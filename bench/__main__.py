@@ -1,0 +1,7 @@
+"""``python -m bench [fanout options]``: run every benchmark (today: the fan-out benchmark)."""
+
+import sys
+
+from bench.fanout import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""Smoke test of the fan-out benchmark: it runs end to end and reports sane fields.
+
+Only the plumbing is checked (every server measured, every connection delivered to, numbers
+present and positive); no timing is asserted. Speed lives in docs/benchmarks.md.
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(180)
+def test_fanout_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    out = tmp_path / "fanout.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--connections", "200", "--rounds", "1",
+         "--messages", "2", "--settle", "0.2", "--timeout", "150", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["config"]["connections"] == 200
+    assert result["config"]["client_processes"] >= 2
+    assert set(result["servers"]) == {"floor", "naive", "turnout"}
+    for name, server in result["servers"].items():
+        cpu = server["cpu_us_per_delivery"]
+        assert len(cpu["samples"]) == 2, name
+        assert 0 < cpu["min"] <= cpu["median"] <= cpu["max"] < 100_000, name
+        rss = server["rss_kib_per_conn"]
+        assert math.isfinite(rss["median"]), name
+        assert server["fanout_wall_ms"]["median"] > 0, name
+    assert set(result["ratios"]) == {"naive/floor", "turnout/floor"}
+    assert all(r["median"] > 0 for r in result["ratios"].values())
+    assert {"cpu_met", "rss_met"} <= set(result["targets"])
+    assert "turnout" in proc.stdout  # the table was printed
