@@ -1,0 +1,156 @@
+"""Experiment and run listings, fault targets, phrases and descriptions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.experiment import FAULT_KINDS
+from tui.catalog import (
+    FaultRequest,
+    Topology,
+    convert_param,
+    describe_fault,
+    list_experiments,
+    list_runs,
+    new_run_dir,
+    parse_fault_phrase,
+    read_run,
+    targets_for,
+    topology_from_experiment,
+)
+
+TOPO = topology_from_experiment({"cluster": {"nodes": 3}})
+
+
+def test_lists_every_experiment_file_with_its_parsed_content(fixtures: Path) -> None:
+    entries = list_experiments(fixtures / "experiments")
+    assert [e.name for e in entries] == ["baseline", "node-kill", "redis-partition", "tiny"]
+    kill = entries[1]
+    assert kill.experiment is not None
+    assert len(kill.experiment.faults) == 2
+    assert "kill_node" in kill.summary
+
+
+def test_an_invalid_experiment_file_is_listed_with_its_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('description = "x"\n[cluster]\nnodes = "three"\n')
+    [entry] = list_experiments(tmp_path)
+    assert entry.experiment is None
+    assert "cluster.nodes" in (entry.error or "")
+
+
+def test_run_folders_newest_first_with_their_verdicts(runs_dir: Path) -> None:
+    runs = list_runs(runs_dir)
+    assert [(r.name, r.verdict) for r in runs] == [
+        ("20250601-123000-tiny-stopped", "stopped"),
+        ("20250601-121500-tiny-negative-control", "fail"),
+        ("20250601-120000-tiny", "pass"),
+    ]
+    assert runs[1].report["totals"]["lost"] > 0
+
+
+def test_a_run_without_report_json_takes_its_verdict_from_the_event_stream(
+        runs_dir: Path) -> None:
+    run = runs_dir / "20250601-120000-tiny"
+    (run / "report.json").unlink()
+    assert read_run(run).verdict == "pass"
+
+
+def test_a_run_setting_up_counts_as_in_progress_until_it_goes_quiet(tmp_path: Path) -> None:
+    run = tmp_path / "20250601-130000-x"
+    run.mkdir()
+    (run / "events.jsonl").write_text(json.dumps({"t": 0, "type": "phase", "phase": "setup"})
+                                      + "\n")
+    assert read_run(run).in_progress
+    os.utime(run / "events.jsonl", (1, 1))
+    assert read_run(run).verdict == "stopped"
+
+
+def test_new_run_dir_names_like_a_headless_run(tmp_path: Path) -> None:
+    first = new_run_dir(tmp_path, "node-kill")
+    assert first.name.endswith("-node-kill")
+    assert first.name[:8].isdigit()
+    first.mkdir()
+    second = new_run_dir(tmp_path, "node-kill")
+    assert second != first
+    assert "-node-kill" in second.name
+
+
+def test_targets_follow_the_kind_and_the_live_cluster() -> None:
+    assert targets_for("kill_node", TOPO) == ["random", "node-1", "node-2", "node-3", "all"]
+    assert targets_for("partition_redis", TOPO) == [
+        "redis", "node-1->redis", "node-2->redis", "node-3->redis"]
+    latency = targets_for("latency", TOPO)
+    assert latency[0] == "clients"
+    assert "lb[0]->node-2" in latency
+    assert "clients->lb[0]" in latency
+    assert targets_for("connection_storm", TOPO)[:2] == ["lb", "lb[0]"]
+    for kind in FAULT_KINDS:
+        assert targets_for(kind, TOPO), kind
+
+
+@pytest.mark.parametrize(("phrase", "kind", "target", "params", "duration"), [
+    ("kill node-2", "kill_node", "node-2", {"restart": True}, None),
+    ("kill node-3 no restart", "kill_node", "node-3", {"restart": False}, None),
+    ("partition node-1 from Redis for 10 s", "partition_redis", "node-1->redis", {}, 10.0),
+    ("partition redis", "partition_redis", "redis", {}, 5.0),
+    ("add 300 ms latency to node-1->redis", "latency", "node-1->redis",
+     {"latency_ms": 300.0}, 10.0),
+    ("300ms latency on lb[0]->node-2 for 20s", "latency", "lb[0]->node-2",
+     {"latency_ms": 300.0}, 20.0),
+    ("leak 50 MB/s on node-1", "leak_memory", "node-1", {"mb_per_s": 50.0}, 20.0),
+    ("pause node-3 for 5s", "pause_node", "node-3", {}, 5.0),
+    ("throttle clients to 16 KB/s", "bandwidth", "clients", {"rate_kbps": 16.0}, 10.0),
+    ("restart redis", "restart_redis", "redis", {}, None),
+    ("rolling restart", "rolling_restart", "all", {}, None),
+    ("20% slow consumers", "slow_consumers", "clients", {"share": 0.2}, 15.0),
+])
+def test_palette_phrases_become_fault_requests(phrase: str, kind: str, target: str,
+                                               params: dict, duration: float | None) -> None:
+    request = parse_fault_phrase(phrase, TOPO)
+    assert request is not None
+    assert (request.kind, request.target, request.duration_s) == (kind, target, duration)
+    for key, value in params.items():
+        assert request.params[key] == value
+    # Every parameter of the kind is filled in (defaults), as the control socket expects.
+    assert set(request.params) == {k.name for k in FAULT_KINDS[kind].params}
+
+
+def test_a_phrase_naming_no_fault_is_none() -> None:
+    assert parse_fault_phrase("heal all", TOPO) is None
+    assert parse_fault_phrase("node-2", TOPO) is None
+
+
+def test_descriptions_read_as_sentences() -> None:
+    assert describe_fault("kill_node", "node-2", {}, None) == "kill node-2 (restart after 2 s)"
+    assert describe_fault("partition_redis", "node-1->redis", {}, 10) == \
+        "partition node-1 from Redis for 10 s"
+    assert describe_fault("latency", "clients", {"latency_ms": 300}, None) == \
+        "add 300 ms latency to the clients' links until healed"
+    assert describe_fault("leak_memory", "node-1", {"mb_per_s": 50.0}, 20.0) == \
+        "leak 50 MB/s on node-1 for 20 s"
+
+
+def test_the_inject_command_matches_the_control_socket_protocol() -> None:
+    request = FaultRequest("kill_node", "node-2", {"restart": True, "restart_after_s": 2.0})
+    assert request.command() == {"cmd": "inject", "kind": "kill_node", "target": "node-2",
+                                 "params": {"restart": True, "restart_after_s": 2.0},
+                                 "duration_s": None}
+
+
+def test_parameters_go_through_the_schema_checks() -> None:
+    [latency_ms, _jitter, direction] = FAULT_KINDS["latency"].params
+    assert convert_param(latency_ms, "300") == 300.0
+    assert convert_param(direction, "upstream") == "upstream"
+    with pytest.raises(ValueError, match="latency_ms"):
+        convert_param(latency_ms, "-5")
+    with pytest.raises(ValueError, match="direction"):
+        convert_param(direction, "sideways")
+
+
+def test_topology_lanes_come_from_the_links() -> None:
+    topo = Topology(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
+    assert topo.lanes == ("lb[0]", "lb[1]")

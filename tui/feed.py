@@ -1,0 +1,107 @@
+"""Reading a run's ``events.jsonl``: tail it while the run writes it, or replay a finished one.
+
+Both are async generators of event dicts; the live screen runs them in a worker and posts one
+message per event (tui.messages). The harness writes one JSON object per line and flushes
+every event, so a tail only has to keep an incomplete last line for the next read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EventTail", "read_events", "replay_events"]
+
+CHUNK = 1 << 20
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "type" in event else None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every complete event of a file (an unfinished last line is left out)."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if not data.endswith(b"\n"):
+        lines = lines[:-1]
+    return [e for e in map(_parse, lines) if e is not None]
+
+
+class EventTail:
+    """Follow ``events.jsonl`` from its first line until the verdict event.
+
+    ``stop()`` ends it from outside (the run's process exited without a verdict, or the user
+    left). ``idle_s`` counts the seconds since the file last grew, for a staleness hint.
+    """
+
+    def __init__(self, path: Path, *, poll_s: float = 0.2,
+                 gone: Callable[[], bool] | None = None, gone_after_s: float = 30.0) -> None:
+        self.path = path
+        self.poll_s = poll_s
+        self.idle_s = 0.0
+        self._gone = gone
+        self._gone_after_s = gone_after_s
+        self._stopped = False
+        self.ended_by: str | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        self._stopped = True
+        self.ended_by = self.ended_by or reason
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while not self.path.exists():
+            if self._stopped:
+                return
+            await asyncio.sleep(self.poll_s)
+        buffer = b""
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = await asyncio.to_thread(f.read, CHUNK)
+                if chunk:
+                    self.idle_s = 0.0
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        event = _parse(line)
+                        if event is None:
+                            continue
+                        yield event
+                        if event["type"] == "verdict":
+                            self.ended_by = "verdict"
+                            return
+                    continue
+                if self._stopped:
+                    return
+                await asyncio.sleep(self.poll_s)
+                self.idle_s += self.poll_s
+                if (self._gone is not None and self.idle_s >= self._gone_after_s
+                        and self._gone()):
+                    self.ended_by = "the run stopped writing events and has no verdict"
+                    return
+
+
+async def replay_events(path: Path, speed: float | None = None, *,
+                        max_gap_s: float = 2.0) -> AsyncIterator[dict[str, Any]]:
+    """A finished run's events: as fast as the UI takes them (``speed`` None) or at ``speed``x
+    real time, with pauses longer than ``max_gap_s`` (the cluster's setup) shortened."""
+    events = await asyncio.to_thread(read_events, path)
+    last_t: float | None = None
+    for i, event in enumerate(events):
+        t = float(event.get("t") or 0.0)
+        if speed and last_t is not None and t > last_t:
+            await asyncio.sleep(min(max_gap_s, (t - last_t) / speed))
+        elif i % 50 == 49:
+            await asyncio.sleep(0)
+        last_t = t
+        yield event

@@ -1,0 +1,1 @@
+"""The live run screen's panels, one widget per module."""
