@@ -35,5 +35,5 @@ def fixtures() -> Path:
 def runs_dir(tmp_path: Path) -> Path:
     """A copy of the recorded run folders (tests may add to it)."""
     target = tmp_path / "runs"
-    shutil.copytree(FIXTURES / "runs", target)
+    shutil.copytree(FIXTURES / "recorded-runs", target)
     return target

@@ -52,7 +52,7 @@ async def test_the_tail_ends_when_stopped(tmp_path: Path) -> None:
 
 
 async def test_replay_fast_and_at_speed(fixtures: Path) -> None:
-    path = fixtures / "runs/20250601-120000-tiny/events.jsonl"
+    path = fixtures / "recorded-runs/20250601-120000-tiny/events.jsonl"
     fast = [e async for e in replay_events(path)]
     assert fast == read_events(path)
     assert fast[-1]["type"] == "verdict"

@@ -7,8 +7,8 @@ from pathlib import Path
 from tui.feed import read_events
 from tui.model import RunState
 
-PASS = "runs/20250601-120000-tiny/events.jsonl"
-FAIL = "runs/20250601-121500-tiny-negative-control/events.jsonl"
+PASS = "recorded-runs/20250601-120000-tiny/events.jsonl"
+FAIL = "recorded-runs/20250601-121500-tiny-negative-control/events.jsonl"
 
 
 def fold(path: Path) -> RunState:
