@@ -40,6 +40,7 @@ from .history import HistoryWriter, client_process
 log = logging.getLogger("turnout.fleet")
 
 DRAIN_QUIET_S = 1.0
+STORM_CONNECT_S = 60.0
 
 __all__ = ["ClientSpec", "FleetSpec", "main"]
 
@@ -97,6 +98,8 @@ class FleetStats:
     storm_failed: int = 0
     live_duplicates: int = 0
     live_reorders: int = 0
+    storm_connect_s: float | None = None
+    storm_errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -387,55 +390,101 @@ class Fleet:
                 "stalled": s.stalled, "storm_open": s.storm_open,
                 "storm_opened": s.storm_opened, "storm_failed": s.storm_failed,
                 "live_duplicates": s.live_duplicates, "live_reorders": s.live_reorders,
+                "storm_connect_s": s.storm_connect_s, "storm_errors": dict(s.storm_errors),
                 "latency_ms": self.latency.snapshot(), "time": time.monotonic()}
 
     async def storm(self, count: int, duration_s: float, channel: str) -> None:
         """Open ``count`` bare connections at once (each subscribes to ``channel`` and reads and
-        discards), hold them ``duration_s``, close them. Not measured: the storm's point is
-        what it does to the measured clients."""
-        deadline = trio.current_time() + duration_s
-        limiter = trio.CapacityLimiter(1000)  # concurrent connects: the fd and SYN budget
+        discards). Each one retries until it is in (within STORM_CONNECT_S); once every one is
+        in or has given up, they are all held ``duration_s`` and closed. Not measured: the
+        storm's point is what it does to the measured clients."""
+        started = trio.current_time()
+        connected = trio.Event()
+        pending = [count]
+        release = trio.Event()
+        limiter = trio.CapacityLimiter(1000)  # concurrent handshakes: the fd and SYN budget
+
+        def done_connecting() -> None:
+            pending[0] -= 1
+            if pending[0] == 0:
+                connected.set()
+
         async with trio.open_nursery() as nursery:
             for index in range(count):
                 entry = self.spec.entries[index % len(self.spec.entries)]
                 source = self.spec.source_addresses[index % len(self.spec.source_addresses)]
-                nursery.start_soon(self._storm_one, entry, source, channel, deadline, limiter)
+                nursery.start_soon(self._storm_one, entry, source, channel, started, limiter,
+                                   done_connecting, release)
+            await connected.wait()
+            self.stats.storm_connect_s = round(trio.current_time() - started, 2)
+            await trio.sleep(duration_s)
+            release.set()
 
-    async def _storm_one(self, entry: str, source: str, channel: str, deadline: float,
-                         limiter: trio.CapacityLimiter) -> None:
+    async def _storm_one(self, entry: str, source: str, channel: str, started: float,
+                         limiter: trio.CapacityLimiter, done_connecting: Any,
+                         release: trio.Event) -> None:
         url = urlsplit(entry)
         stream: trio.SocketStream | None = None
+        backoff = 0.2
         try:
-            async with limiter:
-                with trio.fail_after(max(1.0, deadline - trio.current_time())):
-                    stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1",
-                                                        url.port or 80, local_address=source)
-                    path = url.path + ("?" + url.query if url.query else "")
-                    await stream.send_all(_handshake(url.hostname or "", path))
-                    response = b""
-                    while b"\r\n\r\n" not in response:
-                        chunk = await stream.receive_some(4096)
-                        if not chunk:
-                            raise trio.BrokenResourceError("closed during handshake")
-                        response += chunk
-                    if b" 101 " not in response.split(b"\r\n", 1)[0]:
-                        raise trio.BrokenResourceError("handshake refused")
-                    await stream.send_all(_masked_text(orjson.dumps(
-                        {"event": "pusher:subscribe", "data": {"channel": channel}})))
+            while True:
+                try:
+                    async with limiter:
+                        with trio.fail_after(10):
+                            stream = await self._storm_connect(url, source, channel)
+                    break
+                except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                    reason = type(exc).__name__ if not isinstance(exc, trio.BrokenResourceError) \
+                        else str(exc)
+                    self.stats.storm_errors[reason] = self.stats.storm_errors.get(reason, 0) + 1
+                    if trio.current_time() - started > STORM_CONNECT_S:
+                        self.stats.storm_failed += 1
+                        done_connecting()
+                        return
+                    await trio.sleep(self.rng.uniform(0, backoff))
+                    backoff = min(backoff * 2, 2.0)
             self.stats.storm_opened += 1
             self.stats.storm_open += 1
+            done_connecting()
             try:
-                with trio.move_on_at(deadline):
+                async with trio.open_nursery() as hold:
+                    async def until_released() -> None:
+                        await release.wait()
+                        hold.cancel_scope.cancel()
+                    hold.start_soon(until_released)
                     while await stream.receive_some(65536):
                         pass
+                    hold.cancel_scope.cancel()
+            except (OSError, trio.BrokenResourceError):
+                pass
             finally:
                 self.stats.storm_open -= 1
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError):
-            self.stats.storm_failed += 1
         finally:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+    async def _storm_connect(self, url: Any, source: str, channel: str) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 80,
+                                            local_address=source)
+        try:
+            path = url.path + ("?" + url.query if url.query else "")
+            await stream.send_all(_handshake(url.hostname or "", path))
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    raise trio.BrokenResourceError("closed during handshake")
+                response += chunk
+            if b" 101 " not in response.split(b"\r\n", 1)[0]:
+                raise trio.BrokenResourceError("handshake refused")
+            await stream.send_all(_masked_text(orjson.dumps(
+                {"event": "pusher:subscribe", "data": {"channel": channel}})))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        return stream
 
     def stall(self, share: float, duration_s: float, seed: int) -> None:
         rng = random.Random(seed * 7919 + self.spec.worker)

@@ -64,9 +64,11 @@ class FleetTotals:
     live_reorders: int = 0
     latency_p99_ms: float | None = None
     latency_p50_ms: float | None = None
+    storm_connect_s: float | None = None
+    storm_errors: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "storm_errors": dict(self.storm_errors)}
 
 
 @dataclass
@@ -211,6 +213,11 @@ class FleetControl:
                         "drained", "stalled", "storm_open", "storm_opened", "storm_failed",
                         "live_duplicates", "live_reorders"):
                 setattr(totals, key, getattr(totals, key) + int(s.get(key, 0)))
+            if s.get("storm_connect_s") is not None:
+                totals.storm_connect_s = max(totals.storm_connect_s or 0.0,
+                                             float(s["storm_connect_s"]))
+            for reason, n in (s.get("storm_errors") or {}).items():
+                totals.storm_errors[reason] = totals.storm_errors.get(reason, 0) + int(n)
             latency = s.get("latency_ms")
             if latency:
                 p99s.append(latency["p99"])

@@ -104,7 +104,9 @@ async def _node_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]
         return {}
     wanted = {"turnout_connections", "turnout_redis_link_up", "turnout_rss_bytes",
               "turnout_subscriptions", "turnout_events_delivered_total",
-              "turnout_slow_consumer_disconnects_total"}
+              "turnout_slow_consumer_disconnects_total", "turnout_gaps_detected_total",
+              "turnout_catchups_total", "turnout_unrecoverable_gaps_total",
+              "turnout_connections_opened_total", "turnout_redis_link_changes_total"}
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#"):
@@ -165,8 +167,12 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
                 target=options.target_url, experiment=experiment.to_dict())
     error: str | None = None
     nemesis_failures: list[str] = []
+    # Each node's counters at the end of the run (from /metrics): evidence that a fault bit,
+    # e.g. slow-consumer disconnects. A node restarted during the run counts from its restart.
+    cluster_metrics: dict[str, dict[str, Any]] = {}
     try:
-        nemesis_failures = await _run(experiment, options, run_dir, seed, events, history)
+        nemesis_failures = await _run(experiment, options, run_dir, seed, events, history,
+                                      cluster_metrics)
     except (HarnessSetupError, ProcessFailed, OSError, TimeoutError, ValueError,
             httpx.HTTPError) as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -195,7 +201,8 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
                 *report.violations, *(f"fault not applied: {m}" for m in nemesis_failures)))
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
-                "seed": seed, "target": options.target_url, "exit_code": exit_code}
+                "seed": seed, "target": options.target_url, "exit_code": exit_code,
+                "cluster": cluster_metrics}
     (run_dir / "report.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     (run_dir / "report.md").write_text(checker.render_markdown(report, experiment.name))
     (run_dir / "junit.xml").write_text(checker.render_junit(report, experiment.name))
@@ -215,7 +222,8 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 
 async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed: int,
-               events: EventLog, history: HistoryWriter) -> list[str]:
+               events: EventLog, history: HistoryWriter,
+               cluster_metrics: dict[str, dict[str, Any]]) -> list[str]:
     cluster, clients_cfg, workload, phases = (experiment.cluster, experiment.clients,
                                               experiment.workload, experiment.phases)
     channels = [f"{workload.channel_prefix}{i}" for i in range(1, workload.channels + 1)]
@@ -316,6 +324,11 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 drained = await fleet.drain(timeout=180)
                 if not drained:
                     events.log("not every fleet worker finished its final read", "error")
+                if topology is not None:
+                    async with httpx.AsyncClient(trust_env=False) as client:
+                        for name, node in topology.nodes.items():
+                            cluster_metrics[name] = await _node_metrics(client, node.url)
+                cluster_metrics["fleet"] = fleet.totals().to_dict()
                 work.cancel_scope.cancel()
             failures = list(nemesis.failures)
         root.cancel_scope.cancel()
