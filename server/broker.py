@@ -360,7 +360,10 @@ class Broker:
                 link_errors, rest = group.split((RedisLinkDown, trio.TooSlowError, OSError))
                 if rest is not None:
                     raise
-                reason = link_errors.exceptions[0] if link_errors else group
+                # Name the first real error, not the (nested) group wrapping it.
+                reason = link_errors if link_errors is not None else group
+                while isinstance(reason, BaseExceptionGroup):
+                    reason = reason.exceptions[0]
             if self.link_up:
                 self.link_up = False
                 self.link_changes += 1
