@@ -45,6 +45,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         self.preset = preset
         self.initial_kind = (preset.kind if preset is not None else kind) or "kill_node"
         self.kind: str | None = None
+        self._building = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="fault-dialog") as dialog:
@@ -80,6 +81,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         if kind == self.kind:
             return
         self.kind = kind
+        self._building = True
         spec = FAULT_KINDS[kind]
         request = preset if preset is not None and preset.kind == kind else default_request(kind)
         self.query_one("#kind-summary", Static).update(Text(spec.summary, style="italic"))
@@ -99,6 +101,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         duration = self.query_one("#duration", Input)
         self.query_one("#duration-row").display = spec.duration_s is not None
         duration.value = "" if request.duration_s is None else f"{request.duration_s:g}"
+        self._building = False
         self._preview()
 
     def _param_row(self, name: str, check: Any, value: Any, unit: str, doc: str) -> Widget:
@@ -173,12 +176,14 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
     @on(Input.Changed)
     @on(Checkbox.Changed)
     def _changed(self) -> None:
-        if self.kind is not None:
+        if self.kind is not None and not self._building:
             self._preview()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#inject")
     def action_inject(self) -> None:
+        if self._building:
+            return
         try:
             request = self.build()
         except ValueError as exc:

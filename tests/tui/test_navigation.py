@@ -1,0 +1,236 @@
+"""Pilot tests: the browser, replaying recorded runs, help, and the fault keys and palette
+against a fake harness control socket (the real cluster is in test_real_cluster.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, OptionList, Select
+
+from tui.app import TurnoutApp
+from tui.screens.browser import BrowserScreen
+from tui.screens.fault_dialog import FaultDialog
+from tui.screens.help import HelpScreen
+from tui.screens.live import LiveRunScreen
+from tui.widgets.counters import Counter
+from tui.widgets.timeline import FaultTimeline
+
+from .support import FakeHarness, screen_text, unfinished_copy, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+PASS_RUN = "20250601-120000-tiny"
+FAIL_RUN = "20250601-121500-tiny-negative-control"
+
+
+def make_app(fixtures: Path, runs_dir: Path, path: Path | None = None) -> TurnoutApp:
+    return TurnoutApp(path, experiments_dir=fixtures / "experiments", runs_dir=runs_dir)
+
+
+async def test_browser_shows_each_experiment_with_its_fault_schedule(
+        fixtures: Path, runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        browser = app.screen
+        assert isinstance(browser, BrowserScreen)
+        assert browser.query_one("#experiment-list", OptionList).option_count == 4
+        text = screen_text(app)
+        assert "baseline" in text
+        assert "no scheduled faults" in text
+        await pilot.press("down")
+        assert browser.selected_experiment is not None
+        assert browser.selected_experiment.name == "node-kill"
+        text = screen_text(app)
+        assert "kill node-2 (restart after 3 s)" in text
+        assert "kill a random node (restart after 3 s)" in text
+        assert "3 nodes" in text
+        assert "300 clients in 2 processes" in text
+
+
+async def test_runs_tab_lists_verdicts_and_replays_a_recorded_run(
+        fixtures: Path, runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        browser = app.screen
+        assert isinstance(browser, BrowserScreen)
+        text = screen_text(app)
+        for verdict in ("STOPPED", "FAIL", "PASS"):
+            assert verdict in text
+        await pilot.press("down", "down")
+        assert browser.selected_run is not None
+        assert browser.selected_run.name == PASS_RUN
+        assert "delivered" in screen_text(app)
+        await pilot.press("o")
+        live = app.screen
+        assert isinstance(live, LiveRunScreen)
+        assert live.mode == "replay"
+        await wait_for(pilot, lambda: live.feed_done, what="the replay")
+        await pilot.pause(0.3)
+        assert live.state.verdict == "pass"
+        for name in ("lost", "duplicated", "reordered"):
+            counter = live.query_one(f"#counter-{name}", Counter)
+            assert counter.has_class("-ok")
+            assert not counter.has_class("-bad")
+        text = screen_text(app)
+        assert "PASS" in text
+        assert "kill node-2 (restart after 2 s)" in text  # the fault timeline
+        assert "verdict PASS" in text  # the event log
+        await pilot.press("escape")
+        assert isinstance(app.screen, BrowserScreen)
+
+
+async def test_a_failing_run_opened_from_the_command_line_shows_red_counters(
+        fixtures: Path, runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir, runs_dir / FAIL_RUN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        live = app.screen
+        assert isinstance(live, LiveRunScreen)
+        await wait_for(pilot, lambda: live.feed_done, what="the replay")
+        await pilot.pause(0.3)
+        assert live.state.verdict == "fail"
+        assert live.query_one("#counter-lost", Counter).has_class("-bad")
+        assert live.query_one("#counter-duplicated", Counter).has_class("-ok")
+        # A finished run takes no faults: the keys are not offered.
+        assert "Fault" not in screen_text(app).splitlines()[-1]
+
+
+async def test_replay_at_1x_speed_plays_in_time(fixtures: Path, runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2", "down", "down", "p")
+        live = app.screen
+        assert isinstance(live, LiveRunScreen)
+        assert live.speed == 1.0
+        await pilot.pause(0.5)
+        assert not live.feed_done
+        assert "replay 1x" in screen_text(app)
+
+
+async def test_help_opens_and_closes(fixtures: Path, runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "Live run" in screen_text(app) or "Browser" in screen_text(app)
+        await pilot.press("escape")
+        assert isinstance(app.screen, BrowserScreen)
+
+
+async def test_every_key_of_each_screen_is_in_the_footer_at_80x24(
+        fixtures: Path, runs_dir: Path, tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    async with FakeHarness(run / "control.sock"):
+        app = make_app(fixtures, runs_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            footer = screen_text(app).splitlines()[-1]
+            for key in ("1 Experiments", "2 Runs", "r Run", "? Help", "q Quit", "^p"):
+                assert key in footer
+            await pilot.press("2", "down")
+            await pilot.pause(0.2)
+            footer = screen_text(app).splitlines()[-1]
+            for key in ("o Replay", "p Play 1x", "? Help", "q Quit"):
+                assert key in footer
+            app.open_path(run)
+            await pilot.pause()
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            await pilot.pause(0.3)
+            footer = screen_text(app).splitlines()[-1]
+            for key in ("f Fault", "h Heal", "H Heal all", "esc Back", "? Help", "q Quit"):
+                assert key in footer
+
+
+async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir: Path,
+                                                       tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(80, 24)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            assert live.mode == "attach"
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            await pilot.press("f")
+            dialog = app.screen
+            assert isinstance(dialog, FaultDialog)
+            # the targets are the live cluster's
+            targets = [value for _, value in dialog.query_one("#target", Select)._options]
+            assert "node-1" in targets
+            assert "node-2" in targets
+            dialog.query_one("#target", Select).value = "node-2"
+            await pilot.pause()
+            assert "kill node-2 (restart after 2 s)" in screen_text(app)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, harness.injected, what="the inject command")
+            assert harness.injected() == [{
+                "cmd": "inject", "kind": "kill_node", "target": "node-2",
+                "params": {"restart": True, "restart_after_s": 2.0}, "duration_s": None}]
+            await wait_for(pilot, lambda: "i1" in live.state.faults, what="i1 in the state")
+            assert live.state.faults["i1"].status == "requested"
+            await pilot.pause(0.3)
+            assert "i1" in live.query_one(FaultTimeline).rows
+            # the harness reports the injection in the stream
+            event = {"t": 30.0, "type": "fault", "fault_id": "i1", "fault": "kill_node",
+                     "kind": "kill_node", "target": "node-2", "resolved": "node-2",
+                     "params": {"restart": True, "restart_after_s": 2.0},
+                     "source": "interactive", "hold_s": 2.0}
+            with open(run / "events.jsonl", "a") as f:
+                f.write(json.dumps(event) + "\n")
+            await wait_for(pilot, lambda: live.state.faults["i1"].status == "active",
+                           what="i1 active")
+            await pilot.press("h")
+            await wait_for(pilot, lambda: any(c["cmd"] == "heal" for c in harness.commands),
+                           what="the heal command")
+            assert harness.commands[-1] == {"cmd": "heal", "fault_id": "i1"}
+            await pilot.press("H")
+            await wait_for(pilot, lambda: harness.commands[-1]["cmd"] == "heal_all",
+                           what="heal_all")
+
+
+async def test_dialog_refuses_what_the_schema_refuses(fixtures: Path, runs_dir: Path,
+                                                      tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("f")
+            dialog = app.screen
+            assert isinstance(dialog, FaultDialog)
+            dialog.query_one("#kind", Select).value = "latency"
+            await wait_for(pilot, lambda: dialog.query("#param-latency_ms"),
+                           what="the latency parameters")
+            dialog.query_one("#param-latency_ms", Input).value = "-5"
+            await wait_for(pilot, lambda: "latency_ms: expected a number of milliseconds"
+                           in screen_text(app), what="the error under the form")
+            await pilot.press("ctrl+s")
+            assert isinstance(app.screen, FaultDialog)
+            await pilot.press("escape")
+            assert isinstance(app.screen, LiveRunScreen)
+            assert harness.injected() == []
+
+
+async def test_command_palette_injects_a_typed_fault(fixtures: Path, runs_dir: Path,
+                                                     tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(100, 30)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            await pilot.press("ctrl+p")
+            await pilot.press(*"leak 50 MB/s on node-1")
+            await pilot.pause(0.5)
+            assert "Inject: leak 50 MB/s on node-1 for 20 s" in screen_text(app)
+            await pilot.press("enter")
+            await wait_for(pilot, harness.injected, what="the inject command")
+            [command] = harness.injected()
+            assert command["kind"] == "leak_memory"
+            assert command["target"] == "node-1"
+            assert command["params"] == {"mb_per_s": 50.0}
+            assert command["duration_s"] == 20.0
