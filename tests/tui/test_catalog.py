@@ -154,3 +154,13 @@ def test_parameters_go_through_the_schema_checks() -> None:
 def test_topology_lanes_come_from_the_links() -> None:
     topo = Topology(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
     assert topo.lanes == ("lb[0]", "lb[1]")
+
+
+def test_run_tui_refuses_a_path_that_is_no_run_folder(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tui.app import run_tui
+
+    assert run_tui(tmp_path / "missing") == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert run_tui(tmp_path) == 2
+    assert "not a run folder" in capsys.readouterr().err
