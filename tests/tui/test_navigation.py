@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Select
 
 from tui.app import TurnoutApp
@@ -94,7 +96,8 @@ async def test_a_failing_run_opened_from_the_command_line_shows_red_counters(
         assert live.query_one("#counter-lost", Counter).has_class("-bad")
         assert live.query_one("#counter-duplicated", Counter).has_class("-ok")
         # A finished run takes no faults: the keys are not offered.
-        assert "Fault" not in screen_text(app).splitlines()[-1]
+        await footer_shows(pilot, app, "esc Back")
+        assert "Fault" not in footer(app)
 
 
 async def test_replay_at_1x_speed_plays_in_time(fixtures: Path, runs_dir: Path) -> None:
@@ -119,30 +122,32 @@ async def test_help_opens_and_closes(fixtures: Path, runs_dir: Path) -> None:
         assert isinstance(app.screen, BrowserScreen)
 
 
+def footer(app: TurnoutApp) -> str:
+    return screen_text(app).splitlines()[-1]
+
+
+async def footer_shows(pilot: Pilot[Any], app: TurnoutApp, *keys: str) -> None:
+    await wait_for(pilot, lambda: all(key in footer(app) for key in keys), timeout=10,
+                   what=f"{keys} in the footer")
+
+
 async def test_every_key_of_each_screen_is_in_the_footer_at_80x24(
         fixtures: Path, runs_dir: Path, tmp_path: Path) -> None:
     run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
     async with FakeHarness(run / "control.sock"):
         app = make_app(fixtures, runs_dir)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause(0.2)
-            footer = screen_text(app).splitlines()[-1]
-            for key in ("1 Experiments", "2 Runs", "r Run", "? Help", "q Quit", "^p"):
-                assert key in footer
+            await footer_shows(pilot, app, "1 Experiments", "2 Runs", "r Run", "? Help",
+                               "q Quit", "^p")
             await pilot.press("2", "down")
-            await pilot.pause(0.2)
-            footer = screen_text(app).splitlines()[-1]
-            for key in ("o Replay", "p Play 1x", "? Help", "q Quit"):
-                assert key in footer
+            await footer_shows(pilot, app, "o Replay", "p Play 1x", "? Help", "q Quit")
             app.open_path(run)
             await pilot.pause()
             live = app.screen
             assert isinstance(live, LiveRunScreen)
             await wait_for(pilot, lambda: live.state.nodes, what="a status event")
-            await pilot.pause(0.3)
-            footer = screen_text(app).splitlines()[-1]
-            for key in ("f Fault", "h Heal", "H Heal all", "esc Back", "? Help", "q Quit"):
-                assert key in footer
+            await footer_shows(pilot, app, "f Fault", "h Heal", "H Heal all", "esc Back",
+                               "? Help", "q Quit")
 
 
 async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir: Path,
