@@ -13,6 +13,7 @@ from tui.app import TurnoutApp
 from tui.catalog import topology_from_experiment
 from tui.screens.fault_dialog import FaultDialog
 from tui.screens.live import LiveRunScreen
+from tui.widgets.nodes import NodeRow
 
 from .support import wait_for
 
@@ -28,6 +29,12 @@ async def replay_done(pilot: Pilot[Any]) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: isinstance(app.screen, LiveRunScreen)
                    and app.screen.feed_done, what="the replay")
+
+    def laid_out() -> bool:
+        rows = list(app.screen.query(NodeRow))
+        return bool(rows) and all(row.region.height for row in rows)
+
+    await wait_for(pilot, laid_out, what="the node rows laid out")
     await pilot.pause(0.3)
 
 

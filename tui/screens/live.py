@@ -94,8 +94,13 @@ class LiveRunScreen(Screen[None]):
         self.set_interval(0.25, self._flush)
         if self.mode == "run":
             self._launch()
-        else:
-            self._follow()
+            return
+        # Attaching to a run this TUI started (and left): it can still be stopped from here.
+        for process in getattr(self.app, "launched", []):
+            if process.running and process.run_dir == self.run_dir.resolve():
+                self.process = process
+                self._watch_process()
+        self._follow()
 
     @property
     def mode_label(self) -> str:
@@ -126,8 +131,12 @@ class LiveRunScreen(Screen[None]):
         self._note("tui", f"started python -m harness run {self.experiment_file} "
                           f"--out {self.run_dir} (pid {self.process.pid})")
         self._follow()
-        code = await self.process.wait()
-        self.post_message(HarnessExited(code))
+        self._watch_process()
+
+    @work(group="process", exclusive=True)
+    async def _watch_process(self) -> None:
+        if self.process is not None:
+            self.post_message(HarnessExited(await self.process.wait()))
 
     def app_launched(self, process: HarnessProcess) -> None:
         launched = getattr(self.app, "launched", None)
@@ -173,8 +182,11 @@ class LiveRunScreen(Screen[None]):
         self._flush()
 
     def on_harness_exited(self, message: HarnessExited) -> None:
-        self._note("tui" if message.returncode in (0, 1) else "warning",
-                   f"harness exited with code {message.returncode}")
+        if message.returncode in (0, 1):
+            self._note("tui", f"harness exited with code {message.returncode}")
+        else:
+            self._note("warning", f"harness exited with code {message.returncode}: its output "
+                                  f"is in {self.run_dir / 'logs' / 'turnout-run.log'}")
         if self.tail is not None and not self.state.finished:
             # Anything it wrote before exiting is still read; then the tail ends.
             self.set_timer(1.0, lambda: self.tail and self.tail.stop("the harness exited"))
@@ -208,7 +220,7 @@ class LiveRunScreen(Screen[None]):
                 return False
             return None if self.state.finished else True
         if action == "stop":
-            if self.mode != "run":
+            if self.mode != "run" and self.process is None:
                 return False
             return True if self.process is not None and self.process.running else None
         return True

@@ -32,12 +32,18 @@ class NodeRow(Horizontal):
         self.node_name = name
         self.info = Static(classes="node-info")
         self.spark = Sparkline([], classes="node-rss")
+        self.node: NodeView | None = None
 
     def compose(self) -> ComposeResult:
         yield self.info
         yield self.spark
 
+    def on_mount(self) -> None:
+        if self.node is not None:
+            self.update_node(self.node)
+
     def update_node(self, node: NodeView) -> None:
+        self.node = node
         dot = Text("● ", style=STATE_STYLES.get(node.state, "bold"))
         state = state_text(node.state)
         state.pad_right(9 - len(node.state))
