@@ -294,7 +294,8 @@ def _on(target: str) -> str:
 def describe_fault(kind: str, target: str, params: Mapping[str, Any],
                    duration_s: float | None) -> str:
     """A fault in words: ``kill node-2 (restart after 2 s)``, ``add 300 ms latency to ...``."""
-    p = {k.name: k.default for k in FAULT_KINDS[kind].params} if kind in FAULT_KINDS else {}
+    p: dict[str, Any] = ({k.name: k.default for k in FAULT_KINDS[kind].params}
+                         if kind in FAULT_KINDS else {})
     p.update(params)
     node = _on(target)
     restart = (f" (restart after {_num(p.get('restart_after_s'))} s)" if p.get("restart", True)

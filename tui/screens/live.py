@@ -63,6 +63,7 @@ class LiveRunScreen(Screen[None]):
         self.experiment_file = experiment_file
         self.speed = speed
         self.state = RunState()
+        self.state.name = run_dir.name  # until the run event names the experiment
         self.control = ControlClient(run_dir / "control.sock")
         self.process: HarnessProcess | None = None
         self.tail: EventTail | None = None
@@ -187,9 +188,10 @@ class LiveRunScreen(Screen[None]):
         else:
             self._note("warning", f"harness exited with code {message.returncode}: its output "
                                   f"is in {self.run_dir / 'logs' / 'turnout-run.log'}")
-        if self.tail is not None and not self.state.finished:
+        tail = self.tail
+        if tail is not None and not self.state.finished:
             # Anything it wrote before exiting is still read; then the tail ends.
-            self.set_timer(1.0, lambda: self.tail and self.tail.stop("the harness exited"))
+            self.set_timer(1.0, lambda: tail.stop("the harness exited"))
         self.refresh_bindings()
 
     def _note(self, level: str, text: str) -> None:

@@ -17,6 +17,8 @@ COLUMNS = ("id", "fault", "source", "start", "heal", "state", "recovery")
 
 
 def _row(view: FaultView) -> list[Text | str]:
+    start: Text | str
+    recovery: Text | str
     if view.injected_t is not None:
         start = fmt_t(view.injected_t)
     elif view.planned_at is not None:
