@@ -239,3 +239,21 @@ async def test_command_palette_injects_a_typed_fault(fixtures: Path, runs_dir: P
             assert command["target"] == "node-1"
             assert command["params"] == {"mb_per_s": 50.0}
             assert command["duration_s"] == 20.0
+
+
+async def test_a_harness_that_fails_to_start_is_reported(fixtures: Path, runs_dir: Path,
+                                                        tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('description = "x"\n[cluster]\nnodes = "three"\n')
+    run = tmp_path / "runs" / "20250601-140000-bad"
+    app = make_app(fixtures, runs_dir)
+    async with app.run_test(size=(100, 30)) as pilot:
+        live = LiveRunScreen(run, "run", experiment_file=bad)
+        await app.push_screen(live)
+        await wait_for(pilot, lambda: live.feed_done, timeout=60, what="the feed to end")
+        assert live.process is not None
+        assert live.process.returncode == 2
+        messages = [line.text for line in live.state.log]
+        assert any("harness exited with code 2" in m and "turnout-run.log" in m
+                   for m in messages)
+        assert "cluster.nodes" in (run / "logs" / "turnout-run.log").read_text()
