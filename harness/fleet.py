@@ -41,6 +41,7 @@ log = logging.getLogger("turnout.fleet")
 
 DRAIN_QUIET_S = 1.0
 STORM_CONNECT_S = 60.0
+CLIENT_RCVBUF = 64 * 1024
 
 __all__ = ["ClientSpec", "FleetSpec", "main"]
 
@@ -136,6 +137,25 @@ class LatencyWindow:
         pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
         return {"p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1),
                 "max": round(ordered[-1], 1), "n": len(ordered)}
+
+
+async def _connect(host: str, port: int, source: str) -> trio.SocketStream:
+    """A TCP connection from ``source`` with a fixed receive buffer of CLIENT_RCVBUF.
+
+    A fixed buffer (set before connecting, so the window is negotiated with it) is what a
+    phone on a thin link has, and it keeps a stalled client's backlog where it belongs: in
+    the server's outbound queue, which is what the slow-consumer policy watches. Autotuned
+    buffers on every hop of the proxy chain would otherwise absorb tens of megabytes.
+    """
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, CLIENT_RCVBUF)
+        await sock.bind((source, 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 def _handshake(host: str, path: str) -> bytes:
@@ -236,7 +256,7 @@ class Fleet:
         resource_path = url.path + ("?" + url.query if url.query else "")
         with trio.fail_after(10):
             async with self._connect_limiter:
-                stream = await trio.open_tcp_stream(host, port, local_address=source)
+                stream = await _connect(host, port, source)
                 try:
                     return await wrap_client_stream(nursery, stream, host, resource_path,
                                                     message_queue_size=1)
