@@ -36,6 +36,8 @@ __all__ = ["ChannelState", "Hub", "SubscribeRefused"]
 # everything is in the stream, and catch-up reads up to the stream's top anyway.
 MAX_PENDING = 10_000
 SETTLE_TIMEOUT = 5.0
+CATCHUP_RETRY_MIN = 0.1
+CATCHUP_RETRY_MAX = 2.0
 
 
 class SubscribeRefused(Exception):
@@ -198,15 +200,27 @@ class Hub:
 
     async def _catch_up(self, state: ChannelState) -> None:
         self.catchups += 1
+        backoff = CATCHUP_RETRY_MIN
         try:
             while True:
                 state.catchup_again = False
                 try:
                     done = await self._catch_up_once(state)
                 except (RedisLinkDown, RedisError) as exc:
-                    # Stay in catching-up: the link-up callback starts us again.
-                    log.info("catch-up of %s paused: %s", state.name, exc)
-                    return
+                    if not self.broker.link_up:
+                        # Stay in catching-up: the link-up callback starts us again. No
+                        # checkpoint lies between this test and the finally below, so the
+                        # callback cannot slip in between and find us still running.
+                        log.info("catch-up of %s paused until the link is back: %s",
+                                 state.name, exc)
+                        return
+                    # The pub/sub link is up but the command failed (a slow link timed out,
+                    # an error reply): nobody else will restart us, so retry, backing off.
+                    log.warning("catch-up of %s failed, retrying in %.1f s: %s",
+                                state.name, backoff, exc)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, CATCHUP_RETRY_MAX)
+                    continue
                 if done and not state.catchup_again:
                     state.catching_up = False
                     state.settled.set()
@@ -295,14 +309,9 @@ class Hub:
                     # Epoch "" = the channel had no epoch yet when the client subscribed: it
                     # owes everything of the channel's first epoch since its offset.
                     position = (position[0], state.epoch or "")
-                while position is not None and position[1] == (state.epoch or "") and \
+                if position is not None and position[1] == (state.epoch or "") and \
                         position[0] > state.last:
-                    # The client is ahead of this node (it came from a node further along):
-                    # make sure we are catching up, then wait until we pass its position.
-                    self._start_catch_up(state)
-                    await state.settled.wait()
-                    if position[0] > state.last:
-                        await trio.sleep(0.05)
+                    await self._wait_until_passed(state, position[0])
                 replay: list[tuple[int, bytes]] = []
                 recovered: bool | None = None
                 since = state.last
@@ -355,6 +364,29 @@ class Hub:
         state.subscribers[conn] = None
         conn.channels[name] = state
         self._count_changed(app_id)
+
+    async def _wait_until_passed(self, state: ChannelState, offset: int) -> None:
+        """Wait until this node has delivered the channel up to ``offset``.
+
+        A resuming client may be ahead of this node: it came from a node further along, and
+        our pub/sub copy is still in flight. With history on we catch up from the stream;
+        with it off live delivery gets there by itself (reading the stream would only find
+        nothing and send every subscriber away). A position beyond the channel's top can
+        never be reached (a reset stream, a made-up position): we stop waiting and the
+        caller answers ``recovered: false``.
+        """
+        while offset > state.last:
+            if self.history_enabled:
+                self._start_catch_up(state)
+                await state.settled.wait()
+                if offset <= state.last:
+                    return
+            ((top, epoch),) = await self.broker.read_top(state.app_id, [state.name])
+            if top < offset or (epoch or "") != (state.epoch or ""):
+                log.info("channel %s: a client resumed at %d, beyond the channel's top %d; "
+                         "answering recovered:false", state.name, offset, top)
+                return
+            await trio.sleep(0.05)
 
     def _abandon(self, key: bytes, joiner: _Joiner | None) -> None:
         state = self.channels.get(key)

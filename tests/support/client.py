@@ -50,7 +50,7 @@ class PusherTestClient:
         return await self.next()
 
 
-class pusher_client:  # noqa: N801 - reads as a context manager
+class pusher_client:
     def __init__(self, url: str) -> None:
         self._cm = open_websocket_url(url)
 

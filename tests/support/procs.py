@@ -34,7 +34,7 @@ def _die_with_parent() -> None:
 
 
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+    log = open(log_path, "ab")
     return subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent, env=env, cwd=REPO,
