@@ -57,7 +57,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 from xml.etree import ElementTree as ET
@@ -141,6 +141,7 @@ class FaultResult:
     recovery_s: float | None
     lost_before_heal: int  # owed (client, update) pairs published before the heal and lost
     error: str | None = None
+    observed: Mapping[str, Any] = field(default_factory=dict)  # the fault's own evidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +155,7 @@ class FaultResult:
             "recovery_s": self.recovery_s,
             "lost_before_heal": self.lost_before_heal,
             "error": self.error,
+            "observed": dict(self.observed),
         }
 
 
@@ -327,7 +329,8 @@ class _Client:
 
 
 class _Fault:
-    __slots__ = ("error", "fault", "fault_id", "healed", "injected", "params", "status", "target")
+    __slots__ = ("error", "fault", "fault_id", "healed", "injected", "observed", "params",
+                 "status", "target")
 
     def __init__(self, fault_id: str) -> None:
         self.fault_id = fault_id
@@ -338,6 +341,7 @@ class _Fault:
         self.injected: float | None = None
         self.healed: float | None = None
         self.error: str | None = None
+        self.observed: Mapping[str, Any] = {}
 
 
 class _Accumulator:
@@ -440,6 +444,9 @@ class _Accumulator:
         if f == "heal":
             if typ == "ok" and (flt.healed is None or t < flt.healed):
                 flt.healed = t
+            observed = value.get("observed")
+            if isinstance(observed, Mapping):
+                flt.observed = dict(observed)
             return
         if "fault" in value:
             flt.fault = str(value["fault"])
@@ -723,6 +730,7 @@ def _faults(acc: _Accumulator, t0: float) -> tuple[FaultResult, ...]:
                 recovery_s=recovery,
                 lost_before_heal=lost_before,
                 error=flt.error,
+                observed=flt.observed,
             )
         )
     return tuple(out)
@@ -965,8 +973,9 @@ def render_markdown(report: Report, title: str = "turnout run") -> str:
         lines += [
             "## Faults",
             "",
-            "| id | fault | target | status | injected at (s) | healed at (s) | recovery (s) |",
-            "|---|---|---|---|---:|---:|---:|",
+            "| id | fault | target | status | injected at (s) | healed at (s) | recovery (s) "
+            "| observed |",
+            "|---|---|---|---|---:|---:|---:|---|",
         ]
         for f in report.faults:
             rec = _fmt(f.recovery_s)
@@ -974,7 +983,8 @@ def render_markdown(report: Report, title: str = "turnout run") -> str:
                 rec = f"never ({f.lost_before_heal} lost)"
             lines.append(
                 f"| {f.fault_id} | {f.fault} | {f.target} | {f.status} | {_fmt(f.injected_at)} "
-                f"| {_fmt(f.healed_at)} | {rec} |"
+                f"| {_fmt(f.healed_at)} | {rec} "
+                f"| {', '.join(f'{k}: {v}' for k, v in f.observed.items())} |"
             )
         lines.append("")
     if report.clients:

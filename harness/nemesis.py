@@ -131,6 +131,7 @@ class Nemesis:
                              source=entry.source)
         finally:
             self.active.pop(entry.fault_id, None)
-            self.history.record(NEMESIS, "ok", "heal", {"fault_id": entry.fault_id})
+            self.history.record(NEMESIS, "ok", "heal",
+                                {"fault_id": entry.fault_id, "observed": fault.observed})
             self.events.emit("heal", fault_id=entry.fault_id, kind=entry.kind,
                              target=entry.target)

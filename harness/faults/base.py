@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ class FaultContext:
     # Client-fleet controls (the harness's fleet supervisor implements them).
     stall_clients: Callable[[float, float], Awaitable[int]] | None = None
     storm: Callable[[int, float], Awaitable[int]] | None = None
-    # Restarts a node that exited by itself (the watchdog's exit 3), used by leak_memory.
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def require_topology(self, kind: str) -> Topology:
         if self.topology is None:
@@ -106,6 +104,9 @@ class Fault:
         self.params = dict(params)
         self.duration_s = duration_s
         self.resolved = target
+        #: What the fault saw happen (connections opened, watchdog exits...), recorded with
+        #: its heal so a report shows the fault had the effect it is named for.
+        self.observed: dict[str, Any] = {}
 
     @property
     def hold_s(self) -> float:

@@ -16,3 +16,5 @@ class ConnectionStorm(Fault):
         opened = await ctx.storm(int(self.params.get("clients", 10000)),
                                  float(self.duration_s or 10.0))
         self.resolved = f"{self.target} ({opened} connections)"
+        self.observed["requested"] = int(self.params.get("clients", 10000))
+        self.observed["opened"] = opened

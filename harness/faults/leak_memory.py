@@ -49,5 +49,5 @@ class LeakMemory(Fault):
                     if node.exit_code not in (EXIT_MAX_RSS, 0):
                         raise FaultError(f"{node.name} died with {node.exit_code} while "
                                          "leaking: the watchdog should have drained it")
-                    ctx.notes.setdefault("watchdog_exits", []).append(node.name)
+                    self.observed.setdefault("watchdog_exits", []).append(node.name)
                     await node.restart()

@@ -16,3 +16,4 @@ class SlowConsumers(Fault):
         stalled = await ctx.stall_clients(float(self.params.get("share", 0.1)),
                                           float(self.duration_s or 15.0))
         self.resolved = f"clients ({stalled} stalled)"
+        self.observed["stalled"] = stalled

@@ -315,6 +315,18 @@ def test_recovery_s_by_hand() -> None:
     assert failing.violations == ("recovery_s: f2 (kill_node node-2) recovered in 2.5 s > 2 s",)
 
 
+def test_fault_evidence_recorded_with_the_heal_reaches_the_report() -> None:
+    h = clean()
+    h.fault(1.5, "f1", "connection_storm", "clients", heal=None)
+    h.op(3.0, "nemesis", "ok", "heal", fault_id="f1",
+         observed={"requested": 10000, "opened": 9990})
+    report = run(h)
+    (fault,) = report.faults
+    assert fault.observed == {"requested": 10000, "opened": 9990}
+    assert fault.to_dict()["observed"] == {"requested": 10000, "opened": 9990}
+    assert "requested: 10000, opened: 9990" in render_markdown(report)
+
+
 def test_fault_never_recovered() -> None:
     h = clean()
     h.fault(1.5, "f1", "partition_redis", "redis", heal=3.5)

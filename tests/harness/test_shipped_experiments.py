@@ -3,13 +3,70 @@ and reordered updates, and the negative controls fail: the checker can tell."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.experiment import load_experiment, shipped_experiments
 
 from .runs import REPO, explain, report, turnout_run
+
+
+def _faults(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    found = [f for f in doc["faults"] if f["fault"] == kind]
+    assert found, f"no {kind} fault in the report"
+    return found
+
+
+def _nodes(doc: dict[str, Any]) -> list[dict[str, float]]:
+    return [m for name, m in doc["cluster"].items() if name.startswith("node-")]
+
+
+def _link_flaps(doc: dict[str, Any]) -> float:
+    """Redis link changes beyond each node's first link-up (counters of unrestarted nodes)."""
+    return sum(m.get("redis_link_changes_total", 1) - 1 for m in _nodes(doc))
+
+
+def _storm_opened_every_connection(doc: dict[str, Any]) -> None:
+    for fault in _faults(doc, "connection_storm"):
+        observed = fault["observed"]
+        assert observed["opened"] == observed["requested"] == fault["params"]["clients"], fault
+
+
+def _watchdog_drained_the_leaking_node(doc: dict[str, Any]) -> None:
+    (fault,) = _faults(doc, "leak_memory")
+    assert fault["observed"].get("watchdog_exits") == [fault["target"]], fault
+
+
+def _clients_reconnected(doc: dict[str, Any]) -> None:
+    assert doc["cluster"]["fleet"]["reconnects"] > 0
+
+
+def _redis_links_went_down_and_came_back(doc: dict[str, Any]) -> None:
+    assert _link_flaps(doc) >= 2, _nodes(doc)
+    assert all(m["redis_link_up"] == 1 for m in _nodes(doc))
+
+
+def _slow_consumers_were_disconnected(doc: dict[str, Any]) -> None:
+    (fault,) = _faults(doc, "slow_consumers")
+    assert fault["observed"]["stalled"] > 0, fault
+    assert sum(m["slow_consumer_disconnects_total"] for m in _nodes(doc)) > 0, _nodes(doc)
+
+
+# What each experiment's faults must visibly have done: a pass where the fault did nothing
+# (a storm that opened no connections, a leak the watchdog never saw) proves nothing.
+EVIDENCE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "connection-storm": _storm_opened_every_connection,
+    "memory-leak": _watchdog_drained_the_leaking_node,
+    "node-kill": _clients_reconnected,
+    "rolling-deploy": _clients_reconnected,
+    "election-night": _clients_reconnected,
+    "redis-partition": _redis_links_went_down_and_came_back,
+    "redis-restart": _redis_links_went_down_and_came_back,
+    "slow-consumers": _slow_consumers_were_disconnected,
+}
 
 CI_EXPERIMENTS = sorted(name for name, path in shipped_experiments().items()
                         if load_experiment(path).ci)
@@ -37,6 +94,8 @@ def test_shipped_experiment_passes(name: str, tmp_path: Path):
         assert fault["status"] == "ok", fault
     for artefact in ("history.jsonl", "report.md", "junit.xml", "events.jsonl"):
         assert (run_dir / artefact).stat().st_size > 0, artefact
+    if name in EVIDENCE:
+        EVIDENCE[name](doc)
 
 
 @pytest.mark.slow
