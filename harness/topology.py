@@ -494,9 +494,10 @@ def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _node_argv(
-    spec: TopologySpec, name: str, port: int, redis_proxy: Proxy, token: str
-) -> list[str]:
+def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy) -> list[str]:
+    """The node's command line. Secrets go in the environment (``_node_secrets``): they stay
+    out of ``ps`` and of the node log's start line, and a token that begins with "-" cannot
+    be mistaken for a flag."""
     return [
         *_node_command(spec),
         "--host", LOOPBACK,
@@ -505,7 +506,6 @@ def _node_argv(
         "--node-id", name,
         "--app-id", spec.app_id,
         "--app-key", spec.app_key,
-        "--app-secret", spec.app_secret,
         "--history-size", str(spec.history_size),
         "--history-ttl", _num(spec.history_ttl_s),
         "--activity-timeout", _num(spec.activity_timeout_s),
@@ -514,8 +514,11 @@ def _node_argv(
         "--outbound-queue-bytes", str(spec.outbound_queue_bytes),
         "--key-prefix", spec.key_prefix,
         "--chaos",
-        "--chaos-token", token,
     ]  # fmt: skip
+
+
+def _node_secrets(spec: TopologySpec, token: str) -> dict[str, str | None]:
+    return {"TURNOUT_APP_SECRET": spec.app_secret, "TURNOUT_CHAOS_TOKEN": token}
 
 
 async def _concurrently(thunks: Sequence[Callable[[], Awaitable[object]]]) -> None:
@@ -631,7 +634,7 @@ async def run_topology(
 
         async def start_node(name: str) -> None:
             port = node_ports[name]
-            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"], topo.chaos_token)
+            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"])
             # -m server (no installed script) must find the repo whatever the cwd.
             pythonpath = os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
@@ -640,7 +643,8 @@ async def run_topology(
                 ProcessSpec(
                     name=name,
                     argv=argv,
-                    env={**_stray_node_env(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath},
+                    env={**_stray_node_env(), **_node_secrets(spec, topo.chaos_token),
+                         "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath},
                     cwd=run_dir / name,
                     ready=http_ready(f"http://{LOOPBACK}:{port}/health"),
                     ready_timeout=timeout,

@@ -545,11 +545,12 @@ async def test_sigterm_to_the_harness_cancels_the_run(tmp_path: Path) -> None:
         await _wait_gone([child.pid])
 
 
-@pytest.mark.skipif(
-    not (REPO_ROOT / "server" / "node.py").exists(), reason="server/node.py not written yet"
-)
 async def test_full_topology_with_real_nodes(tmp_path: Path) -> None:
-    spec = TopologySpec(nodes=2, clients=10, drain_grace_s=1, ready_timeout_s=45)
+    # A token that starts with "-" once broke the node's command line (argparse took it for a
+    # flag); secrets now travel in the environment and must not show in the process list.
+    token = "-starts-with-a-dash"
+    spec = TopologySpec(nodes=2, clients=10, drain_grace_s=1, ready_timeout_s=45,
+                        chaos_token=token)
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             topo = await nursery.start(run_topology, spec, tmp_path / "run")
@@ -559,6 +560,14 @@ async def test_full_topology_with_real_nodes(tmp_path: Path) -> None:
                 assert response.status_code == 200
                 for node in topo.nodes.values():
                     assert await node.health() == 200
+                    url = f"{node.url}/chaos/status"
+                    ok = await client.get(url, headers={"x-chaos-token": token})
+                    assert ok.status_code == 200, ok.text
+                    refused = await client.get(url, headers={"x-chaos-token": "wrong"})
+                    assert refused.status_code in (401, 403)
+                    cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes()
+                    assert token.encode() not in cmdline
+                    assert spec.app_secret.encode() not in cmdline
             status = await topo.lb_status()
             assert {s for lane in status.values() for s, _ in lane.values()} == {"UP"}
             nursery.cancel_scope.cancel()
