@@ -127,8 +127,12 @@ def footer(app: TurnoutApp) -> str:
 
 
 async def footer_shows(pilot: Pilot[Any], app: TurnoutApp, *keys: str) -> None:
-    await wait_for(pilot, lambda: all(key in footer(app) for key in keys), timeout=10,
-                   what=f"{keys} in the footer")
+    try:
+        await wait_for(pilot, lambda: all(key in footer(app) for key in keys), timeout=10,
+                       what=f"{keys} in the footer")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the footer reads {footer(app)!r} on {app.screen!r} "
+                             f"focused on {app.focused!r}") from None
 
 
 async def test_every_key_of_each_screen_is_in_the_footer_at_80x24(

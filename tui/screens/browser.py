@@ -132,6 +132,8 @@ class BrowserScreen(Screen[None]):
     @on(DataTable.RowHighlighted, "#run-list")
     def _show_run(self) -> None:
         self.query_one(RunDetail).show(self.selected_run)
+        # Replay / Attach depend on the highlighted run: re-check them for the footer.
+        self.refresh_bindings()
 
     @on(OptionList.OptionSelected, "#experiment-list")
     def _experiment_chosen(self) -> None:
