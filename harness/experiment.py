@@ -373,6 +373,14 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "per-connection outbound queue; a consumer beyond it is disconnected to resume",
         ),
         Key(
+            "socket_send_buffer_bytes",
+            Integer(0),
+            0,
+            "bytes",
+            "kernel send buffer (SO_SNDBUF) of each client socket on the nodes; 0 = kernel "
+            "autotuning, which lets a stalled client hold megabytes before the queue fills",
+        ),
+        Key(
             "recovery",
             Boolean(),
             True,
@@ -868,6 +876,7 @@ class Cluster:
     drain_grace_s: float = 5.0
     max_rss_mb: int = 0
     outbound_queue_bytes: int = 1048576
+    socket_send_buffer_bytes: int = 0
     recovery: bool = True
 
     @property

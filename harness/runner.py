@@ -248,6 +248,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 activity_timeout_s=cluster.activity_timeout_s,
                 drain_grace_s=cluster.drain_grace_s, max_rss_mb=int(cluster.max_rss_mb),
                 outbound_queue_bytes=cluster.outbound_queue_bytes,
+                socket_send_buffer=cluster.socket_send_buffer_bytes,
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed)
             events.emit("phase", phase="setup")

@@ -90,6 +90,7 @@ class TopologySpec:
     drain_grace_s: float = 10
     max_rss_mb: int = 512
     outbound_queue_bytes: int = 1048576
+    socket_send_buffer: int = 0  # 0 = kernel autotuning
     app_id: str = "turnout"
     app_key: str = "turnout-key"
     app_secret: str = "turnout-secret"
@@ -408,6 +409,13 @@ global
     maxconn {maxconn}
     # Only alerts/notices (server UP/DOWN transitions), never one line per request.
     log stdout format raw local0 notice
+    # Fixed socket buffers, as a load balancer in front of tens of thousands of sockets is
+    # configured: with kernel autotuning each proxied connection could hold megabytes for a
+    # stalled client, hiding it from the nodes' slow-consumer policy and costing memory.
+    tune.sndbuf.client 65536
+    tune.sndbuf.server 65536
+    tune.rcvbuf.client 65536
+    tune.rcvbuf.server 65536
 
 defaults
     mode http
@@ -512,6 +520,7 @@ def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy) -> 
         "--drain-grace", _num(spec.drain_grace_s),
         "--max-rss", str(spec.max_rss_mb),
         "--outbound-queue-bytes", str(spec.outbound_queue_bytes),
+        "--socket-send-buffer", str(spec.socket_send_buffer),
         "--key-prefix", spec.key_prefix,
         "--chaos",
     ]  # fmt: skip

@@ -205,6 +205,7 @@ class Config:
     drain_grace: float = 10.0
     max_connections: int = 0
     outbound_queue_bytes: int = 1048576
+    socket_send_buffer: int = 0
     max_rss_mb: float = 0.0
     chaos: bool = False
     chaos_token: str = field(default="", repr=False)
@@ -362,6 +363,15 @@ _SPECS: dict[str, _Spec] = {
         int,
         _int_range(1),
         "Per-connection outbound buffer, in bytes; overflow closes the client with 4100.",
+        "BYTES",
+    ),
+    "socket_send_buffer": _Spec(
+        "--socket-send-buffer",
+        int,
+        _int_range(0),
+        "Kernel send buffer of each client socket (SO_SNDBUF), in bytes; 0 = kernel "
+        "autotuning (up to net.ipv4.tcp_wmem's maximum, megabytes). A fixed buffer bounds what "
+        "a stalled client holds on the node to it plus --outbound-queue-bytes.",
         "BYTES",
     ),
     "max_rss_mb": _Spec(

@@ -106,6 +106,9 @@ class Node:
                     break
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.config.socket_send_buffer:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                    self.config.socket_send_buffer)
                 conns.start_soon(serve_socket, self, sock, f"{addr[0]}:{addr[1]}")
 
     async def _reaper(self) -> None:

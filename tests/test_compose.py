@@ -27,6 +27,7 @@ from harness.topology import (
     LANE_CAPACITY,
     TopologySpec,
     _node_argv,
+    _node_secrets,
     render_haproxy_config,
 )
 from server.config import ENV_PREFIX, Config, build_parser, load_config
@@ -123,11 +124,13 @@ def _node_config(service: Mapping[str, Any]) -> Config:
     return load_config(argv, env)  # raises ConfigError on anything invalid
 
 
-def _harness_argv(name: str) -> list[str]:
+def _harness_inputs(name: str) -> tuple[list[str], dict[str, str]]:
+    """(argv after the command, secrets environment) a harness node starts with."""
     fake_proxy = cast(Any, SimpleNamespace(listen="127.0.0.1:1"))
-    argv = _node_argv(SPEC, name, 1, fake_proxy, "token")
+    argv = _node_argv(SPEC, name, 1, fake_proxy)
     assert argv[0] == "turnout-server"
-    return argv[1:]
+    env = {k: v for k, v in _node_secrets(SPEC, "token").items() if v is not None}
+    return argv[1:], env
 
 
 def _settings_given(argv: list[str], env: Mapping[str, str]) -> set[str]:
@@ -197,13 +200,13 @@ def test_node_settings_are_valid(services: dict[str, Any], name: str) -> None:
 @pytest.mark.parametrize("name", NODES)
 def test_node_settings_match_the_harness(services: dict[str, Any], name: str) -> None:
     argv, env = _node_inputs(services[name])
-    harness_argv = _harness_argv(name)
-    ours, theirs = _settings_given(argv, env), _settings_given(harness_argv, {})
+    harness_argv, harness_env = _harness_inputs(name)
+    ours, theirs = _settings_given(argv, env), _settings_given(harness_argv, harness_env)
     assert ours == theirs, (
         f"{name}: settings only in compose {sorted(ours - theirs)}, "
         f"only in the harness {sorted(theirs - ours)}"
     )
-    mine, harness = load_config(argv, env), load_config(harness_argv, {})
+    mine, harness = load_config(argv, env), load_config(harness_argv, harness_env)
     differ = {
         f.name: (getattr(mine, f.name), getattr(harness, f.name))
         for f in fields(Config)

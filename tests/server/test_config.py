@@ -18,8 +18,8 @@ ALL_FLAGS = [
     "--host", "--port", "--redis-url", "--node-id", "--app-id", "--app-key", "--app-secret",
     "--history-size", "--history-ttl", "--max-message-size", "--max-event-data",
     "--activity-timeout", "--pong-timeout", "--drain-grace", "--max-connections",
-    "--outbound-queue-bytes", "--max-rss", "--chaos", "--chaos-token", "--chaos-host",
-    "--key-prefix", "--position-check-interval", "--log-level", "--config",
+    "--outbound-queue-bytes", "--socket-send-buffer", "--max-rss", "--chaos", "--chaos-token",
+    "--chaos-host", "--key-prefix", "--position-check-interval", "--log-level", "--config",
 ]  # fmt: skip
 
 ALL_ENV = [
