@@ -1,7 +1,13 @@
-"""``python -m bench [fanout options]``: run every benchmark (today: the fan-out benchmark)."""
+"""``python -m bench [fanout options]``: every benchmark, in one command.
+
+The fan-out benchmark (with the given options), then the Redis client round trip at its
+defaults. Each one measures its baselines in the same run and reports ratios to them.
+"""
 
 import sys
 
-from bench.fanout import main
+from bench import fanout, redis_client
 
-sys.exit(main())
+fanout_rc = fanout.main()
+redis_rc = redis_client.main([])
+sys.exit(fanout_rc or redis_rc)

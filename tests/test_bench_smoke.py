@@ -16,17 +16,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(180)
-def test_fanout_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+def run_bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` from the repo root; skips without redis-server."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
-    out = tmp_path / "fanout.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.fanout", "--connections", "200", "--rounds", "1",
-         "--messages", "2", "--settle", "0.2", "--timeout", "150", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=170,
-    )
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.timeout(180)
+def test_fanout_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    proc = run_bench("bench.fanout", "--connections", "200", "--rounds", "1", "--messages", "2",
+                     "--settle", "0.2", "--timeout", "150", "--json", str(out), timeout=170)
     result = json.loads(out.read_text())
     assert result["config"]["connections"] == 200
     assert result["config"]["client_processes"] >= 2
@@ -42,3 +46,18 @@ def test_fanout_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert all(r["median"] > 0 for r in result["ratios"].values())
     assert {"cpu_met", "rss_met"} <= set(result["targets"])
     assert "turnout" in proc.stdout  # the table was printed
+
+
+@pytest.mark.timeout(120)
+def test_redis_client_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "redis.json"
+    run_bench("bench.redis_client", "--round-trips", "50", "--rounds", "2", "--json", str(out),
+              timeout=110)
+    result = json.loads(out.read_text())
+    assert len(result["clients"]) == 3
+    for name, entry in result["clients"].items():
+        for op in ("ping", "hmget"):
+            cell = entry[op]
+            assert 0 < cell["min_us"] <= cell["median_us"] <= cell["max_us"] < 1_000_000, name
+            assert cell["x_floor"] > 0, name
+    assert result["clients"]["redis-py (blocking)"]["ping"]["x_floor"] == 1.0
