@@ -1,7 +1,8 @@
 """A small trio-native Redis client: RESP2 over a trio socket, parsed by hiredis.
 
 Why not a library: redis-py's async client is asyncio-only; coredis runs under trio (anyio) but
-measured ~460 µs per round trip here and reconnects and resubscribes on its own. The zero-drop
+costs 2-2.5x this client's time per round trip (bench/redis_client.py, docs/benchmarks.md) and
+reconnects and resubscribes on its own. The zero-drop
 contract needs the opposite: the broker must *know* the moment a link drops, so it can mark
 itself unhealthy and catch every channel up from the streams when the link returns. So this
 client never reconnects behind the caller's back: any I/O failure or deadline poisons the
