@@ -404,7 +404,7 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             Number(0, None, True, "a number per second"),
             500.0,
             "clients/s",
-            "connection ramp-up rate",
+            "connection ramp-up rate of the whole fleet (each worker process ramps its share)",
         ),
         Key(
             "reconnect_backoff_min_s",
@@ -419,6 +419,15 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             5.0,
             "s",
             "cap of the reconnect delay",
+        ),
+        Key(
+            "ping_after_silence_s",
+            _seconds(0, lo_open=True),
+            5.0,
+            "s",
+            "a client that has heard nothing for this long sends pusher:ping and reconnects "
+            "if no pong comes within 5 s (its dead-link detector; pusher-js waits the "
+            "server's activity_timeout); raise it for very large idle fleets",
         ),
         Key(
             "resume",
@@ -893,6 +902,7 @@ class Clients:
     connect_rate_per_s: float = 500.0
     reconnect_backoff_min_s: float = 0.1
     reconnect_backoff_max_s: float = 5.0
+    ping_after_silence_s: float = 5.0
     resume: bool = True
     source_addresses: tuple[str, ...] = ()
 

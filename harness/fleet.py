@@ -107,6 +107,9 @@ class FleetStats:
 class _Client:
     spec: ClientSpec
     positions: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: channel -> the (offset, epoch) a `recovered: true` replay promised to reach; the final
+    #: read is not complete while any is outstanding.
+    replay_until: dict[str, tuple[int, str]] = field(default_factory=dict)
     stalled_until: float = 0.0
     seen: dict[str, set[Any]] = field(default_factory=dict)
     max_seq: dict[str, int] = field(default_factory=dict)
@@ -254,8 +257,10 @@ class Fleet:
         host = url.hostname or "127.0.0.1"
         port = url.port or 80
         resource_path = url.path + ("?" + url.query if url.query else "")
-        with trio.fail_after(10):
-            async with self._connect_limiter:
+        # The deadline starts once a handshake slot is ours: waiting for a slot is the ramp, not
+        # a slow server, and counting it made a large fleet time out and retry in a loop.
+        async with self._connect_limiter:
+            with trio.fail_after(10):
                 stream = await _connect(host, port, source)
                 try:
                     return await wrap_client_stream(nursery, stream, host, resource_path,
@@ -300,6 +305,7 @@ class Fleet:
             })
             await ws.send_message(orjson.dumps({"event": "pusher:subscribe", "data": data})
                                   .decode())
+        client.replay_until.clear()
         silence_ping = min(self.spec.silence_ping_s, float(info.get("activity_timeout", 120)))
         ping_sent: float | None = None
         while True:
@@ -309,8 +315,12 @@ class Fleet:
                 # A slow consumer: stop reading; the kernel buffers fill and the server sees it.
                 await trio.sleep(min(stall, 1.0))
                 continue
-            if draining and not pending:
-                # The final read: take whatever is still in flight until the line is quiet.
+            # The final read is done once every subscription is in, every promised replay has
+            # arrived, and the line then stays quiet. A quiet line alone is not enough: on an
+            # overloaded machine a replay can pause longer than DRAIN_QUIET_S, and ending the
+            # read there would report updates still in flight as lost.
+            read_complete = draining and not pending and not client.replay_until
+            if read_complete:
                 wait = DRAIN_QUIET_S
             elif ping_sent is not None:
                 wait = ping_sent + self.spec.pong_timeout_s - trio.current_time()
@@ -318,7 +328,7 @@ class Fleet:
                 wait = silence_ping
             raw = await _get(ws, max(wait, 0.01), none_on_timeout=True)
             if raw is None:
-                if draining and not pending:
+                if read_complete:
                     self._finish(client, process)
                 if ping_sent is not None:
                     raise trio.TooSlowError("no pong from server")
@@ -341,6 +351,9 @@ class Fleet:
                     "channel": channel, "recovered": recovered, "offset": offset,
                     "epoch": epoch,
                 })
+                if recovered is True and isinstance(offset, int):
+                    client.replay_until[channel] = (offset, epoch or "")
+                    self._check_replay(client, channel)
                 if isinstance(offset, int) and (recovered is None or recovered is False or
                                                 channel not in client.positions):
                     # Start from the server's position; "" = channel not yet published, so a
@@ -379,11 +392,22 @@ class Fleet:
             value["offset"] = offset
             value["epoch"] = epoch
             client.positions[channel] = (offset, epoch or "")
+            if channel in client.replay_until:
+                self._check_replay(client, channel)
         self.history.record(process, "ok", "deliver", value)
         self.stats.delivered += 1
         sent_at = payload.get("sent_at")
         if isinstance(sent_at, float):
             self.latency.add((time.time() - sent_at) * 1000)
+
+    @staticmethod
+    def _check_replay(client: _Client, channel: str) -> None:
+        """Forget the channel's replay target once its position has reached it (or moved to
+        another epoch: then that replay is over, and the checker judges what came of it)."""
+        target = client.replay_until[channel]
+        position = client.positions.get(channel)
+        if position is not None and (position[1] != target[1] or position[0] >= target[0]):
+            del client.replay_until[channel]
 
     def _finish(self, client: _Client, process: str) -> None:
         client.draining = True

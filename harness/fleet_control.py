@@ -132,7 +132,14 @@ class FleetControl:
     async def start_workers(self, supervisor: Supervisor, *, entries: Sequence[str],
                             clients: Sequence[ClientSpec], history_dir: Path,
                             spec_kwargs: dict[str, Any], storm_capacity: int = 0) -> None:
-        """Start the worker processes, ``clients`` spread round robin over them."""
+        """Start the worker processes, ``clients`` spread round robin over them.
+
+        ``spec_kwargs["connect_rate_per_s"]``, if given, is the whole fleet's ramp: each worker
+        paces its own clients at its share of it.
+        """
+        spec_kwargs = dict(spec_kwargs)
+        if "connect_rate_per_s" in spec_kwargs:
+            spec_kwargs["connect_rate_per_s"] = spec_kwargs["connect_rate_per_s"] / self.processes
         per_worker = math.ceil((len(clients) + storm_capacity) / self.processes)
         if per_worker > MAX_FDS_PER_WORKER:
             raise ValueError(

@@ -271,12 +271,15 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                     "backoff_min_s": clients_cfg.reconnect_backoff_min_s,
                     "backoff_max_s": clients_cfg.reconnect_backoff_max_s,
                     "resume": clients_cfg.resume,
+                    "silence_ping_s": clients_cfg.ping_after_silence_s,
                 })
             expected = sum(len(c.channels) for c in plan)
-            if not await fleet.wait_subscribed(expected, options.subscribe_timeout_s):
+            # The ramp itself takes count / rate; the allowance comes on top of it.
+            subscribe_within = (options.subscribe_timeout_s
+                                + clients_cfg.count / clients_cfg.connect_rate_per_s)
+            if not await fleet.wait_subscribed(expected, subscribe_within):
                 raise TimeoutError(f"only {fleet.totals().subscribed} of {expected} "
-                                   f"subscriptions succeeded within "
-                                   f"{options.subscribe_timeout_s:g} s")
+                                   f"subscriptions succeeded within {subscribe_within:.0f} s")
             publisher = Publisher(PublisherSpec(
                 base_url=api_url, app_id=app[0], app_key=app[1], app_secret=app[2],
                 channels=tuple(channels), interval_s=workload.publish_interval_s,
