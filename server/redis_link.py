@@ -2,11 +2,11 @@
 
 Why not a library: redis-py's async client is asyncio-only; coredis runs under trio (anyio) but
 costs 2-2.5x this client's time per round trip (bench/redis_client.py, docs/benchmarks.md) and
-reconnects and resubscribes on its own. The zero-drop
-contract needs the opposite: the broker must *know* the moment a link drops, so it can mark
-itself unhealthy and catch every channel up from the streams when the link returns. So this
-client never reconnects behind the caller's back: any I/O failure or deadline poisons the
-connection and raises RedisLinkDown; the caller decides. Parsing is hiredis's C reader.
+reconnects and resubscribes on its own. The zero-drop contract needs the opposite: the broker
+must *know* the moment a link drops, so it can mark itself unhealthy and catch every channel up
+from the streams when the link returns. So this client never reconnects behind the caller's
+back: any I/O failure or deadline poisons the connection and raises RedisLinkDown; the caller
+decides. Parsing is hiredis's C reader.
 """
 
 from __future__ import annotations
