@@ -40,14 +40,16 @@ def _totals(report: dict[str, Any]) -> Table:
 def render_run(run: RunEntry) -> RenderableType:
     title = Text.assemble(verdict_text(run.verdict), " ", (run.experiment, "bold"))
     parts: list[RenderableType] = [title, Text(f"{run.path.parent.name}/{run.path.name}",
-                                               style="dim"), Text("")]
+                                               style="dim", no_wrap=True,
+                                               overflow="ellipsis"), Text("")]
     if run.in_progress:
         parts.append(Text("In progress: press a to attach (watch it, inject faults).",
                           style="bold cyan"))
         return Group(*parts)
     if not run.finished:
-        parts.append(Text("No verdict: the run stopped before its check. Press o to replay "
-                          "what it recorded.", style="yellow"))
+        parts.append(Text("No verdict: the run stopped before its check (stopped, killed or "
+                          "interrupted). Press o to replay what it recorded, l for its logs.",
+                          style="yellow"))
         return Group(*parts)
     report = dict(run.report)
     parts += [Text.assemble(("duration ", "bold cyan"),
@@ -56,8 +58,10 @@ def render_run(run: RunEntry) -> RenderableType:
               Text(""), _totals(report)]
     faults = report.get("faults") or []
     if faults:
-        table = Table("fault", "target", "recovery", box=None, header_style="bold",
-                      padding=(0, 1))
+        table = Table(box=None, header_style="bold", padding=(0, 1))
+        table.add_column("fault", no_wrap=True, overflow="ellipsis")
+        table.add_column("target", no_wrap=True, overflow="ellipsis")
+        table.add_column("recovery", no_wrap=True)
         for fault in faults:
             rec = fault.get("recovery_s")
             table.add_row(f"{fault.get('fault_id')} {fault.get('fault')}",
