@@ -1,8 +1,9 @@
 """Reading a run's ``events.jsonl``: tail it while the run writes it, or replay a finished one.
 
-Both are async generators of event dicts; the live screen runs them in a worker and posts one
-message per event (tui.messages). The harness writes one JSON object per line and flushes
-every event, so a tail only has to keep an incomplete last line for the next read.
+``EventTail`` is an async generator of event dicts; the live screen runs it in a worker and
+folds every event into the run's state as it comes (tui.model). The harness writes one JSON
+object per line and flushes every event, so a tail only has to keep an incomplete last line
+for the next read. ``Replay`` holds a whole recording under a play head.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from .model import RunState
 
-__all__ = ["EventTail", "Replay", "read_events", "replay_events"]
+__all__ = ["EventTail", "Replay", "read_events"]
 
 CHUNK = 1 << 20
 
@@ -91,22 +92,6 @@ class EventTail:
                         and self._gone()):
                     self.ended_by = "the run stopped writing events and has no verdict"
                     return
-
-
-async def replay_events(path: Path, speed: float | None = None, *,
-                        max_gap_s: float = 2.0) -> AsyncIterator[dict[str, Any]]:
-    """A finished run's events: as fast as the UI takes them (``speed`` None) or at ``speed``x
-    real time, with pauses longer than ``max_gap_s`` (the cluster's setup) shortened."""
-    events = await asyncio.to_thread(read_events, path)
-    last_t: float | None = None
-    for i, event in enumerate(events):
-        t = float(event.get("t") or 0.0)
-        if speed and last_t is not None and t > last_t:
-            await asyncio.sleep(min(max_gap_s, (t - last_t) / speed))
-        elif i % 50 == 49:
-            await asyncio.sleep(0)
-        last_t = t
-        yield event
 
 
 class Replay:
