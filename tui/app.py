@@ -19,7 +19,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 
-from .catalog import default_experiments_dir, new_run_dir, read_run
+from .catalog import ExperimentEntry, default_experiments_dir, new_run_dir, read_run
 from .launcher import HarnessProcess
 from .screens.browser import BrowserScreen
 from .screens.confirm import ConfirmScreen
@@ -80,12 +80,18 @@ class TurnoutApp(App[int]):
             from harness.experiment import ExperimentError, load_experiment
 
             try:
-                name = load_experiment(path).name
+                experiment = load_experiment(path)
             except ExperimentError as exc:
                 self.notify(str(exc), title="Cannot run", severity="error")
                 return
-            self.push_screen(LiveRunScreen(new_run_dir(self.runs_dir, name), "run",
-                                           experiment_file=path))
+            # Through the browser: the same question before a second or a big run.
+            browser = self.screen_stack[0]
+            entry = ExperimentEntry(path, experiment.name, experiment)
+            if isinstance(browser, BrowserScreen):
+                browser.run_experiment(entry)
+            else:
+                self.push_screen(LiveRunScreen(new_run_dir(self.runs_dir, experiment.name),
+                                               "run", experiment_file=path))
             return
         run = read_run(path)
         if run.finished or run.verdict == "stopped":

@@ -90,6 +90,21 @@ async def test_a_big_experiment_asks_even_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_big_experiment_given_on_the_command_line_asks_too(tmp_path: Path) -> None:
+    (tmp_path / "big.toml").write_text(BIG)
+    app = TurnoutApp(tmp_path / "big.toml", experiments_dir=tmp_path,
+                     runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                       what="the question")
+        assert "40,000 clients" in screen_text(app)
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, BrowserScreen)
+        assert app.launched == []
+
+
+@pytest.mark.asyncio
 async def test_quitting_with_a_run_in_progress_asks_then_stops_it(
         fixtures: Path, runs_dir: Path, tmp_path: Path) -> None:
     app = TurnoutApp(experiments_dir=fixtures / "experiments", runs_dir=runs_dir)
