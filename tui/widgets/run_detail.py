@@ -61,11 +61,14 @@ def render_run(run: RunEntry) -> RenderableType:
         table = Table(box=None, header_style="bold", padding=(0, 1))
         table.add_column("fault", no_wrap=True, overflow="ellipsis")
         table.add_column("target", no_wrap=True, overflow="ellipsis")
+        table.add_column("at", no_wrap=True)
         table.add_column("recovery", no_wrap=True)
         for fault in faults:
             rec = fault.get("recovery_s")
+            at = fault.get("injected_at")
             table.add_row(f"{fault.get('fault_id')} {fault.get('fault')}",
                           str(fault.get("target")),
+                          "—" if at is None else f"{float(at):.1f}s",
                           Text("never", style="red") if rec is None else f"{rec:.1f} s")
         parts += [Text(""), table]
     violations = report.get("violations") or []
