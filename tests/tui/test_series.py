@@ -43,5 +43,5 @@ def test_max_per_column_skips_missing_samples() -> None:
 
 def test_bars_use_eighths_of_a_line_and_never_hide_a_nonzero_value() -> None:
     top, bottom = render_columns([0.0, 0.01, 50.0, 100.0, None], 100.0, 2, "")
-    assert bottom.plain == " ▁███"[:4] + " "
+    assert bottom.plain == "·▁██ "  # a zero is a dot, a missing sample nothing
     assert top.plain == "   █ "

@@ -4,7 +4,8 @@ Every column covers a fixed number of seconds of the run (1, 2, 5, 10, ... s: th
 that fits the run so far into the width, written in the title), column ``i`` the seconds
 ``[i * step, (i + 1) * step)`` since the run started, the time base of every other panel.
 The y axis starts at 0 and ends at a round number above the largest value, labelled with its
-unit; the x axis is labelled in run seconds. A column without a sample stays empty.
+unit; the x axis is labelled in run seconds. A column without a sample stays empty; a
+measured zero is a dot on the axis.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def render_columns(columns: Sequence[float | None], scale: float, rows: int, sty
     """Bars of ``rows`` lines, 8 steps a line, ``scale`` at the top; top line first."""
     lines = [Text(style=style) for _ in range(rows)]
     for value in columns:
-        if value is None:
+        if value is None:  # no sample in this column: nothing drawn
             for line in lines:
                 line.append(" ")
             continue
@@ -44,7 +45,10 @@ def render_columns(columns: Sequence[float | None], scale: float, rows: int, sty
             eighths = 1  # a value above zero never looks like nothing
         for i, line in enumerate(lines):
             floor = (rows - 1 - i) * 8
-            line.append(BLOCKS[max(0, min(8, eighths - floor))])
+            if eighths == 0 and i == rows - 1:
+                line.append("·", style="dim")  # a measured zero, unlike a missing sample
+            else:
+                line.append(BLOCKS[max(0, min(8, eighths - floor))])
     return lines
 
 
