@@ -241,3 +241,20 @@ async def test_a_stopped_run_replays_as_stopped(fixtures: Path, runs_dir: Path) 
         assert "STOPPED" in text
         assert "no verdict: the run stopped at 14.1s during faults" in text
         assert "Fault" not in text.splitlines()[-1]  # no fault keys in the footer
+
+
+@pytest.mark.asyncio
+async def test_a_folder_without_events_opens_without_a_crash(fixtures: Path, runs_dir: Path,
+                                                             tmp_path: Path) -> None:
+    run = tmp_path / "20250601-120000-tiny"
+    run.mkdir()
+    (run / "report.json").write_text((runs_dir / "20250601-120000-tiny" / "report.json")
+                                     .read_text())
+    app = make_app(fixtures, runs_dir, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        live = await replayed(app, pilot)
+        assert live.replay is not None
+        assert [e["type"] for e in live.replay.events] == ["verdict"]
+        assert live.state.verdict == "pass"
+        assert "PASS" in screen_text(app)
+        assert any("no events to replay" in line.text for line in live.state.log)

@@ -18,6 +18,7 @@ confirmation.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,14 @@ from .logs import LogsScreen, list_logs
 from .report import ReportScreen
 
 __all__ = ["LiveRunScreen", "Mode"]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 Mode = Literal["run", "attach", "replay"]
 REPAINT_S = 0.25
@@ -237,9 +246,22 @@ class LiveRunScreen(Screen[None]):
 
     @work(group="feed", exclusive=True)
     async def _start_replay(self) -> None:
-        events = await asyncio.to_thread(read_events, self.run_dir / "events.jsonl")
+        try:
+            events = await asyncio.to_thread(read_events, self.run_dir / "events.jsonl")
+        except OSError as exc:
+            # A folder with only its report (events.jsonl removed or never copied): its
+            # verdict is still worth showing.
+            events = []
+            report = _read_json(self.run_dir / "report.json")
+            if report is not None:
+                events = [{"t": float(report.get("duration_s") or 0.0), "type": "verdict",
+                           "report": report, "exit_code": report.get("exit_code")}]
+            self._state.note("warning", f"no events to replay ({exc.strerror or exc})"
+                             + ("; the verdict is report.json's" if events else ""))
         self.replay = Replay(events, speed=self.speed or 1.0)
         self.replay.state.name = self.run_dir.name
+        for line in self._state.log:  # what the screen noted before the recording was read
+            self.replay.state.note(line.level, line.text)
         if self.speed:
             self.replay.playing = True
         else:
