@@ -137,7 +137,7 @@ async def test_the_stop_key_asks_before_it_stops_the_run(fixtures: Path, runs_di
                           until_t=9.5)
     async with FakeHarness(run / "control.sock"):
         app = TurnoutApp(experiments_dir=fixtures / "experiments", runs_dir=runs_dir)
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with app.run_test(size=(80, 24)) as pilot:
             process = await stand_in(run)
             app.launched.append(process)
             try:
@@ -148,6 +148,10 @@ async def test_the_stop_key_asks_before_it_stops_the_run(fixtures: Path, runs_di
                 await wait_for(pilot, lambda: live.process is process, what="the process")
                 await wait_for(pilot, lambda: "s Stop" in screen_text(app).splitlines()[-1],
                                what="the stop key")
+                # every key of a live run with active faults fits 80 columns
+                for key in ("f Fault", "h Heal", "H Heal all", "s Stop", "esc Back", "? Help",
+                            "q Quit"):
+                    assert key in screen_text(app).splitlines()[-1], key
                 await pilot.press("s")
                 await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
                                what="the question")
