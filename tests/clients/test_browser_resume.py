@@ -14,6 +14,10 @@ node's ``turnout_connections`` gauge tells which node took it. Updates are then 
 - every plugin-off page that was on the killed node lost updates (pusher-js resubscribes fresh),
   which is the negative control: the check that passes the plugin pages can fail.
 
+Next to the pages, tools/node-fleet.mjs runs 20 pusher-js instances in one Node process (10 with
+the plugin, 10 without), connected after the pages were placed, judged the same way: each with
+the plugin gets everything once and in order; those without lose updates in total.
+
 The publisher posts straight to the node that is never faulted: the viewers' path is what is
 under test, and a publish to a dying node would be indeterminate.
 """
@@ -39,6 +43,7 @@ PUBLISH_INTERVAL_S = 0.1
 STEADY_S = 2.5  # publishing before the kill
 BETWEEN_FAULTS_S = 3.0
 AFTER_FAULTS_S = 2.5
+NODE_VIEWERS = 10  # per plugin setting, in the one Node fleet process
 # pusher-js waits out a 15 s attempt timer after a failed connection attempt (its
 # SequentialStrategy), and a reconnect right after a 4200 can fail: HAProxy still routes to the
 # draining node for up to ~1 s (two failed checks 500 ms apart) and Toxiproxy's lb->node link
@@ -96,6 +101,12 @@ class Publisher:
             await trio.sleep(PUBLISH_INTERVAL_S)
 
 
+def outcome(got: list[int], acked: list[int]) -> dict[str, Any]:
+    missing = sorted(set(acked) - set(got))
+    return {"received": len(got), "missing": len(missing), "duplicates": len(got) - len(set(got)),
+            "in_order": got == sorted(got), "first_missing": missing[:5]}
+
+
 def received(fleet: Fleet, client: str, channel: str) -> list[int]:
     return [r["id"] for r in fleet.of("delivery", client=client, channel=channel)]
 
@@ -118,22 +129,26 @@ async def test_browser_pages_keep_every_update_through_node_kill_and_drain(
     async with trio.open_nursery() as nursery:
         topo: Topology = await nursery.start(run_topology, spec, tmp_path / "run")
         entry = topo.lanes[0].entry
-        fleet = await start_fleet(nursery, "browser-fleet", key=APP_KEY, secret=APP_SECRET,
-                                  ws_host=entry.listen_host, ws_port=entry.listen_port)
+        where = {"key": APP_KEY, "secret": APP_SECRET, "ws_host": entry.listen_host,
+                 "ws_port": entry.listen_port}
+        fleet = await start_fleet(nursery, "browser-fleet", **where)
+        node_fleet = await start_fleet(nursery, "node-fleet", **where)
         try:
-            await _scenario(topo, fleet, channels, summary, nursery)
+            await _scenario(topo, fleet, node_fleet, channels, summary, nursery)
         finally:
             (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
-            (tmp_path / "records.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in fleet.records))
+            for name, which in (("browser", fleet), ("node", node_fleet)):
+                (tmp_path / f"{name}-records.jsonl").write_text(
+                    "".join(json.dumps(r) + "\n" for r in which.records))
             with trio.CancelScope(shield=True):
                 await fleet.stop()
+                await node_fleet.stop()
             nursery.cancel_scope.cancel()
     print(json.dumps(summary, indent=2))
 
 
-async def _scenario(topo: Topology, fleet: Fleet, channels: list[str], summary: dict[str, Any],
-                    nursery: trio.Nursery) -> None:
+async def _scenario(topo: Topology, fleet: Fleet, node_fleet: Fleet, channels: list[str],
+                    summary: dict[str, Any], nursery: trio.Nursery) -> None:
     # --- pages, one at a time, each located on its node ---------------------------------------
     placement: dict[str, str] = {}
     plugin: dict[str, bool] = {}
@@ -169,6 +184,16 @@ async def _scenario(topo: Topology, fleet: Fleet, channels: list[str], summary: 
         n == drained and plugin[p] for p, n in placement.items()), (
         f"no plugin page on a faulted node: {placement}")
     summary.update(killed=killed, drained=drained, survivor=survivor)
+
+    # --- pusher-js in Node next to the pages --------------------------------------------------
+    for group, with_plugin in (("node-on", True), ("node-off", False)):
+        await node_fleet.send({"op": "open_many", "count": NODE_VIEWERS, "rate_per_s": 50,
+                               "viewer": {"id": group, "plugin": with_plugin,
+                                          "channels": channels}})
+    node_viewers = [f"{g}-{i}" for g in ("node-on", "node-off") for i in range(NODE_VIEWERS)]
+    await node_fleet.wait_for(
+        lambda: len(node_fleet.of("subscribed")) >= len(node_viewers) * len(channels),
+        "every Node viewer to subscribe", 60)
 
     # --- publish, kill, drain ----------------------------------------------------------------
     publisher = Publisher(topo.nodes[survivor].url, channels)
@@ -206,6 +231,11 @@ async def _scenario(topo: Topology, fleet: Fleet, channels: list[str], summary: 
         lambda: all(len(received(fleet, p, ch)) >= len(acked)
                     for p in plugin_pages for ch in channels),
         "every plugin page to receive every update", CATCH_UP_DEADLINE_S)
+    node_on = [v for v in node_viewers if v.startswith("node-on")]
+    await node_fleet.wait_for(
+        lambda: all(len(received(node_fleet, v, ch)) >= len(acked)
+                    for v in node_on for ch in channels),
+        "every Node viewer with the plugin to receive every update", CATCH_UP_DEADLINE_S)
     await trio.sleep(1.0)
     await fleet.send({"op": "stats"})
     await fleet.wait_for(lambda: len(fleet.of("stats")) >= len(placement), "stats", 20)
@@ -213,15 +243,7 @@ async def _scenario(topo: Topology, fleet: Fleet, channels: list[str], summary: 
     # --- the verdict ---------------------------------------------------------------------------
     pages: dict[str, Any] = {}
     for page, node in placement.items():
-        per_channel = {}
-        for channel in channels:
-            got = received(fleet, page, channel)
-            missing = sorted(set(acked) - set(got))
-            per_channel[channel] = {
-                "received": len(got), "missing": len(missing),
-                "duplicates": len(got) - len(set(got)), "in_order": got == sorted(got),
-                "first_missing": missing[:5],
-            }
+        per_channel = {ch: outcome(received(fleet, page, ch), acked) for ch in channels}
         (stats,) = [r["stats"] for r in fleet.of("stats", client=page)]
         pages[page] = {"node": node, "plugin": plugin[page], "reconnects": reconnects(fleet, page),
                        "channels": per_channel, "stats": stats}
@@ -250,9 +272,24 @@ async def _scenario(topo: Topology, fleet: Fleet, channels: list[str], summary: 
         if not result["plugin"]:
             lost_off[page] = sum(c["missing"] for c in result["channels"].values())
             if result["node"] == killed:
-                for channel, outcome in result["channels"].items():
-                    assert outcome["missing"] >= 1, (
+                for channel, verdict in result["channels"].items():
+                    assert verdict["missing"] >= 1, (
                         f"{page} (no plugin, on killed {killed}) lost nothing on {channel}: "
                         f"the check cannot tell a loss\n{report}")
     assert sum(lost_off.values()) > 0, report
     summary["lost_without_plugin"] = dict(lost_off)
+
+    # --- the Node viewers: same verdict -------------------------------------------------------
+    node_results = {v: {ch: outcome(received(node_fleet, v, ch), acked) for ch in channels}
+                    for v in node_viewers}
+    summary["node_viewers"] = node_results
+    node_report = json.dumps(node_results, indent=1)
+    for viewer in node_on:
+        for channel in channels:
+            assert received(node_fleet, viewer, channel) == acked, (
+                f"Node viewer {viewer} {channel}: not every update once and in order\n"
+                f"{node_report}\n{node_fleet.report()}")
+    node_off_lost = sum(r[ch]["missing"] for v, r in node_results.items()
+                        if v.startswith("node-off") for ch in channels)
+    summary["node_viewers_lost_without_plugin"] = node_off_lost
+    assert node_off_lost > 0, f"Node viewers without the plugin lost nothing\n{node_report}"
