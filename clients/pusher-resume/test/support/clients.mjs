@@ -49,7 +49,7 @@ export function recordEvents(channel) {
 }
 
 /** Poll until `predicate()` is truthy. */
-export async function waitFor(predicate, what, timeout = 5000) {
+export async function waitFor(predicate, what, timeout = 10000) {
   const deadline = Date.now() + timeout;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);

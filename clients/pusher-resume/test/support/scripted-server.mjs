@@ -4,7 +4,7 @@
 // puts them there. Listens on 127.0.0.1, an ephemeral port.
 import { WebSocketServer } from 'ws';
 
-const DEFAULT_TIMEOUT_MS = 5000;
+const DEFAULT_TIMEOUT_MS = 10000; // generous: CI shares two cores
 
 let socketCounter = 0;
 
