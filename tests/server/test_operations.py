@@ -134,7 +134,17 @@ def _chaos(node: NodeProc, method: str, route: str, *, token: str | None = TOKEN
         headers["x-chaos-token"] = token
     elif token is not None:
         params["token"] = token
-    return HTTP.request(method, f"{node.url}/chaos/{route}", params=params, headers=headers)
+    return HTTP.request(method, f"{node.chaos_url}/chaos/{route}", params=params,
+                        headers=headers)
+
+
+def start_chaos_node(start_nodes: Callable[..., NodeProc], name: str, *extra: str) -> NodeProc:
+    """A node with its chaos listener on a free loopback port; the token in the environment."""
+    port = free_port()
+    node = start_nodes(name, "--chaos", "--chaos-port", str(port), *extra,
+                       env={"TURNOUT_CHAOS_TOKEN": TOKEN})
+    node.chaos_port = port
+    return node
 
 
 def _pipelined_chaos(node: NodeProc, *requests: tuple[str, str]) -> list[bytes]:
@@ -145,7 +155,7 @@ def _pipelined_chaos(node: NodeProc, *requests: tuple[str, str]) -> list[bytes]:
         close = "Connection: close\r\n" if i == len(requests) - 1 else ""
         raw += (f"{method} /chaos/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"X-Chaos-Token: {TOKEN}\r\nContent-Length: 0\r\n{close}\r\n").encode()
-    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", node.chaos_port), timeout=10) as sock:
         sock.sendall(raw)
         answer = b""
         while data := sock.recv(65536):
@@ -498,23 +508,37 @@ async def test_slow_consumer_is_closed_others_get_everything(start_nodes):
 
 
 # ------------------------------------------------------------------------ 5. chaos endpoint
-async def test_chaos_endpoint_off_by_default(start_nodes):
-    node = start_nodes("node-nochaos")
-    for method, route in (("POST", "leak"), ("POST", "stop"), ("GET", "status")):
-        response = await in_thread(_chaos, node, method, route, mb_per_s=50)
-        assert response.status_code == 404, response.text
-        assert "disabled" in response.json()["error"]
+async def test_chaos_endpoint_off_by_default_and_never_on_the_public_port(start_nodes):
+    off = start_nodes("node-nochaos")
+    on = start_chaos_node(start_nodes, "node-chaos-port")
+    for node in (off, on):
+        for method, route in (("POST", "leak"), ("POST", "stop"), ("GET", "status")):
+            response = await in_thread(HTTP.request, method, f"{node.url}/chaos/{route}",
+                                       params={"mb_per_s": 50}, headers={"x-chaos-token": TOKEN})
+            assert response.status_code == 404, response.text
+            assert "no route" in response.json()["error"]
+    assert "chaos endpoint on http://127.0.0.1:" in on.log(), on.log()
+    assert "chaos endpoint" not in off.log(), off.log()
+    # The chaos listener serves /chaos/* and nothing else.
+    for path in ("/health", "/metrics", f"/apps/{APP_ID}/events"):
+        response = await in_thread(_get, f"{on.chaos_url}{path}")
+        assert response.status_code == 404, (path, response.text)
+    assert (await in_thread(_chaos, on, "GET", "status")).status_code == 200
+    # It is bound to loopback only (the node's public host is loopback here too, so check the
+    # socket itself): nothing listens on the chaos port of another local address.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", on.chaos_port), timeout=2).close()
 
 
 async def test_chaos_without_token_refuses_to_start(start_nodes):
-    node = start_nodes("node-notoken", "--chaos", wait=False)
+    node = start_nodes("node-notoken", "--chaos", "--chaos-port", str(free_port()), wait=False)
     code = await in_thread(_wait_exit, node, 15)
     assert code == 2, node.log()
     assert re.search(r"chaos[_-]token", node.log()), node.log()
 
 
 async def test_chaos_token_leak_and_stop(start_nodes):
-    node = start_nodes("node-chaos", "--chaos", "--chaos-token", TOKEN)
+    node = start_chaos_node(start_nodes, "node-chaos")
     for kwargs in ({"token": None}, {"token": "wrong"}, {"token": "wrong", "via": "query"},
                    {"token": ""}):
         for method, route in (("GET", "status"), ("POST", "leak"), ("POST", "stop")):
@@ -570,12 +594,12 @@ async def test_chaos_token_leak_and_stop(start_nodes):
 # ------------------------------------------------------------------------ 6. RSS watchdog
 async def test_max_rss_watchdog_drains_and_exits_3(start_nodes):
     # Measure what an idle node of this kind weighs, then give the real one 60 MB of room.
-    probe = start_nodes("node-probe", "--chaos", "--chaos-token", TOKEN)
+    probe = start_chaos_node(start_nodes, "node-probe")
     baseline = (await in_thread(_chaos, probe, "GET", "status")).json()["rss_mb"]
     probe.kill()
     limit = round(baseline + 60)
-    node = start_nodes("node-watchdog", "--chaos", "--chaos-token", TOKEN,
-                       "--max-rss", str(limit), "--drain-grace", "1")
+    node = start_chaos_node(start_nodes, "node-watchdog", "--max-rss", str(limit),
+                            "--drain-grace", "1")
     status = (await in_thread(_chaos, node, "GET", "status")).json()
     assert status["max_rss_mb"] == limit, status
     assert status["rss_mb"] < limit, status
