@@ -19,6 +19,7 @@ within ``body_timeout`` of the head.
 from __future__ import annotations
 
 import base64
+import http
 import logging
 import socket
 import struct
@@ -55,12 +56,13 @@ OVER_CAPACITY_DEADLINE = 2.0
 LINGER_S = 1.0
 LINGER_BYTES = 256 * 1024
 
-_REASONS = {
-    400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 426: b"Upgrade Required",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
-}  # fmt: skip
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 class _Deadline(Exception):
@@ -149,7 +151,7 @@ def _check_framing(request: h11.Request) -> None:
 
 def _error_bytes(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     body = orjson.dumps({"error": message})
-    head = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error")),
+    head = [b"HTTP/1.1 %d %s" % (status, _reason(status)),
             b"content-type: application/json",
             b"content-length: %d" % len(body),
             b"connection: close"]
@@ -165,6 +167,16 @@ async def _refuse_and_close(node: Node, sock: socket.socket, peer: str, status: 
     node.peer_log.info(log, "request from %s refused with %d: %s", peer, status, message)
     await send_all(sock, _error_bytes(status, message, headers))
     await _linger(sock)
+
+
+async def _refuse_malformed(node: Node, sock: socket.socket, peer: str,
+                            exc: h11.RemoteProtocolError) -> None:
+    status = exc.error_status_hint or 400
+    if status == 431:
+        message = f"request head larger than {node.config.max_header_size} bytes"
+    else:
+        message = f"malformed request: {clip(str(exc), 120)}"
+    await _refuse_and_close(node, sock, peer, status, message)
 
 
 async def _linger(sock: socket.socket) -> None:
@@ -237,8 +249,7 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
                                     f"request head not received within {head_time:g} s")
             return None
         except h11.RemoteProtocolError as exc:
-            await _refuse_and_close(node, sock, peer, exc.error_status_hint or 400,
-                                    f"malformed request: {exc}")
+            await _refuse_malformed(node, sock, peer, exc)
             return None
         pending = None
         if not isinstance(event, h11.Request):
@@ -258,8 +269,7 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
             await _refuse_and_close(node, sock, peer, exc.status, exc.message, exc.headers)
             return None
         except h11.RemoteProtocolError as exc:
-            await _refuse_and_close(node, sock, peer, exc.error_status_hint or 400,
-                                    f"malformed request: {exc}")
+            await _refuse_malformed(node, sock, peer, exc)
             return None
         try:
             response = await handle_request(
@@ -278,8 +288,9 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
         ]
         if not keep_alive:
             headers_out.append(("connection", "close"))
-        await send_all(sock, conn.send(h11.Response(status_code=response.status,
-                                                    headers=headers_out)) or b"")
+        await send_all(sock, conn.send(h11.Response(
+            status_code=response.status, headers=headers_out,
+            reason=_reason(response.status))) or b"")
         await send_all(sock, conn.send(h11.Data(data=response.body)) or b"")
         await send_all(sock, conn.send(h11.EndOfMessage()) or b"")
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE or not keep_alive:
@@ -289,8 +300,7 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
         try:
             pending = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            await _refuse_and_close(node, sock, peer, exc.error_status_hint or 400,
-                                    f"malformed request: {exc}")
+            await _refuse_malformed(node, sock, peer, exc)
             return None
         if pending is h11.NEED_DATA:
             pending = None

@@ -32,10 +32,10 @@ def start_nodes(
 
     def start(node_id: str = "node-1", *extra: str, redis_url: str | None = None,
               wait: bool = True, port: int | None = None,
-              env: dict[str, str] | None = None) -> NodeProc:
+              env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
         node = start_node(tmp_path, redis_url or redis_proc.url, node_id,
                           "--key-prefix", key_prefix, *extra, wait=wait, port=port,
-                          extra_env=env)
+                          extra_env=env, nofile=nofile)
         started.append(node)
         return node
 

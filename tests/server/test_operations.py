@@ -7,10 +7,8 @@ every wait polls against a deadline so the tests hold up on a loaded two-core ma
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import os
 import re
 import signal
 import socket
@@ -29,6 +27,7 @@ from trio_websocket import ConnectionClosed
 from server.auth import sign_request
 from tests.support.client import pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port, start_redis
+from tests.support.raw import drain_raw, raw_subscriber
 
 TOKEN = "s3cret-chaos-token"
 
@@ -161,112 +160,6 @@ def _pipelined_chaos(node: NodeProc, *requests: tuple[str, str]) -> list[bytes]:
         while data := sock.recv(65536):
             answer += data
     return re.findall(rb"HTTP/1\.1 \d+", answer)
-
-
-# ------------------------------------------------------------- raw websocket (never reads)
-def _read_frame(buf: bytearray) -> tuple[int, bytes] | None:
-    """Pop one unmasked server frame off ``buf``; None if it is not complete yet."""
-    if len(buf) < 2:
-        return None
-    opcode = buf[0] & 0x0F
-    length = buf[1] & 0x7F
-    offset = 2
-    if length == 126:
-        if len(buf) < 4:
-            return None
-        length = struct.unpack("!H", buf[2:4])[0]
-        offset = 4
-    elif length == 127:
-        if len(buf) < 10:
-            return None
-        length = struct.unpack("!Q", buf[2:10])[0]
-        offset = 10
-    assert not buf[1] & 0x80, "server frames must not be masked"
-    if len(buf) < offset + length:
-        return None
-    payload = bytes(buf[offset:offset + length])
-    del buf[:offset + length]
-    return opcode, payload
-
-
-def _masked_text(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | n)
-    else:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    return header + mask + masked
-
-
-def _next_message(sock: socket.socket, buf: bytearray) -> dict[str, Any]:
-    while True:
-        frame = _read_frame(buf)
-        if frame is not None:
-            opcode, payload = frame
-            assert opcode == 0x1, (opcode, payload)
-            message: dict[str, Any] = json.loads(payload)
-            return message
-        data = sock.recv(65536)
-        assert data, "server closed the raw websocket during setup"
-        buf += data
-
-
-def raw_subscriber(port: int, channel: str, rcvbuf: int = 4096) -> socket.socket:
-    """Handshake, subscribe to ``channel``, and hand back the socket (with a tiny receive
-    buffer) for the caller to leave unread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((
-        f"GET /app/{APP_KEY}?protocol=7 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(4096)
-        assert data, "server closed during the handshake"
-        buf += data
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    buf = bytearray(rest)
-    hello = _next_message(sock, buf)
-    assert hello["event"] == "pusher:connection_established", hello
-    subscribe = {"event": "pusher:subscribe", "data": {"channel": channel}}
-    sock.sendall(_masked_text(json.dumps(subscribe).encode()))
-    ok = _next_message(sock, buf)
-    assert ok["event"] == "pusher_internal:subscription_succeeded", ok
-    assert not buf, "nothing else should have arrived yet"
-    return sock
-
-
-def drain_raw(sock: socket.socket, timeout: float) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read a raw websocket to its end: every complete frame, and whether it ended cleanly
-    (EOF after whole frames, not a reset or a time-out)."""
-    sock.settimeout(1.0)
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    frames: list[tuple[int, bytes]] = []
-    clean = False
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(262144)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not data:
-            clean = not buf
-            break
-        buf += data
-        while (frame := _read_frame(buf)) is not None:
-            frames.append(frame)
-    sock.close()
-    return frames, clean
 
 
 # ------------------------------------------------------------------------ 1. health/metrics

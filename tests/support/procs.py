@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,11 +34,18 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+          nofile: int | None = None) -> subprocess.Popen:
+    """Start ``argv`` logging to ``log_path``; ``nofile`` caps its open files (soft and hard)."""
+    def setup() -> None:
+        _die_with_parent()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     log = open(log_path, "ab")
     return subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent, env=env, cwd=REPO,
+        preexec_fn=setup, env=env, cwd=REPO,
     )
 
 
@@ -114,7 +122,7 @@ class NodeProc:
 
 def start_node(tmp: Path, redis_url: str, node_id: str = "node-1", *extra: str,
                port: int | None = None, wait: bool = True,
-               extra_env: dict[str, str] | None = None) -> NodeProc:
+               extra_env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -125,8 +133,8 @@ def start_node(tmp: Path, redis_url: str, node_id: str = "node-1", *extra: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     env["TURNOUT_APP_SECRET"] = APP_SECRET
     env.update(extra_env or {})
-    node = NodeProc(node_id, port, spawn(args, tmp / f"{node_id}.log", env), tmp / f"{node_id}.log",
-                    list(extra))
+    node = NodeProc(node_id, port, spawn(args, tmp / f"{node_id}.log", env, nofile),
+                    tmp / f"{node_id}.log", list(extra))
     if wait:
         wait_healthy(node)
     return node
