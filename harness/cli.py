@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import checker
+from . import checker, leak_check
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
@@ -198,6 +198,8 @@ def _check(args: argparse.Namespace) -> int:
                                       source=str(run_dir / "experiment.toml"),
                                       default_name=experiment_doc.get("name", "run"))
         report = checker.check_files([history], experiment.invariants)
+        report = leak_check.apply_rss_invariant(
+            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
     except (OSError, ExperimentError, ValueError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR

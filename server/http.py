@@ -291,7 +291,8 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
         await send_all(sock, conn.send(h11.Response(
             status_code=response.status, headers=headers_out,
             reason=_reason(response.status))) or b"")
-        await send_all(sock, conn.send(h11.Data(data=response.body)) or b"")
+        if event.method != b"HEAD":  # a HEAD response has headers only (RFC 9110 9.3.2)
+            await send_all(sock, conn.send(h11.Data(data=response.body)) or b"")
         await send_all(sock, conn.send(h11.EndOfMessage()) or b"")
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE or not keep_alive:
             return None

@@ -4,7 +4,8 @@ Anything a client sends (an event name, a path, a channel) reaches a log line on
 ``clip``: at most ``CLIP`` characters, quoted with control characters escaped, so one line stays
 one line. Lines about client input go through ``PeerLog``, a token bucket shared by the whole
 node: ``rate`` lines per second with bursts of five seconds' worth. Lines over it are counted
-(``turnout_log_lines_suppressed_total``) and summarised in the next line that is written. The
+(``turnout_log_lines_suppressed_total``) and summarised, at most once a second, before the
+next line that is written. The
 bound is per node on purpose: 40,000 clients each allowed a few lines would still be a flood.
 
 ``ErrorLog`` is the same idea for unexpected exceptions (bugs): one traceback per code location
@@ -22,6 +23,7 @@ __all__ = ["CLIP", "ErrorLog", "PeerLog", "clip"]
 
 CLIP = 200
 BURST_SECONDS = 5.0
+SUMMARY_EVERY_S = 1.0
 ERROR_REPEAT_S = 60.0
 _MAX_ERROR_SITES = 256
 
@@ -43,7 +45,8 @@ class PeerLog:
         self._tokens = self.burst
         self._clock = clock
         self._last = clock()
-        self._pending = 0  # suppressed since the last line written
+        self._pending = 0  # suppressed since the last summary
+        self._last_summary = self._last
         self.suppressed = 0  # ever
 
     def allow(self) -> bool:
@@ -60,10 +63,12 @@ class PeerLog:
     def log(self, logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
         if not logger.isEnabledFor(level) or not self.allow():
             return
-        if self._pending:
+        if self._pending and self._last - self._last_summary >= SUMMARY_EVERY_S:
+            # At most one summary a second, so a flood adds one line a second, not one a line.
             logger.warning("%d log lines about client input suppressed (over %g lines/s)",
                            self._pending, self.rate)
             self._pending = 0
+            self._last_summary = self._last
         logger.log(level, msg, *args)
 
     def info(self, logger: logging.Logger, msg: str, *args: Any) -> None:
