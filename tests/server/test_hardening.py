@@ -353,3 +353,15 @@ async def test_slow_consumer_gets_its_4100_if_it_drains_in_time_else_a_reset(
     assert values["turnout_slow_consumer_resets_total"] == 1
     assert "did not drain within 3 s: connection reset" in node.log()
     assert node.proc.poll() is None
+
+
+async def test_head_request_gets_headers_only(start_nodes) -> None:
+    # Found by the fuzzer: a HEAD answer with a body broke h11's framing (caught as a bug).
+    node = start_nodes("node-1")
+    answer = await in_thread(http_exchange, node.port,
+                             b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n"
+                             b"Host: x\r\nConnection: close\r\n\r\n", timeout=5)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404"), answer
+    assert rest.startswith(b"HTTP/1.1 200"), answer  # no body in between, same connection
+    assert (await in_thread(metrics, node.url))["turnout_internal_errors_total"] == 0
