@@ -429,6 +429,6 @@ async def _run_websocket(node: Node, sock: socket.socket, app: AppConfig, initia
         node.internal_error(f"on websocket {ws.socket_id} from {peer}", exc)
         return ws.fail_internal()
     finally:
+        node.connections.pop(ws, None)  # first: nothing below may leave it registered
         node.hub.drop_connection(ws)
-        node.connections.pop(ws, None)
     return ws.reset
