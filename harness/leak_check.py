@@ -81,8 +81,11 @@ def rss_samples(events: Iterable[bytes]) -> list[RssSample]:
             continue
         for name, node in (event.get("nodes") or {}).items():
             pid, rss = node.get("pid"), node.get("rss_bytes")
-            if isinstance(pid, int) and isinstance(rss, int) and node.get("state") == "up":
-                out.append(RssSample(float(event["t"]), name, pid, rss))
+            # rss_bytes is the supervisor's int, or the node's own gauge (a float) when its
+            # /metrics answered that second.
+            if isinstance(pid, int) and isinstance(rss, int | float) and \
+                    not isinstance(rss, bool) and node.get("state") == "up":
+                out.append(RssSample(float(event["t"]), name, pid, int(rss)))
     return out
 
 

@@ -76,9 +76,11 @@ def test_nothing_long_enough_fails_instead_of_passing() -> None:
 
 def _events(samples: list[RssSample]) -> bytes:
     by_t: dict[float, dict[str, object]] = {}
-    for s in samples:
-        by_t.setdefault(s.t, {})[s.node] = {"state": "up", "pid": s.pid, "rss_bytes": s.rss_bytes,
-                                           "connections": 3}
+    for i, s in enumerate(samples):
+        # As the runner records it: an int from the supervisor, or the node's gauge (float).
+        rss: float = s.rss_bytes if i % 2 else float(s.rss_bytes)
+        by_t.setdefault(s.t, {})[s.node] = {"state": "up", "pid": s.pid, "rss_bytes": rss,
+                                           "connections": 3.0}
     lines = [orjson.dumps({"t": 0.0, "type": "run", "name": "x"})]
     for t, nodes in sorted(by_t.items()):
         lines.append(orjson.dumps({"t": t, "type": "status", "nodes": {
