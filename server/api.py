@@ -11,13 +11,14 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 
 from . import protocol
 from .auth import SignatureError, verify_request
 from .config import AppConfig
+from .peerlog import clip
 from .redis_link import RedisError, RedisLinkDown, RedisUnreachable
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ __all__ = ["Response", "handle_request"]
 MAX_CHANNELS_PER_EVENT = 100
 MAX_BATCH = 10
 MAX_EVENT_NAME = 200
-_SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+_SOCKET_ID_RE = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +52,29 @@ class ApiError(Exception):
         self.message = message
 
 
-async def handle_request(node: Node, method: str, target: str, headers: dict[str, str],
-                         body: bytes, peer: str) -> Response:
-    url = urlsplit(target)
-    path = url.path
-    params = dict(parse_qsl(url.query, keep_blank_values=True))
+async def handle_request(node: Node, method: str, path: str, query: str,
+                         headers: dict[str, str], body: bytes, peer: str, *,
+                         admin: bool = False) -> Response:
+    """Route one request. ``admin``: it came to the chaos listener, which serves /chaos/*."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
     node.stats.http_requests += 1
     try:
+        if admin:
+            if path.startswith("/chaos/"):
+                return await node.chaos.handle(method, path, params, headers, peer)
+            raise ApiError(404, f"no route for {method} {clip(path)} on the chaos listener")
         if path == "/health" and method == "GET":
             return _health(node)
         if path == "/metrics" and method == "GET":
             return Response(200, node.metrics.render(), node.metrics.content_type)
-        if path.startswith("/chaos/"):
-            return await node.chaos.handle(method, path, params, headers, peer)
         parts = path.strip("/").split("/")
         if len(parts) >= 3 and parts[0] == "apps":
             return await _api(node, method, path, parts, params, body)
         if parts[0] == "app":
             raise ApiError(400, "websocket upgrade required on /app/{key}")
-        raise ApiError(404, f"no route for {method} {path}")
+        raise ApiError(404, f"no route for {method} {clip(path)}")
     except ApiError as exc:
-        log.info("%s %s -> %d: %s", method, path, exc.status, exc.message)
+        node.peer_log.info(log, "%s %s -> %d: %s", method, clip(path), exc.status, exc.message)
         return Response.json(exc.status, {"error": exc.message})
     except RedisUnreachable as exc:
         log.warning("%s %s -> 503: redis unreachable, nothing done: %s", method, path, exc)
@@ -96,7 +99,7 @@ async def _api(node: Node, method: str, path: str, parts: list[str], params: dic
                body: bytes) -> Response:
     app = node.config.app_by_id(parts[1])
     if app is None:
-        raise ApiError(404, f"unknown app id {parts[1][:64]}")
+        raise ApiError(404, f"unknown app id {clip(parts[1], 64)}")
     try:
         verify_request(method, path, params, body, key=app.key, secret=app.secret)
     except SignatureError as exc:
@@ -111,14 +114,14 @@ async def _api(node: Node, method: str, path: str, parts: list[str], params: dic
         return await _channels(node, app, params)
     if method == "GET" and len(route) == 2 and route[0] == "channels":
         return await _channel(node, app, unquote(route[1]), params)
-    raise ApiError(404, f"no route for {method} {path}")
+    raise ApiError(404, f"no route for {method} {clip(path)}")
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"body is not valid JSON: {clip(str(exc))}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "body must be a JSON object")
     return value
@@ -149,7 +152,7 @@ def _event_items(node: Node, event: dict[str, Any], *, batch: bool) -> list[tupl
         raise ApiError(400, f"more than {MAX_CHANNELS_PER_EVENT} channels in one event")
     for channel in channels:
         if not protocol.valid_channel_name(channel):
-            raise ApiError(400, f"invalid channel name {str(channel)[:200]!r}")
+            raise ApiError(400, f"invalid channel name {clip(channel)}")
     socket_id = event.get("socket_id") or ""
     if socket_id and (not isinstance(socket_id, str) or not _SOCKET_ID_RE.fullmatch(socket_id)):
         raise ApiError(400, "'socket_id' must look like 123.456")
@@ -216,7 +219,7 @@ async def _channels(node: Node, app: AppConfig, params: dict[str, str]) -> Respo
 
 async def _channel(node: Node, app: AppConfig, name: str, params: dict[str, str]) -> Response:
     if not protocol.valid_channel_name(name):
-        raise ApiError(400, f"invalid channel name {name[:200]!r}")
+        raise ApiError(400, f"invalid channel name {clip(name)}")
     info = [i for i in params.get("info", "").split(",") if i]
     if "user_count" in info and not protocol.is_presence(name):
         raise ApiError(400, "info=user_count is only available for presence channels")

@@ -1,9 +1,11 @@
 """The opt-in chaos endpoint (memory leak on demand) and the RSS watchdog.
 
-The endpoint is off unless the node runs with --chaos; then every request must carry the token
-(header ``X-Chaos-Token`` or ``?token=``) and, unless chaos_host is 0.0.0.0, come from a
-loopback peer. Routes: ``POST /chaos/leak?mb_per_s=N``, ``POST /chaos/stop``,
-``GET /chaos/status``. The leak allocates and touches real pages so RSS really grows.
+The endpoint is off unless the node runs with --chaos; then it listens on its own port
+(``--chaos-port``, 0 = any free one, logged) of a loopback address (``--chaos-host``, which
+must be loopback), never on the public port, and every request must carry the token (header
+``X-Chaos-Token`` or ``?token=``) and come from a loopback peer. Routes:
+``POST /chaos/leak?mb_per_s=N``, ``POST /chaos/stop``, ``GET /chaos/status``. The leak
+allocates and touches real pages so RSS really grows.
 """
 
 from __future__ import annotations
@@ -97,15 +99,13 @@ class Chaos:
         if not config.chaos:
             return Response.json(404, {"error": "chaos endpoint is disabled (start with --chaos)"})
         host = peer.rsplit(":", 1)[0].strip("[]")
-        if config.chaos_host != "0.0.0.0":
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                log.warning("chaos request from non-loopback peer %s refused", peer)
-                return Response.json(
-                    403, {"error": "chaos endpoint only answers loopback"})
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:  # cannot happen on a loopback listener; kept as a second lock
+            log.warning("chaos request from non-loopback peer %s refused", peer)
+            return Response.json(403, {"error": "chaos endpoint only answers loopback"})
         token = params.get("token") or headers.get("x-chaos-token")
         if not token_matches(config.chaos_token, token):
             log.warning("chaos request from %s with a bad token refused", peer)

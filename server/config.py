@@ -26,12 +26,15 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 __all__ = [
+    "DEV_APP",
     "ENV_PREFIX",
+    "SECRET_FLAGS",
     "AppConfig",
     "Config",
     "ConfigError",
     "build_parser",
     "load_config",
+    "secret_flag_warnings",
 ]
 
 ENV_PREFIX = "TURNOUT_"
@@ -105,14 +108,6 @@ def _host(v: str) -> str:
     return v
 
 
-def _ip(v: str) -> str:
-    try:
-        ipaddress.ip_address(v)
-    except ValueError:
-        raise ValueError(f"{v!r} is not an IP address") from None
-    return v
-
-
 def _non_empty(v: str) -> str:
     if not v:
         raise ValueError("must not be empty")
@@ -167,8 +162,15 @@ def _default_node_id() -> str:
     return f"{host[: 63 - len(pid)]}-{pid}"
 
 
-def _default_apps() -> tuple[AppConfig, ...]:
-    return (AppConfig("1", "turnout-key", "turnout-secret"),)
+def _loopback(v: str) -> str:
+    try:
+        address = ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+    if not address.is_loopback:
+        raise ValueError(f"{v!r} is not a loopback address (127.0.0.0/8 or ::1): the chaos "
+                         "endpoint must never be reachable from another machine")
+    return v
 
 
 # ------------------------------------------------------------------------ the dataclasses
@@ -195,7 +197,8 @@ class Config:
     port: int = 6001
     redis_url: str = "redis://127.0.0.1:6379/0"
     node_id: str = field(default_factory=_default_node_id)
-    apps: tuple[AppConfig, ...] = field(default_factory=_default_apps)
+    # No default app: a node must be told its apps (or run with dev=True, which adds DEV_APP).
+    apps: tuple[AppConfig, ...] = ()
     history_size: int = 1000
     history_ttl: float = 300.0
     max_message_size: int = 10240
@@ -204,12 +207,22 @@ class Config:
     pong_timeout: float = 30.0
     drain_grace: float = 10.0
     max_connections: int = 0
+    max_connections_per_ip: int = 0
+    max_subscriptions: int = 100
+    max_fragments: int = 100
+    max_header_size: int = 16384
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     outbound_queue_bytes: int = 1048576
+    slow_consumer_grace: float = 5.0
     socket_send_buffer: int = 0
     max_rss_mb: float = 0.0
+    log_rate: float = 20.0
     chaos: bool = False
     chaos_token: str = field(default="", repr=False)
     chaos_host: str = "127.0.0.1"
+    chaos_port: int = 0
+    dev: bool = False
     key_prefix: str = "turnout"
     position_check_interval: float = 1.0
     log_level: str = "info"
@@ -228,6 +241,8 @@ class Config:
                 raise ConfigError(name, str(e), field=name) from None
             object.__setattr__(self, name, value)
         apps = tuple(self.apps)  # accept a list from callers; store the hashable tuple
+        if not apps and self.dev:
+            apps = (DEV_APP,)
         for i, app in enumerate(apps):
             if not isinstance(app, AppConfig):
                 raise ConfigError(f"apps[{i}]", "must be an AppConfig", field="apps")
@@ -263,7 +278,7 @@ class Config:
 
 def _check_cross_field(c: Config) -> None:
     if not c.apps:
-        raise ConfigError("apps", "at least one app is required", field="apps")
+        raise ConfigError("apps", NO_APP_MESSAGE, field="apps")
     for attr in ("id", "key"):
         seen: set[str] = set()
         for app in c.apps:
@@ -355,8 +370,57 @@ _SPECS: dict[str, _Spec] = {
         "--max-connections",
         int,
         _int_range(0),
-        "Connection limit (count); 0 = unlimited. Sockets over it are closed with 4100.",
+        "Client sockets open at once, counted from accept (websockets, HTTP, handshakes in "
+        "progress); 0 = automatic: the open-file limit (raised to its hard limit at start) "
+        "minus a reserve, logged at start. A socket over it is answered at once (websocket: "
+        "4100, HTTP: 503) and closed.",
         "N",
+    ),
+    "max_connections_per_ip": _Spec(
+        "--max-connections-per-ip",
+        int,
+        _int_range(0),
+        "Client sockets open at once from one peer address; 0 = no per-address limit (behind "
+        "a load balancer every peer is the balancer). Over it: 4100 or 503.",
+        "N",
+    ),
+    "max_subscriptions": _Spec(
+        "--max-subscriptions",
+        int,
+        _int_range(1, 100_000),
+        "Channels one connection may be subscribed to; one more is refused with "
+        "pusher:subscription_error (status 429) and the connection stays open.",
+        "N",
+    ),
+    "max_fragments": _Spec(
+        "--max-fragments",
+        int,
+        _int_range(1, 100_000),
+        "Frames one websocket message may be fragmented into; one more closes with 1009.",
+        "N",
+    ),
+    "max_header_size": _Spec(
+        "--max-header-size",
+        int,
+        _int_range(1024, 1024 * 1024),
+        "Largest HTTP request head (request line and headers), in bytes; larger gets 431.",
+        "BYTES",
+    ),
+    "header_timeout": _Spec(
+        "--header-timeout",
+        float,
+        _positive,
+        "Deadline, in seconds, for a request's line and headers to arrive in full (counted "
+        "from the connection or from the request's first byte); past it: 408.",
+        "SECONDS",
+    ),
+    "body_timeout": _Spec(
+        "--body-timeout",
+        float,
+        _positive,
+        "Deadline, in seconds, for a request's whole body once its headers are in; past it: "
+        "408.",
+        "SECONDS",
     ),
     "outbound_queue_bytes": _Spec(
         "--outbound-queue-bytes",
@@ -364,6 +428,14 @@ _SPECS: dict[str, _Spec] = {
         _int_range(1),
         "Per-connection outbound buffer, in bytes; overflow closes the client with 4100.",
         "BYTES",
+    ),
+    "slow_consumer_grace": _Spec(
+        "--slow-consumer-grace",
+        float,
+        _non_negative,
+        "Seconds an overflowed client's socket gets to drain so its 4100 close frame "
+        "reaches it; if it does not, the connection is reset.",
+        "SECONDS",
     ),
     "socket_send_buffer": _Spec(
         "--socket-send-buffer",
@@ -381,21 +453,48 @@ _SPECS: dict[str, _Spec] = {
         "Memory watchdog, in MB of RSS: past it the node drains and exits with code 3; 0 = off.",
         "MB",
     ),
-    "chaos": _Spec("--chaos", bool, lambda v: v, "Enable the chaos HTTP endpoint (boolean)."),
+    "log_rate": _Spec(
+        "--log-rate",
+        float,
+        _positive,
+        "Log lines per second (bursts of 5 s worth) about what clients send: bad frames, "
+        "refused messages and requests. Beyond it lines are counted, not written.",
+        "LINES",
+    ),
+    "chaos": _Spec(
+        "--chaos",
+        bool,
+        lambda v: v,
+        "Enable the chaos HTTP endpoint on its own loopback listener (boolean).",
+    ),
     "chaos_token": _Spec(
         "--chaos-token",
         str,
         lambda v: v,
-        "Token the chaos endpoint requires (string); required when chaos is on.",
+        "Token the chaos endpoint requires (string); required when chaos is on. Give it "
+        "in the environment or the TOML file, not as a flag (flags show in ps).",
         "TOKEN",
     ),
     "chaos_host": _Spec(
         "--chaos-host",
         str,
-        _ip,
-        "IP address whose peers may use the chaos endpoint; 0.0.0.0 allows any peer, "
-        "otherwise only loopback peers are answered.",
+        _loopback,
+        "Loopback address the chaos listener binds (127.0.0.0/8 or ::1).",
         "IP",
+    ),
+    "chaos_port": _Spec(
+        "--chaos-port",
+        int,
+        _int_range(0, 65535),
+        "Port of the chaos listener; 0 picks a free one (logged at start).",
+        "PORT",
+    ),
+    "dev": _Spec(
+        "--dev",
+        bool,
+        lambda v: v,
+        "Local development only: with no app configured, serve the built-in app "
+        "1 / turnout-key / turnout-secret, whose secret is public.",
     ),
     "key_prefix": _Spec(
         "--key-prefix",
@@ -417,7 +516,17 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _APP_FLAGS = {"id": "--app-id", "key": "--app-key", "secret": "--app-secret"}
-_DEFAULT_APP = AppConfig("1", "turnout-key", "turnout-secret")
+#: The app a --dev node serves when none is configured. Its secret is in this file: public.
+DEV_APP = AppConfig("1", "turnout-key", "turnout-secret")
+#: Flags that carry a secret: visible to every local user in ps and /proc/PID/cmdline.
+SECRET_FLAGS = {"--app-secret": "app_secret", "--chaos-token": "chaos_token"}
+NO_APP_MESSAGE = (
+    f"no app is configured. Set {ENV_PREFIX}APP_ID, {ENV_PREFIX}APP_KEY and "
+    f"{ENV_PREFIX}APP_SECRET in the environment (or --app-id/--app-key with the secret in the "
+    f"environment), or list [[apps]] tables with id, key and secret in the --config TOML "
+    f"file; for local development only, --dev serves the built-in app "
+    f"{DEV_APP.id}/{DEV_APP.key}/{DEV_APP.secret}"
+)
 
 
 def _env_name(name: str) -> str:
@@ -502,7 +611,10 @@ Every setting can come from four places; the first one that sets it wins:
      several apps as [[apps]] tables with id, key and secret,
   4. the built-in default.
 --app-id/--app-key/--app-secret (or {ENV_PREFIX}APP_ID/_KEY/_SECRET) replace the first app;
-if any of the three is given, the other two come from their flag, env var or default.
+if any of the three is given, all three must be (with --dev, missing ones come from the
+built-in development app). A node with no app configured refuses to start unless --dev.
+Secrets (the app secret, the chaos token) belong in the environment or the TOML file: a flag
+is visible to every local user in ps and /proc/PID/cmdline, so the node warns about one.
 Booleans in the environment accept 1/true/yes/on and 0/false/no/off.
 """
 
@@ -553,15 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
     app_help = {
         "id": "Id of the first app (string, used in /apps/<id>/events).",
         "key": "Public key of the first app (string, used in /app/<key>).",
-        "secret": "Signing secret of the first app (string).",
+        "secret": "Signing secret of the first app (string); prefer the environment variable.",
     }
     for attr, flag in _APP_FLAGS.items():
         parser.add_argument(
             flag,
             dest=f"app_{attr}",
             metavar=attr.upper(),
-            help=f"{app_help[attr]} Default: {getattr(_DEFAULT_APP, attr)}. "
-            f"Env: {_env_name('app_' + attr)}.",
+            help=f"{app_help[attr]} Default: none. Env: {_env_name('app_' + attr)}.",
         )
     return parser
 
@@ -658,7 +769,7 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
     if "apps" in toml:
         values["apps"] = _toml_apps(toml["apps"], str(toml_path))
         apps_sources.append(f"apps in {toml_path}")
-    first = _first_app_override(args, env)
+    first = _first_app_override(args, env, dev=bool(values.get("dev", False)))
     if first is not None:
         apps = list(values.get("apps", ()))
         values["apps"] = [first, *apps[1:]]
@@ -674,7 +785,8 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
         raise ConfigError(labels.get(e.field, e.setting), e.message, field=e.field) from None
 
 
-def _first_app_override(args: dict[str, Any], env: Mapping[str, str]) -> AppConfig | None:
+def _first_app_override(args: dict[str, Any], env: Mapping[str, str], *,
+                        dev: bool) -> AppConfig | None:
     given: dict[str, tuple[str, str]] = {}  # attr -> (value, label)
     for attr, flag in _APP_FLAGS.items():
         env_name = _env_name("app_" + attr)
@@ -684,11 +796,33 @@ def _first_app_override(args: dict[str, Any], env: Mapping[str, str]) -> AppConf
             given[attr] = (env[env_name], f"{flag} ({env_name})")
     if not given:
         return None
+    missing = [_APP_FLAGS[attr] for attr in _APP_CHECKS if attr not in given]
+    if missing and not dev:
+        # Filling the gap from the built-in app would run a node whose secret is public.
+        raise ConfigError(
+            "/".join(_APP_FLAGS[attr] for attr in given),
+            f"also give {' and '.join(missing)} (or the {ENV_PREFIX}APP_* variables): an app "
+            "needs an id, a key and a secret",
+            field="apps",
+        )
     values = {}
     for attr, check in _APP_CHECKS.items():
-        value, label = given.get(attr, (getattr(_DEFAULT_APP, attr), _APP_FLAGS[attr]))
+        value, label = given.get(attr, (getattr(DEV_APP, attr), _APP_FLAGS[attr]))
         try:
             values[attr] = check(value)
         except ValueError as e:
             raise ConfigError(label, str(e), field="apps") from None
     return AppConfig(**values)
+
+
+def secret_flag_warnings(argv: list[str]) -> list[str]:
+    """A warning for each secret given as a command-line flag (see SECRET_FLAGS)."""
+    warnings = []
+    for flag, setting in SECRET_FLAGS.items():
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+            warnings.append(
+                f"{flag} on the command line is visible to every local user (ps, "
+                f"/proc/PID/cmdline); set {_env_name(setting)} or put {setting} in the "
+                "--config TOML file instead"
+            )
+    return warnings

@@ -28,6 +28,11 @@ class NodeStats:
     connections_total: int = 0
     rejected_connections: int = 0
     slow_consumer_closes: int = 0
+    slow_consumer_close_frames: int = 0
+    slow_consumer_aborts: int = 0
+    subscriptions_refused: int = 0
+    internal_errors: int = 0
+    bad_requests: int = 0
     bad_frames: int = 0
     bad_messages: int = 0
     auth_failures: int = 0
@@ -60,6 +65,10 @@ class _NodeCollector(Collector):
             return c
 
         yield gauge("connections", "Open websocket connections", len(node.connections))
+        yield gauge("sockets", "Open client sockets: websockets, HTTP and handshakes",
+                    node.open_sockets)
+        yield gauge("max_connections", "Client sockets allowed at once (--max-connections, "
+                    "or chosen from the open-file limit)", node.max_connections)
         yield gauge("subscriptions", "Channel subscriptions on this node", hub["subscriptions"])
         yield gauge("channels", "Channels with local subscribers", hub["channels"])
         yield gauge("redis_link_up", "1 while the pub/sub link to Redis is up",
@@ -83,6 +92,22 @@ class _NodeCollector(Collector):
                       node.hub.broker.published)
         yield counter("slow_consumer_disconnects", "Clients closed 4100 for a full queue",
                       stats.slow_consumer_closes)
+        yield counter("slow_consumer_close_frames_delivered",
+                      "Slow consumers whose 4100 close frame reached their socket in the grace",
+                      stats.slow_consumer_close_frames)
+        yield counter("slow_consumer_resets",
+                      "Slow consumers that did not drain in the grace: connection reset",
+                      stats.slow_consumer_aborts)
+        yield counter("subscriptions_refused",
+                      "Subscriptions refused for the per-connection limit",
+                      stats.subscriptions_refused)
+        yield counter("internal_errors",
+                      "Unexpected exceptions that ended one connection (500 or close 1011)",
+                      stats.internal_errors)
+        yield counter("bad_requests", "HTTP requests refused before routing (400/408/413/"
+                      "426/431)", stats.bad_requests)
+        yield counter("log_lines_suppressed", "Log lines about client input over --log-rate",
+                      node.peer_log.suppressed)
         yield counter("bad_frames", "Websocket protocol violations", stats.bad_frames)
         yield counter("bad_messages", "Malformed or refused client messages",
                       stats.bad_messages)

@@ -43,7 +43,7 @@ NODES = SPEC.node_names
 LANE = 0
 TOXIPROXY = "toxiproxy"  # service name, i.e. host name inside the compose network
 # Settings that name where things are (or a per-run secret): they differ from the harness's.
-LOCAL_ONLY = {"host", "port", "redis_url", "chaos_token"}
+LOCAL_ONLY = {"host", "port", "redis_url", "chaos_token", "chaos_port"}
 
 
 # --- loading ---------------------------------------------------------------------------------
