@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["Metrics", "NodeStats"]
+__all__ = ["Metrics", "NodeStats", "NodeView"]
 
 
 @dataclass(slots=True)
@@ -42,8 +39,23 @@ class NodeStats:
     loop_lag_max: float = 0.0
 
 
+class NodeView(Protocol):
+    """What the collector reads at scrape time (the node, which reports on all its parts)."""
+
+    config: Any
+    stats: NodeStats
+    hub: Any
+    open_sockets: int
+    max_connections: int
+    draining: bool
+    peer_log: Any
+
+    @property
+    def connection_count(self) -> int: ...
+
+
 class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self._node = node
         self._process = psutil.Process()
 
@@ -64,7 +76,7 @@ class _NodeCollector(Collector):
             c.add_metric(value, v)
             return c
 
-        yield gauge("connections", "Open websocket connections", len(node.connections))
+        yield gauge("connections", "Open websocket connections", node.connection_count)
         yield gauge("sockets", "Open client sockets: websockets, HTTP and handshakes",
                     node.open_sockets)
         yield gauge("max_connections", "Client sockets allowed at once (--max-connections, "
@@ -124,7 +136,7 @@ class _NodeCollector(Collector):
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_NodeCollector(node))
 

@@ -8,9 +8,9 @@ caught by the crash guard (``internal_errors`` stays 0: a caught exception here 
 fuzzer found), what the node writes back is well-formed, and what it holds stays bounded.
 
 The HTTP and message tests run the real code on a socket pair with a real ``Node`` whose hub is
-an in-memory stand-in (no Redis: the broker is not what is being fuzzed here; the live fuzzer
-in test_fuzz_live.py covers the whole node). Examples are derandomized, so CI is repeatable;
-``TURNOUT_FUZZ_EXAMPLES=5000`` explores more locally.
+an in-memory stand-in, ``Node(config, hub=StubHub())`` (no Redis: the broker is not what is
+being fuzzed here; the live fuzzer in test_fuzz_live.py covers the whole node). Examples are
+derandomized, so CI is repeatable; ``TURNOUT_FUZZ_EXAMPLES=5000`` explores more locally.
 """
 
 from __future__ import annotations
@@ -206,9 +206,7 @@ def make_node(**overrides: Any) -> Node:
     config = Config(apps=(APP,), node_id="fuzz", max_message_size=MAX_MESSAGE,
                     max_fragments=MAX_FRAGMENTS, max_subscriptions=5, header_timeout=2,
                     body_timeout=2, **overrides)
-    node = Node(config)
-    node.hub = StubHub()  # type: ignore[assignment]
-    return node
+    return Node(config, hub=StubHub())  # type: ignore[arg-type]
 
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -244,7 +242,8 @@ async def exchange(node: Node, chunks: list[bytes]) -> bytes:
     answer = b""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_socket, node, theirs, "127.0.0.1", "127.0.0.1:1", False)
+            nursery.start_soon(serve_socket, node, node.api_route, theirs, "127.0.0.1",
+                               "127.0.0.1:1", False)
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)
@@ -433,7 +432,7 @@ def test_pusher_message_handler_survives_any_message(messages: list[bytes],
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         ours.setblocking(False)
-        conn = Connection(node, theirs, APP, "127.0.0.1:1")
+        conn = Connection(node.context, theirs, APP, "127.0.0.1:1")
         frames = [client_frame(OP_TEXT, m) for m in messages]
         for channel in private:  # correctly signed: the auth path runs to the end
             auth = channel_auth(APP.key, APP.secret, conn.socket_id, channel)

@@ -26,8 +26,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from server import api
 from server.config import AppConfig, Config
-from server.connection import Connection
 from server.node import serve_node
+from server.session import PusherSession
 from tests.support.client import PusherTestClient, publish, pusher_client
 from tests.support.haproxy import start_haproxy
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, RedisProc
@@ -148,10 +148,10 @@ async def test_an_unexpected_exception_ends_one_connection_only(
             monkeypatch.undo()
 
             # A bug while handling a websocket message: that connection gets close 1011.
-            async def broken_subscribe(self: Connection, data: object) -> None:
+            async def broken_subscribe(self: PusherSession, data: object) -> None:
                 raise KeyError("planted bug in subscribe")
 
-            monkeypatch.setattr(Connection, "_on_subscribe", broken_subscribe)
+            monkeypatch.setattr(PusherSession, "_on_subscribe", broken_subscribe)
             for _ in range(3):
                 with trio.fail_after(5):
                     async with open_websocket_url(ws_url) as victim:
