@@ -280,7 +280,9 @@ class Config:
         "info", f"Log level, one of {', '.join(LOG_LEVELS)}.")
 
     # Derived once by the validator below (the class is frozen: object.__setattr__).
-    _redis: tuple[str, int, int] = field(init=False, repr=False, compare=False)
+    redis_host: str = field(init=False, repr=False, compare=False)
+    redis_port: int = field(init=False, repr=False, compare=False)
+    redis_db: int = field(init=False, repr=False, compare=False)
     _apps_by_key: dict[str, AppConfig] = field(init=False, repr=False, compare=False)
     _apps_by_id: dict[str, AppConfig] = field(init=False, repr=False, compare=False)
 
@@ -299,22 +301,12 @@ class Config:
                     raise SettingError("apps", f"duplicate app {attr} {value!r}", field="apps")
         if self.chaos and not self.chaos_token:
             raise SettingError("chaos_token", "required when chaos is on", field="chaos_token")
-        object.__setattr__(self, "_redis", _parse_redis_url(self.redis_url))
+        for name, value in zip(("redis_host", "redis_port", "redis_db"),
+                               _parse_redis_url(self.redis_url), strict=True):
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "_apps_by_key", {a.key: a for a in self.apps})
         object.__setattr__(self, "_apps_by_id", {a.id: a for a in self.apps})
         return self
-
-    @property
-    def redis_host(self) -> str:
-        return self._redis[0]
-
-    @property
-    def redis_port(self) -> int:
-        return self._redis[1]
-
-    @property
-    def redis_db(self) -> int:
-        return self._redis[2]
 
     def app_by_key(self, key: str) -> AppConfig | None:
         return self._apps_by_key.get(key)

@@ -57,23 +57,9 @@ class _Pending:
 
 
 class ChannelState:
-    __slots__ = (
-        "app_id",
-        "catching_up",
-        "catchup_again",
-        "catchup_running",
-        "epoch",
-        "init_lock",
-        "joiners",
-        "key",
-        "last",
-        "name",
-        "pending",
-        "ready",
-        "settled",
-        "subscribers",
-        "suspect_top",
-    )
+    __slots__ = ("app_id", "catching_up", "catchup_again", "catchup_running", "epoch",
+                 "init_lock", "joiners", "key", "last", "name", "pending", "ready", "settled",
+                 "subscribers", "suspect_top")
 
     def __init__(self, app_id: str, name: str, key: bytes) -> None:
         self.app_id = app_id

@@ -1,15 +1,8 @@
-"""The seams between a node's parts: what each part may ask of the others.
-
-Nothing here does anything; the protocols let every part depend on a small surface instead of
-on ``Node`` (which only wires the parts together), so the import graph has no cycle and each
-part can be tested with a fake of the surface it uses:
-
-- a websocket connection sees a `ConnectionContext`: its config, the node's stats and peer
-  log, and `Channels` (subscribe / unsubscribe);
-- the hub sees each connection as a `Subscriber` (frames in, a close code out);
-- the HTTP API sees a `Publisher` (sequenced publish, cluster subscription counts) and the
-  node's `NodeStatus` for ``/health``;
-- the chaos endpoint sees `NodeStatus` too, to drain the node past ``--max-rss``.
+"""The seams between a node's parts: each part depends on one small surface, never on ``Node``
+(which only wires them), so server/ has no import cycle and each part is testable with a fake.
+A connection sees a `ConnectionContext` (config, stats, peer log, `Channels`); the hub sees
+connections as `Subscriber`s; the HTTP API sees a `Publisher` and `NodeStatus`; the chaos
+endpoint sees `NodeStatus`. docs/architecture.md shows how issue 12's features fit them.
 """
 
 from __future__ import annotations

@@ -110,15 +110,13 @@ def describe(error: ErrorDetails, schema: type) -> str:
         op, name = (">", "gt") if kind == "greater_than" else ("<", "lt")
         limit = _bound(info, name) if _bound(info, name) is not None else ctx[name]
         return f"must be {op} {limit} (got {_shown(value, info)})"
-    if kind == "int_parsing" or (kind == "int_from_float" and isinstance(value, str)):
-        return f"{value!r} is not an integer"
-    if kind == "float_parsing":
-        return f"{value!r} is not a number"
-    if kind == "bool_parsing":
-        return f"{value!r} is not a boolean (use {TRUE_WORDS})"
+    parsing = {"int_parsing": "an integer", "int_from_float": "an integer",
+               "float_parsing": "a number", "finite_number": "a finite number",
+               "bool_parsing": f"a boolean (use {TRUE_WORDS})"}.get(kind)
+    if parsing is not None and isinstance(value, str):  # text from a flag or a variable
+        return f"{value!r} is not {parsing}"
     if kind == "finite_number":
-        return f"{value!r} is not a finite number" if isinstance(value, str) else \
-            f"must be a finite number (got {value})"
+        return f"must be a finite number (got {value})"
     if kind == "missing":
         return f"missing {error['loc'][-1]!r}"
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
