@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import field
 from typing import Annotated, Any, NoReturn
@@ -455,29 +455,27 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
     environ = os.environ if environ is None else environ
     cli, cli_own = _split(_command_line(sys.argv[1:] if argv is None else argv, environ)())
     env, env_own = _split(_Environment(environ)())
-    labels: dict[str, str] = {}  # setting -> "setting (source)" of the layer that set it
-
-    toml: dict[str, Any] = {}
     path = cli_own.get("config") or env_own.get("config")
+    toml: dict[str, Any] = {}
     if path:
         where = "command line" if "config" in cli_own else f"{ENV_PREFIX}CONFIG"
         toml = _read_toml(path, f"--config ({where})")
-        toml = validate_partial(Config, toml, text=False, label=lambda key: f"{key} in {path}")
-        labels.update({key: f"{key} in {path}" for key in toml})
-    env = validate_partial(Config, env, text=True,
-                           label=lambda key: f"{_FLAGS[key]} ({ENV_PREFIX}{key.upper()})")
-    labels.update({key: f"{_FLAGS[key]} ({ENV_PREFIX}{key.upper()})" for key in env})
-    cli = validate_partial(Config, cli, text=True,
-                           label=lambda key: f"{_FLAGS[key]} (command line)")
-    labels.update({key: f"{_FLAGS[key]} (command line)" for key in cli})
+    labels: dict[str, str] = {}  # setting -> "setting (source)" of the layer that set it
+    layers: list[tuple[dict[str, Any], bool, Callable[[str], str]]] = [
+        (toml, False, lambda key: f"{key} in {path}"),
+        (env, True, lambda key: f"{_FLAGS[key]} ({ENV_PREFIX}{key.upper()})"),
+        (cli, True, lambda key: f"{_FLAGS[key]} (command line)")]
+    for values, text, name_of in layers:  # lowest precedence first: the last label stays
+        values.update(validate_partial(Config, values, text=text, label=name_of))
+        labels.update({key: name_of(key) for key in values})
 
     token = _SOURCES.set((_Values(_Layers, cli), _Values(_Layers, env),
                           _Values(_Layers, {k: v for k, v in toml.items() if k != "apps"})))
     try:
-        layers = _Layers()
+        merged = _Layers()
     finally:
         _SOURCES.reset(token)
-    values = {name: getattr(layers, name) for name in layers.model_fields_set}
+    values = {name: getattr(merged, name) for name in merged.model_fields_set}
 
     apps_sources = [f"apps in {path}"] if "apps" in toml else []
     apps = list(toml.get("apps", ()))

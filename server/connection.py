@@ -61,7 +61,7 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.socket_id = new_socket_id()
-        self.session = PusherSession(self, app, context, peer)
+        self.session = PusherSession(app, context, peer)
         self.parser = FrameParser(context.config.max_message_size, context.config.max_fragments)
         self.channels: dict[str, Any] = {}
         self.closing = False
@@ -273,7 +273,7 @@ class Connection:
             if opcode == OP_TEXT:
                 self.context.stats.messages_in += 1
                 if not self.closing:
-                    await self.session.on_text(payload)
+                    await self.session.on_text(self, payload)
             elif opcode == OP_BINARY:
                 self.context.stats.bad_messages += 1
                 self.context.peer_log.info(log, "binary frame from %s: not supported",

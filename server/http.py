@@ -436,7 +436,7 @@ async def _run_websocket(host: SocketHost, sock: socket.socket, app: AppConfig, 
     host.connections[ws] = None
     host.context.stats.connections_total += 1
     try:
-        ws.session.welcome()
+        ws.session.welcome(ws)
         await ws.run(initial)
     except Exception as exc:
         host.internal_error(f"on websocket {ws.socket_id} from {peer}", exc)

@@ -15,7 +15,6 @@ seam with no hole and no duplicate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -436,11 +435,11 @@ class Hub:
             if s.app_id == app_id and s.subscribers
         }
 
-    async def _count_syncer(self, app_ids: Iterable[str] = ()) -> None:
+    async def _count_syncer(self) -> None:
         """Mirror local subscription counts into Redis (debounced), refreshing their TTL."""
         refresh_every = 3.0
         last_refresh = -refresh_every
-        known: set[str] = set(app_ids)
+        known: set[str] = set()
         while True:
             with trio.move_on_after(refresh_every):
                 await self._counts_event.wait()

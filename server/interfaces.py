@@ -17,15 +17,8 @@ if TYPE_CHECKING:
     from .metrics import NodeStats
     from .peerlog import PeerLog
 
-__all__ = [
-    "Channels",
-    "ConnectionContext",
-    "NodeStatus",
-    "Position",
-    "Publisher",
-    "SubscribeRefused",
-    "Subscriber",
-]
+__all__ = ["Channels", "ConnectionContext", "NodeStatus", "Position", "Publisher",
+           "SubscribeRefused", "Subscriber"]
 
 #: A client's resume position in a channel: (offset of the last event it has, epoch).
 Position = tuple[int, str]

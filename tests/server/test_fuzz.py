@@ -15,11 +15,13 @@ derandomized, so CI is repeatable; ``TURNOUT_FUZZ_EXAMPLES=5000`` explores more 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import socket
 import struct
+import weakref
 from typing import Any
 
 import trio
@@ -458,3 +460,29 @@ def test_pusher_message_handler_survives_any_message(messages: list[bytes],
         return answer
 
     check_server_frames(server_frames(trio.run(scenario)))
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector() -> None:
+    """Connection and its PusherSession must not reference each other: 40,000 clients that
+    reconnect would otherwise leave their connections to the (rare) full collections."""
+    async def scenario() -> weakref.ref[Connection]:
+        node = make_node()
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        conn = Connection(node.context, theirs, APP, "127.0.0.1:1")
+        ours.sendall(client_frame(OP_TEXT, b'{"event":"pusher:subscribe","data":'
+                                           b'{"channel":"results-1"}}')
+                     + client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        await conn.run()
+        node.hub.drop_connection(conn)
+        ours.close()
+        theirs.close()
+        return weakref.ref(conn)
+
+    gc.disable()
+    try:
+        ref = trio.run(scenario)
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()
+

@@ -148,7 +148,8 @@ async def test_an_unexpected_exception_ends_one_connection_only(
             monkeypatch.undo()
 
             # A bug while handling a websocket message: that connection gets close 1011.
-            async def broken_subscribe(self: PusherSession, data: object) -> None:
+            async def broken_subscribe(self: PusherSession, client: object,
+                                       data: object) -> None:
                 raise KeyError("planted bug in subscribe")
 
             monkeypatch.setattr(PusherSession, "_on_subscribe", broken_subscribe)

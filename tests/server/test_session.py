@@ -75,7 +75,7 @@ def make(max_subscriptions: int = 3) -> tuple[PusherSession, Client, Channels, N
     client, channels, stats = Client(), Channels(), NodeStats()
     config = Config(apps=(APP,), node_id="t", max_subscriptions=max_subscriptions)
     context = ConnectionContext(config, stats, PeerLog(100), channels)  # type: ignore[arg-type]
-    return PusherSession(client, APP, context, "127.0.0.1:1"), client, channels, stats  # type: ignore[arg-type]
+    return PusherSession(APP, context, "127.0.0.1:1"), client, channels, stats
 
 
 def message(event: str, data: Any = None, **extra: Any) -> bytes:
@@ -84,8 +84,8 @@ def message(event: str, data: Any = None, **extra: Any) -> bytes:
 
 async def test_welcome_and_ping() -> None:
     session, client, _, _ = make()
-    session.welcome()
-    await session.on_text(message("pusher:ping", {}))
+    session.welcome(client)
+    await session.on_text(client, message("pusher:ping", {}))
     assert client.events() == ["pusher:connection_established", "pusher:pong"]
     established = json.loads(client.sent[0]["data"])
     assert established == {"socket_id": "123.456", "activity_timeout": 120}
@@ -93,11 +93,11 @@ async def test_welcome_and_ping() -> None:
 
 async def test_subscribe_public_with_and_without_a_position() -> None:
     session, client, channels, _ = make()
-    await session.on_text(message("pusher:subscribe", {"channel": "results"}))
-    await session.on_text(message("pusher:subscribe", json.dumps(
+    await session.on_text(client, message("pusher:subscribe", {"channel": "results"}))
+    await session.on_text(client, message("pusher:subscribe", json.dumps(
         {"channel": "other", "offset": 5, "epoch": "ab"})))  # data as a JSON string, as pusher-js
     assert channels.subscribed == [("7", "results", None), ("7", "other", (5, "ab"))]
-    await session.on_text(message("pusher:unsubscribe", {"channel": "results"}))
+    await session.on_text(client, message("pusher:unsubscribe", {"channel": "results"}))
     assert channels.unsubscribed == ["results"]
     assert client.closed == []
 
@@ -112,7 +112,7 @@ async def test_subscribe_public_with_and_without_a_position() -> None:
 ])
 async def test_bad_subscribes_are_refused_with_4200(data: dict[str, Any], expected: str) -> None:
     session, client, channels, stats = make()
-    await session.on_text(message("pusher:subscribe", data))
+    await session.on_text(client, message("pusher:subscribe", data))
     assert channels.subscribed == []
     assert client.events() == ["pusher:error"]
     assert client.sent[0]["data"]["code"] == protocol.RECONNECT
@@ -123,7 +123,7 @@ async def test_bad_subscribes_are_refused_with_4200(data: dict[str, Any], expect
 async def test_the_subscription_limit_refuses_one_more_and_keeps_the_connection() -> None:
     session, client, channels, stats = make(max_subscriptions=2)
     for name in ("a", "b", "a", "c"):
-        await session.on_text(message("pusher:subscribe", {"channel": name}))
+        await session.on_text(client, message("pusher:subscribe", {"channel": name}))
     assert [name for _, name, _ in channels.subscribed] == ["a", "b", "a"]  # 'a' again is fine
     refusal = client.sent[-1]
     assert refusal["event"] == "pusher:subscription_error"
@@ -135,24 +135,27 @@ async def test_the_subscription_limit_refuses_one_more_and_keeps_the_connection(
 
 async def test_private_channels_need_the_apps_signature() -> None:
     session, client, channels, stats = make()
-    await session.on_text(message("pusher:subscribe", {"channel": "private-a", "auth": "k:bad"}))
+    await session.on_text(client, message("pusher:subscribe",
+                                          {"channel": "private-a", "auth": "k:bad"}))
     assert channels.subscribed == []
     assert client.events() == ["pusher:subscription_error", "pusher:error"]
     assert client.sent[1]["data"]["code"] == protocol.UNAUTHORIZED
     assert stats.auth_failures == 1
     auth = channel_auth(APP.key, APP.secret, client.socket_id, "private-a")
-    await session.on_text(message("pusher:subscribe", {"channel": "private-a", "auth": auth}))
+    await session.on_text(client, message("pusher:subscribe",
+                                          {"channel": "private-a", "auth": auth}))
     assert channels.subscribed == [("7", "private-a", None)]
     # Signed for another socket: refused.
     other = channel_auth(APP.key, APP.secret, "9.9", "private-b")
-    await session.on_text(message("pusher:subscribe", {"channel": "private-b", "auth": other}))
+    await session.on_text(client, message("pusher:subscribe",
+                                          {"channel": "private-b", "auth": other}))
     assert [name for _, name, _ in channels.subscribed] == ["private-a"]
 
 
 async def test_a_subscription_the_node_cannot_serve_closes_4100() -> None:
     session, client, channels, _ = make()
     channels.refuse = True
-    await session.on_text(message("pusher:subscribe", {"channel": "c"}))
+    await session.on_text(client, message("pusher:subscribe", {"channel": "c"}))
     assert client.closed == [(protocol.OVER_CAPACITY, "node cannot reach redis; reconnect "
                                                       "elsewhere")]
 
@@ -169,7 +172,7 @@ async def test_a_subscription_the_node_cannot_serve_closes_4100() -> None:
 async def test_what_is_not_supported_yet_is_answered_not_closed(payload: bytes,
                                                                 code: int) -> None:
     session, client, channels, _ = make()
-    await session.on_text(payload)
+    await session.on_text(client, payload)
     assert channels.subscribed == []
     assert client.sent[-1]["event"] == "pusher:error"
     assert client.sent[-1]["data"]["code"] == code
@@ -178,7 +181,7 @@ async def test_what_is_not_supported_yet_is_answered_not_closed(payload: bytes,
 
 async def test_text_that_is_not_utf8_closes_1007() -> None:
     session, client, _, stats = make()
-    await session.on_text(b'{"event":"pusher:ping","data":"\xff"}')
+    await session.on_text(client, b'{"event":"pusher:ping","data":"\xff"}')
     assert client.closed == [(1007, "text frame is not valid UTF-8")]
     assert client.sent == []
     assert stats.bad_messages == 1
