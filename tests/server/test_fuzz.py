@@ -28,7 +28,6 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol
 from server.auth import channel_auth, sign_request
 from server.broker import PublishResult
 from server.config import AppConfig, Config
@@ -49,6 +48,7 @@ from server.frames import (
 from server.http import serve_socket
 from server.node import Node
 from tests.fuzz.generate import CHANNELS, EVENTS, EVIL_STRINGS, HEADER_NAMES, METHODS, TARGETS
+from tests.support.fakes import MemoryChannels
 from tests.support.raw import client_frame, read_frame
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "300"))
@@ -181,23 +181,12 @@ class StubBroker:
         return {"results-1": 2}
 
 
-class StubHub:
+class StubHub(MemoryChannels):
     """The hub's surface as the connection and the API use it, in memory."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.broker = StubBroker()
-
-    async def subscribe(self, conn: Connection, app_id: str, name: str,
-                        position: tuple[int, str] | None) -> None:
-        conn.send_message(protocol.subscription_succeeded(
-            name, offset=0, epoch="e", recovered=None if position is None else False))
-        conn.channels[name] = object()
-
-    def unsubscribe(self, conn: Connection, name: str) -> None:
-        conn.channels.pop(name, None)
-
-    def drop_connection(self, conn: Connection) -> None:
-        conn.channels.clear()
 
     def statistics(self) -> dict[str, int]:
         return dict.fromkeys(("channels", "subscriptions", "delivered", "frames_out",

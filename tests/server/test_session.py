@@ -1,7 +1,8 @@
 """The Pusher session logic without sockets: messages in, replies, closes and subscriptions out.
 
 server/session.py is sans-IO; these tests feed it payloads and read what it asked its client
-(the connection, here a recorder) and its channel registry (the hub, here a recorder) to do.
+(the connection) and its channel registry (the hub) to do, both recorders from
+tests/support/fakes.py.
 The same rules against a real node and real clients are in test_protocol.py and
 test_bad_input.py.
 """
@@ -16,63 +17,18 @@ import pytest
 from server import protocol
 from server.auth import channel_auth
 from server.config import AppConfig, Config
-from server.interfaces import ConnectionContext, Position, SubscribeRefused
+from server.interfaces import ConnectionContext
 from server.metrics import NodeStats
 from server.peerlog import PeerLog
 from server.session import PusherSession
+from tests.support.fakes import MemoryChannels, RecordingSubscriber
 
 APP = AppConfig("7", "app-key", "app-secret")
 
 
-class Client:
-    """Records what the session sends and closes (the Subscriber a connection is)."""
-
-    def __init__(self) -> None:
-        self.socket_id = "123.456"
-        self.channels: dict[str, Any] = {}
-        self.sent: list[dict[str, Any]] = []
-        self.closed: list[tuple[int, str]] = []
-
-    def send(self, frame: bytes) -> None:
-        raise AssertionError("the session sends messages, not frames")
-
-    def send_message(self, message: bytes) -> None:
-        self.sent.append(json.loads(message))
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append((code, reason))
-
-    def events(self) -> list[str]:
-        return [m["event"] for m in self.sent]
-
-
-class Channels:
-    """Records subscriptions (the Channels a hub is); ``refuse`` makes subscribe fail."""
-
-    def __init__(self) -> None:
-        self.subscribed: list[tuple[str, str, Position | None]] = []
-        self.unsubscribed: list[str] = []
-        self.refuse = False
-
-    async def subscribe(self, conn: Client, app_id: str, name: str,
-                        position: Position | None) -> None:
-        if self.refuse:
-            raise SubscribeRefused("redis is unreachable")
-        self.subscribed.append((app_id, name, position))
-        conn.channels[name] = object()
-        conn.send_message(protocol.subscription_succeeded(name, offset=0, epoch="e",
-                                                          recovered=None))
-
-    def unsubscribe(self, conn: Client, name: str) -> None:
-        self.unsubscribed.append(name)
-        conn.channels.pop(name, None)
-
-    def drop_connection(self, conn: Client) -> None:
-        conn.channels.clear()
-
-
-def make(max_subscriptions: int = 3) -> tuple[PusherSession, Client, Channels, NodeStats]:
-    client, channels, stats = Client(), Channels(), NodeStats()
+def make(max_subscriptions: int = 3) -> tuple[PusherSession, RecordingSubscriber, MemoryChannels,
+                                              NodeStats]:
+    client, channels, stats = RecordingSubscriber(), MemoryChannels(), NodeStats()
     config = Config(apps=(APP,), node_id="t", max_subscriptions=max_subscriptions)
     context = ConnectionContext(config, stats, PeerLog(100), channels)  # type: ignore[arg-type]
     return PusherSession(APP, context, "127.0.0.1:1"), client, channels, stats
@@ -87,7 +43,7 @@ async def test_welcome_and_ping() -> None:
     session.welcome(client)
     await session.on_text(client, message("pusher:ping", {}))
     assert client.events() == ["pusher:connection_established", "pusher:pong"]
-    established = json.loads(client.sent[0]["data"])
+    established = json.loads(client.messages[0]["data"])
     assert established == {"socket_id": "123.456", "activity_timeout": 120}
 
 
@@ -115,8 +71,8 @@ async def test_bad_subscribes_are_refused_with_4200(data: dict[str, Any], expect
     await session.on_text(client, message("pusher:subscribe", data))
     assert channels.subscribed == []
     assert client.events() == ["pusher:error"]
-    assert client.sent[0]["data"]["code"] == protocol.RECONNECT
-    assert expected in client.sent[0]["data"]["message"]
+    assert client.messages[0]["data"]["code"] == protocol.RECONNECT
+    assert expected in client.messages[0]["data"]["message"]
     assert stats.bad_messages == 1
 
 
@@ -125,7 +81,7 @@ async def test_the_subscription_limit_refuses_one_more_and_keeps_the_connection(
     for name in ("a", "b", "a", "c"):
         await session.on_text(client, message("pusher:subscribe", {"channel": name}))
     assert [name for _, name, _ in channels.subscribed] == ["a", "b", "a"]  # 'a' again is fine
-    refusal = client.sent[-1]
+    refusal = client.messages[-1]
     assert refusal["event"] == "pusher:subscription_error"
     assert refusal["data"]["status"] == 429
     assert refusal["data"]["type"] == "LimitReached"
@@ -139,7 +95,7 @@ async def test_private_channels_need_the_apps_signature() -> None:
                                           {"channel": "private-a", "auth": "k:bad"}))
     assert channels.subscribed == []
     assert client.events() == ["pusher:subscription_error", "pusher:error"]
-    assert client.sent[1]["data"]["code"] == protocol.UNAUTHORIZED
+    assert client.messages[1]["data"]["code"] == protocol.UNAUTHORIZED
     assert stats.auth_failures == 1
     auth = channel_auth(APP.key, APP.secret, client.socket_id, "private-a")
     await session.on_text(client, message("pusher:subscribe",
@@ -174,8 +130,8 @@ async def test_what_is_not_supported_yet_is_answered_not_closed(payload: bytes,
     session, client, channels, _ = make()
     await session.on_text(client, payload)
     assert channels.subscribed == []
-    assert client.sent[-1]["event"] == "pusher:error"
-    assert client.sent[-1]["data"]["code"] == code
+    assert client.messages[-1]["event"] == "pusher:error"
+    assert client.messages[-1]["data"]["code"] == code
     assert client.closed == []
 
 
@@ -183,5 +139,5 @@ async def test_text_that_is_not_utf8_closes_1007() -> None:
     session, client, _, stats = make()
     await session.on_text(client, b'{"event":"pusher:ping","data":"\xff"}')
     assert client.closed == [(1007, "text frame is not valid UTF-8")]
-    assert client.sent == []
+    assert client.messages == []
     assert stats.bad_messages == 1
