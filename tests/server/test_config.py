@@ -1,4 +1,4 @@
-"""Tests for server.config (loading, precedence, validation) and server.cli (help, errors)."""
+"""Tests for server.config (loading, precedence, validation) and server.main (help, errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server import cli
+from server import main as cli
 from server.config import DEV_APP, AppConfig, Config, ConfigError, load_config
 
 # A configured app, in the environment as the README says; most tests are not about apps.
@@ -477,7 +477,7 @@ def test_app_flag_colliding_with_toml_app_is_an_error(tmp_path: Path) -> None:
 
 def test_help_lists_every_flag_and_env_var() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from server.cli import main; main(['--help'])"],
+        [sys.executable, "-c", "from server.main import main; main(['--help'])"],
         capture_output=True,
         text=True,
         check=True,
