@@ -27,6 +27,7 @@ __all__ = [
 #: Validation context for one source's keys alone: cross-field checks wait for the whole.
 PARTIAL = {"partial": True}
 TRUE_WORDS = "1/true/yes/on or 0/false/no/off"
+_UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
 
 
 class SettingError(ValueError):
@@ -97,7 +98,8 @@ def describe(error: ErrorDetails, schema: type) -> str:
     """One pydantic error as a sentence that reads after 'invalid <setting>: '."""
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     info = _field_info(schema, tuple(error["loc"]))
-    expected = field_extra(info, "expect")
+    # A field's own wording of what it expects, for the field itself (not its items).
+    expected = field_extra(info, "expect") if not isinstance(error["loc"][-1], int) else None
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind in ("greater_than_equal", "less_than_equal"):
@@ -119,7 +121,7 @@ def describe(error: ErrorDetails, schema: type) -> str:
         return f"must be a finite number (got {value})"
     if kind == "missing":
         return f"missing {error['loc'][-1]!r}"
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+    if kind in _UNKNOWN:
         return "unknown setting"
     what = {"int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
             "bool_type": "a boolean", "string_type": "a string", "tuple_type": "an array",
@@ -136,7 +138,8 @@ def raise_first(exc: ValidationError, schema: type, label: Callable[[str], str])
     An unknown key gets a did-you-mean from its siblings; a SettingError raised by a
     validator (a cross-field check) is re-raised as it is.
     """
-    error = exc.errors(include_url=False)[0]
+    # An unknown key first: its did-you-mean also explains a "missing" error next to it.
+    error = sorted(exc.errors(include_url=False), key=lambda e: e["type"] not in _UNKNOWN)[0]
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, SettingError):
         raise cause from None
@@ -144,7 +147,7 @@ def raise_first(exc: ValidationError, schema: type, label: Callable[[str], str])
     message = describe(error, schema)
     if error["type"] == "missing":
         loc = loc[:-1]
-    elif error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+    elif error["type"] in _UNKNOWN:
         parent = _field_info(schema, loc[:-1]) if len(loc) > 1 else None
         owner = parent.annotation if parent is not None else schema
         if get_origin(owner) is tuple:
