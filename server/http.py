@@ -23,7 +23,8 @@ import http
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -31,18 +32,32 @@ import orjson
 import trio
 
 from . import protocol
-from .api import handle_request
 from .config import AppConfig
 from .connection import Connection
 from .frames import accept_key, encode_close, encode_text
+from .interfaces import ConnectionContext
 from .peerlog import clip
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .api import Response
 
 log = logging.getLogger("turnout.http")
 
-__all__ = ["MAX_BODY", "serve_socket", "split_target"]
+__all__ = ["MAX_BODY", "Route", "SocketHost", "serve_socket", "split_target"]
+
+#: Answers one HTTP request: (method, path, query, headers, body, peer) -> Response.
+Route = Callable[[str, str, str, dict[str, str], bytes, str], Awaitable["Response"]]
+
+
+class SocketHost(Protocol):
+    """What serving one accepted socket needs of the node that accepted it."""
+
+    context: ConnectionContext
+    draining: bool
+    connections: dict[Connection, None]
+
+    def internal_error(self, what: str, exc: BaseException) -> None: ...
+    def release_socket(self, ip: str) -> None: ...
 
 MAX_BODY = 1024 * 1024
 # An idle keep-alive connection is closed (silently) after this long without a new request.
@@ -159,24 +174,24 @@ def _error_bytes(status: int, message: str, headers: tuple[tuple[str, str], ...]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-async def _refuse_and_close(node: Node, sock: socket.socket, peer: str, status: int,
+async def _refuse_and_close(host: SocketHost, sock: socket.socket, peer: str, status: int,
                             message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
     """Answer ``status`` with a JSON reason, log it (rate-limited), then a lingering close."""
     if status != 503:
-        node.stats.bad_requests += 1
-    node.peer_log.info(log, "request from %s refused with %d: %s", peer, status, message)
+        host.context.stats.bad_requests += 1
+    host.context.peer_log.info(log, "request from %s refused with %d: %s", peer, status, message)
     await send_all(sock, _error_bytes(status, message, headers))
     await _linger(sock)
 
 
-async def _refuse_malformed(node: Node, sock: socket.socket, peer: str,
+async def _refuse_malformed(host: SocketHost, sock: socket.socket, peer: str,
                             exc: h11.RemoteProtocolError) -> None:
     status = exc.error_status_hint or 400
     if status == 431:
-        message = f"request head larger than {node.config.max_header_size} bytes"
+        message = f"request head larger than {host.context.config.max_header_size} bytes"
     else:
         message = f"malformed request: {clip(str(exc), 120)}"
-    await _refuse_and_close(node, sock, peer, status, message)
+    await _refuse_and_close(host, sock, peer, status, message)
 
 
 async def _linger(sock: socket.socket) -> None:
@@ -199,29 +214,30 @@ async def _linger(sock: socket.socket) -> None:
             discarded += len(data)
 
 
-async def serve_socket(node: Node, sock: socket.socket, ip: str, peer: str, over: bool,
-                       *, admin: bool = False) -> None:
+async def serve_socket(host: SocketHost, route: Route, sock: socket.socket, ip: str, peer: str,
+                       over: bool, *, admin: bool = False) -> None:
     """Own ``sock`` until it is closed, whatever the peer sends or does.
 
-    ``over``: accepted beyond max_connections (or the per-address cap); the peer is told so.
-    ``admin``: a socket of the chaos listener, which routes ``/chaos/*`` only.
+    ``route`` answers its HTTP requests. ``over``: accepted beyond max_connections (or the
+    per-address cap); the peer is told so. ``admin``: a socket of the chaos listener: no
+    websockets, and not counted in the node's client sockets.
     """
     reset = False
     try:
-        accepted = await _serve(node, sock, peer, over, admin)
+        accepted = await _serve(host, route, sock, peer, over, admin)
         if accepted is not None:
             # A separate call so the HTTP parser and request objects are freed while the
             # websocket lives on: idle connections are the memory budget.
-            reset = await _run_websocket(node, sock, *accepted, peer)
+            reset = await _run_websocket(host, sock, *accepted, peer)
     except (OSError, _Deadline) as exc:
         log.debug("connection from %s ended: %r", peer, exc)
     except Exception as exc:
         # A bug, found by a peer: this socket ends, the node and every other client go on.
-        node.internal_error(f"serving {peer}", exc)
+        host.internal_error(f"serving {peer}", exc)
         reset = True
     finally:
         if not admin:
-            node.release_socket(ip)
+            host.release_socket(ip)
         if reset:
             # RST instead of FIN: the kernel drops whatever is still queued for the peer at
             # once (a stalled reader's send buffer can hold megabytes).
@@ -233,9 +249,9 @@ async def serve_socket(node: Node, sock: socket.socket, ip: str, peer: str, over
         sock.close()
 
 
-async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: bool
-                 ) -> tuple[AppConfig, bytes] | None:
-    config = node.config
+async def _serve(host: SocketHost, route: Route, sock: socket.socket, peer: str, over: bool,
+                 admin: bool) -> tuple[AppConfig, bytes] | None:
+    config = host.context.config
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_size)
     head_time = OVER_CAPACITY_DEADLINE if over else config.header_timeout
     deadline = trio.current_time() + head_time
@@ -245,11 +261,11 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
         try:
             event = pending if pending is not None else await _next_event(conn, sock, deadline)
         except _Deadline:
-            await _refuse_and_close(node, sock, peer, 408,
+            await _refuse_and_close(host, sock, peer, 408,
                                     f"request head not received within {head_time:g} s")
             return None
         except h11.RemoteProtocolError as exc:
-            await _refuse_malformed(node, sock, peer, exc)
+            await _refuse_malformed(host, sock, peer, exc)
             return None
         pending = None
         if not isinstance(event, h11.Request):
@@ -259,29 +275,27 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
             path, query = split_target(event.target.decode("latin-1"))
             headers = _header_map(event)
             if not admin and "websocket" in _tokens(headers.get("upgrade", "")):
-                return await _upgrade(node, sock, conn, event, headers, path, query, peer,
+                return await _upgrade(host, sock, conn, event, headers, path, query, peer,
                                       over)
             if over:
-                node.stats.rejected_connections += 1
+                host.context.stats.rejected_connections += 1
                 raise BadRequest(503, "over capacity; retry shortly", (("retry-after", "1"),))
             body = await _read_body(conn, sock, event, trio.current_time() + config.body_timeout)
         except BadRequest as exc:
-            await _refuse_and_close(node, sock, peer, exc.status, exc.message, exc.headers)
+            await _refuse_and_close(host, sock, peer, exc.status, exc.message, exc.headers)
             return None
         except h11.RemoteProtocolError as exc:
-            await _refuse_malformed(node, sock, peer, exc)
+            await _refuse_malformed(host, sock, peer, exc)
             return None
         try:
-            response = await handle_request(
-                node, event.method.decode("ascii"), path, query, headers, body, peer,
-                admin=admin)
+            response = await route(event.method.decode("ascii"), path, query, headers, body, peer)
         except Exception as exc:
-            node.internal_error(f"handling {event.method!r} {clip(path)} from {peer}", exc)
+            host.internal_error(f"handling {event.method!r} {clip(path)} from {peer}", exc)
             await send_all(sock, _error_bytes(500, "internal error; the request was not "
                                                    "necessarily applied"))
             await _linger(sock)
             return None
-        keep_alive = conn.our_state is h11.SEND_RESPONSE and not node.draining
+        keep_alive = conn.our_state is h11.SEND_RESPONSE and not host.draining
         headers_out = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
@@ -301,7 +315,7 @@ async def _serve(node: Node, sock: socket.socket, peer: str, over: bool, admin: 
         try:
             pending = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            await _refuse_malformed(node, sock, peer, exc)
+            await _refuse_malformed(host, sock, peer, exc)
             return None
         if pending is h11.NEED_DATA:
             pending = None
@@ -356,16 +370,16 @@ def _websocket_problem(request: h11.Request, headers: dict[str, str]) -> BadRequ
     return None
 
 
-async def _reject_ws(node: Node, sock: socket.socket, peer: str, code: int,
+async def _reject_ws(host: SocketHost, sock: socket.socket, peer: str, code: int,
                      message: str) -> None:
-    node.peer_log.info(log, "websocket from %s refused with %d: %s", peer, code, message)
+    host.context.peer_log.info(log, "websocket from %s refused with %d: %s", peer, code, message)
     await send_all(sock, encode_text(protocol.error(code, message)) + encode_close(code, message))
     await _linger(sock)
 
 
-async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, request: h11.Request,
-                   headers: dict[str, str], path: str, query_text: str, peer: str, over: bool
-                   ) -> tuple[AppConfig, bytes] | None:
+async def _upgrade(host: SocketHost, sock: socket.socket, conn: h11.Connection,
+                   request: h11.Request, headers: dict[str, str], path: str,
+                   query_text: str, peer: str, over: bool) -> tuple[AppConfig, bytes] | None:
     """Complete the handshake; the app and any bytes after it, or None if refused."""
     problem = _websocket_problem(request, headers)
     if problem is not None:
@@ -388,47 +402,46 @@ async def _upgrade(node: Node, sock: socket.socket, conn: h11.Connection, reques
     parts = path.strip("/").split("/")
     query = dict(parse_qsl(query_text))
     if len(parts) != 2 or parts[0] != "app":
-        await _reject_ws(node, sock, peer, protocol.PATH_NOT_FOUND,
+        await _reject_ws(host, sock, peer, protocol.PATH_NOT_FOUND,
                          f"path not found: {clip(path, 100)}")
         return None
-    app = node.config.app_by_key(parts[1])
+    app = host.context.config.app_by_key(parts[1])
     if app is None:
-        node.stats.rejected_connections += 1
-        await _reject_ws(node, sock, peer, protocol.UNKNOWN_APP,
+        host.context.stats.rejected_connections += 1
+        await _reject_ws(host, sock, peer, protocol.UNKNOWN_APP,
                          f"app key {clip(parts[1], 64)} does not exist")
         return None
     if "protocol" not in query:
-        await _reject_ws(node, sock, peer, protocol.NO_PROTOCOL, "no protocol version supplied")
+        await _reject_ws(host, sock, peer, protocol.NO_PROTOCOL, "no protocol version supplied")
         return None
     if query["protocol"] != str(protocol.SUPPORTED_PROTOCOL):
-        await _reject_ws(node, sock, peer, protocol.UNSUPPORTED_PROTOCOL,
+        await _reject_ws(host, sock, peer, protocol.UNSUPPORTED_PROTOCOL,
                          f"unsupported protocol version {clip(query['protocol'], 16)}; use 7")
         return None
-    if node.draining:
-        await _reject_ws(node, sock, peer, protocol.RECONNECT,
+    if host.draining:
+        await _reject_ws(host, sock, peer, protocol.RECONNECT,
                          "server draining; reconnect elsewhere")
         return None
     if over:
-        node.stats.rejected_connections += 1
-        await _reject_ws(node, sock, peer, protocol.OVER_CAPACITY, "over capacity")
+        host.context.stats.rejected_connections += 1
+        await _reject_ws(host, sock, peer, protocol.OVER_CAPACITY, "over capacity")
         return None
     return app, bytes(initial)
 
 
-async def _run_websocket(node: Node, sock: socket.socket, app: AppConfig, initial: bytes,
+async def _run_websocket(host: SocketHost, sock: socket.socket, app: AppConfig, initial: bytes,
                          peer: str) -> bool:
     """Serve one websocket; True if its socket must be reset rather than closed."""
-    ws = Connection(node, sock, app, peer)
-    node.connections[ws] = None
-    node.stats.connections_total += 1
+    ws = Connection(host.context, sock, app, peer)
+    host.connections[ws] = None
+    host.context.stats.connections_total += 1
     try:
-        ws.send_message(protocol.connection_established(
-            ws.socket_id, node.config.activity_timeout))
+        ws.session.welcome(ws)
         await ws.run(initial)
     except Exception as exc:
-        node.internal_error(f"on websocket {ws.socket_id} from {peer}", exc)
+        host.internal_error(f"on websocket {ws.socket_id} from {peer}", exc)
         return ws.fail_internal()
     finally:
-        node.connections.pop(ws, None)  # first: nothing below may leave it registered
-        node.hub.drop_connection(ws)
+        host.connections.pop(ws, None)  # first: nothing below may leave it registered
+        host.context.channels.drop_connection(ws)
     return ws.reset

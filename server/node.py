@@ -8,25 +8,24 @@ watchdog drained the node).
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import signal
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from . import protocol
+from . import api, protocol
 from .broker import Broker
 from .chaos import Chaos
 from .config import Config
+from .connection import Connection
 from .http import serve_socket
 from .hub import Hub
+from .interfaces import ConnectionContext
 from .metrics import Metrics, NodeStats
 from .peerlog import ErrorLog, PeerLog
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 log = logging.getLogger("turnout.node")
 
@@ -77,7 +76,9 @@ def connection_limits(configured: int, file_limit: int) -> tuple[int, int, str]:
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    """Wires one node's parts together; each part sees only its seam (server/interfaces.py)."""
+
+    def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
         self.config = config
         self.stats = NodeStats()
         self.connections: dict[Connection, None] = {}
@@ -85,7 +86,8 @@ class Node:
         self.drain_reason = ""
         self.exit_code = 0
         self.port = 0
-        self.hub = Hub(
+        # ``hub``: a stand-in for unit tests of the parts around it (tests/server/test_fuzz.py).
+        self.hub = hub or Hub(
             lambda on_message, on_link: Broker(
                 host=config.redis_host, port=config.redis_port, db=config.redis_db,
                 key_prefix=config.key_prefix, node_id=config.node_id,
@@ -96,9 +98,12 @@ class Node:
             history_enabled=config.history_size > 0,
         )
         self.metrics = Metrics(self)
-        self.chaos = Chaos(self)
+        self.chaos = Chaos(config, self)
         self.peer_log = PeerLog(config.log_rate)
         self.error_log = ErrorLog()
+        self.context = ConnectionContext(config, self.stats, self.peer_log, self.hub)
+        self.api_route = functools.partial(api.handle_request, api.ApiContext(
+            config, self.stats, self.peer_log, self.hub.broker, self, self.metrics))
         # Client sockets open now (every accepted socket until it is closed), and per address.
         self.open_sockets = 0
         self.sockets_by_ip: dict[str, int] = {}
@@ -110,6 +115,10 @@ class Node:
         self._chaos_listener: socket.socket | None = None
         self._drain_requested = trio.Event()
         self._done = trio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
 
     # ------------------------------------------------------------------ serving
     @staticmethod
@@ -203,7 +212,8 @@ class Node:
                 if self.config.socket_send_buffer:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                     self.config.socket_send_buffer)
-                conns.start_soon(serve_socket, self, sock, ip, f"{ip}:{addr[1]}", over)
+                conns.start_soon(serve_socket, self, self.api_route, sock, ip, f"{ip}:{addr[1]}",
+                                 over)
 
     async def _chaos_accept_loop(self, listener: socket.socket, conns: trio.Nursery) -> None:
         while True:
@@ -228,7 +238,8 @@ class Node:
 
     async def _serve_chaos_socket(self, sock: socket.socket, peer: str) -> None:
         try:
-            await serve_socket(self, sock, "", peer, False, admin=True)
+            await serve_socket(self, self.chaos.handle_request, sock, "", peer, False,
+                               admin=True)
         finally:
             self._chaos_sockets -= 1
 

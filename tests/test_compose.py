@@ -398,4 +398,4 @@ def test_dockerfile_installs_the_project_and_runs_turnout_server() -> None:
     entrypoints = [args for instr, args in steps if instr == "ENTRYPOINT"]
     assert entrypoints, "no ENTRYPOINT"
     assert json.loads(entrypoints[-1]) == ["turnout-server"], entrypoints[-1]
-    assert project["project"]["scripts"]["turnout-server"] == "server.cli:main"
+    assert project["project"]["scripts"]["turnout-server"] == "server.main:main"

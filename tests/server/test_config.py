@@ -1,4 +1,4 @@
-"""Tests for server.config (loading, precedence, validation) and server.cli (help, errors)."""
+"""Tests for server.config (loading, precedence, validation) and server.main (help, errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server import cli
+from server import main as cli
 from server.config import DEV_APP, AppConfig, Config, ConfigError, load_config
 
 # A configured app, in the environment as the README says; most tests are not about apps.
@@ -477,7 +477,7 @@ def test_app_flag_colliding_with_toml_app_is_an_error(tmp_path: Path) -> None:
 
 def test_help_lists_every_flag_and_env_var() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from server.cli import main; main(['--help'])"],
+        [sys.executable, "-c", "from server.main import main; main(['--help'])"],
         capture_output=True,
         text=True,
         check=True,
@@ -552,3 +552,29 @@ def test_main_runs_node_with_config(monkeypatch: pytest.MonkeyPatch) -> None:
             if h not in before_handlers:
                 root.removeHandler(h)
         root.setLevel(before_level)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[[apps]]\nid = "1"\nkey = "k"\nsecrt = "s"\n',
+         "invalid apps[0].secrt in {path}: unknown setting; did you mean 'secret'?"),
+        ("apps = [1]\n", "invalid apps[0] in {path}: must be a table, not an integer"),
+        ('[[apps]]\nid = 1\nkey = "k"\nsecret = "s"\n',
+         "invalid apps[0].id in {path}: must be a string, not an integer"),
+        ("history_ttl = inf\n", "invalid history_ttl in {path}: must be a finite number"),
+    ],
+)
+def test_nested_toml_errors_name_the_dotted_key(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write_toml(tmp_path, toml)
+    assert error_of(["--config", path], app_env=False).startswith(expected.format(path=path))
+
+
+def test_text_sources_are_parsed_typed_sources_are_strict(tmp_path: Path) -> None:
+    # The same setting: a string is parsed from flags and the environment, refused from TOML.
+    assert load([], {"TURNOUT_HISTORY_SIZE": " 12 "}).history_size == 12
+    assert load(["--history-size", "12"]).history_size == 12
+    path = write_toml(tmp_path, 'history_size = "12"\n')
+    assert "must be an integer, not a string" in error_of(["--config", path])
+    assert "'inf' is not a finite number" in error_of([], {"TURNOUT_POSITION_CHECK_INTERVAL":
+                                                              "inf"})

@@ -8,25 +8,26 @@ caught by the crash guard (``internal_errors`` stays 0: a caught exception here 
 fuzzer found), what the node writes back is well-formed, and what it holds stays bounded.
 
 The HTTP and message tests run the real code on a socket pair with a real ``Node`` whose hub is
-an in-memory stand-in (no Redis: the broker is not what is being fuzzed here; the live fuzzer
-in test_fuzz_live.py covers the whole node). Examples are derandomized, so CI is repeatable;
-``TURNOUT_FUZZ_EXAMPLES=5000`` explores more locally.
+an in-memory stand-in, ``Node(config, hub=StubHub())`` (no Redis: the broker is not what is
+being fuzzed here; the live fuzzer in test_fuzz_live.py covers the whole node). Examples are
+derandomized, so CI is repeatable; ``TURNOUT_FUZZ_EXAMPLES=5000`` explores more locally.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import socket
 import struct
+import weakref
 from typing import Any
 
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol
 from server.auth import channel_auth, sign_request
 from server.broker import PublishResult
 from server.config import AppConfig, Config
@@ -47,6 +48,7 @@ from server.frames import (
 from server.http import serve_socket
 from server.node import Node
 from tests.fuzz.generate import CHANNELS, EVENTS, EVIL_STRINGS, HEADER_NAMES, METHODS, TARGETS
+from tests.support.fakes import MemoryChannels
 from tests.support.raw import client_frame, read_frame
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "300"))
@@ -179,23 +181,12 @@ class StubBroker:
         return {"results-1": 2}
 
 
-class StubHub:
+class StubHub(MemoryChannels):
     """The hub's surface as the connection and the API use it, in memory."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.broker = StubBroker()
-
-    async def subscribe(self, conn: Connection, app_id: str, name: str,
-                        position: tuple[int, str] | None) -> None:
-        conn.send_message(protocol.subscription_succeeded(
-            name, offset=0, epoch="e", recovered=None if position is None else False))
-        conn.channels[name] = object()
-
-    def unsubscribe(self, conn: Connection, name: str) -> None:
-        conn.channels.pop(name, None)
-
-    def drop_connection(self, conn: Connection) -> None:
-        conn.channels.clear()
 
     def statistics(self) -> dict[str, int]:
         return dict.fromkeys(("channels", "subscriptions", "delivered", "frames_out",
@@ -206,9 +197,7 @@ def make_node(**overrides: Any) -> Node:
     config = Config(apps=(APP,), node_id="fuzz", max_message_size=MAX_MESSAGE,
                     max_fragments=MAX_FRAGMENTS, max_subscriptions=5, header_timeout=2,
                     body_timeout=2, **overrides)
-    node = Node(config)
-    node.hub = StubHub()  # type: ignore[assignment]
-    return node
+    return Node(config, hub=StubHub())  # type: ignore[arg-type]
 
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -244,7 +233,8 @@ async def exchange(node: Node, chunks: list[bytes]) -> bytes:
     answer = b""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_socket, node, theirs, "127.0.0.1", "127.0.0.1:1", False)
+            nursery.start_soon(serve_socket, node, node.api_route, theirs, "127.0.0.1",
+                               "127.0.0.1:1", False)
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)
@@ -433,7 +423,7 @@ def test_pusher_message_handler_survives_any_message(messages: list[bytes],
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         ours.setblocking(False)
-        conn = Connection(node, theirs, APP, "127.0.0.1:1")
+        conn = Connection(node.context, theirs, APP, "127.0.0.1:1")
         frames = [client_frame(OP_TEXT, m) for m in messages]
         for channel in private:  # correctly signed: the auth path runs to the end
             auth = channel_auth(APP.key, APP.secret, conn.socket_id, channel)
@@ -459,3 +449,29 @@ def test_pusher_message_handler_survives_any_message(messages: list[bytes],
         return answer
 
     check_server_frames(server_frames(trio.run(scenario)))
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector() -> None:
+    """Connection and its PusherSession must not reference each other: 40,000 clients that
+    reconnect would otherwise leave their connections to the (rare) full collections."""
+    async def scenario() -> weakref.ref[Connection]:
+        node = make_node()
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        conn = Connection(node.context, theirs, APP, "127.0.0.1:1")
+        ours.sendall(client_frame(OP_TEXT, b'{"event":"pusher:subscribe","data":'
+                                           b'{"channel":"results-1"}}')
+                     + client_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        await conn.run()
+        node.hub.drop_connection(conn)
+        ours.close()
+        theirs.close()
+        return weakref.ref(conn)
+
+    gc.disable()
+    try:
+        ref = trio.run(scenario)
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()
+

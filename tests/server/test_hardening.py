@@ -9,15 +9,12 @@ HTTP) are in test_bad_input.py, which runs them one after another past one bysta
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,16 +23,18 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from server import api
 from server.config import AppConfig, Config
-from server.connection import Connection
 from server.node import serve_node
-from tests.support.client import PusherTestClient, publish, pusher_client
+from server.session import PusherSession
+from tests.support.client import (
+    PusherTestClient,
+    closed_with,
+    in_thread,
+    publish,
+    pusher_client,
+)
 from tests.support.haproxy import start_haproxy
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, RedisProc
 from tests.support.raw import drain_raw, http_exchange, raw_subscriber, upgrade_request
-
-
-async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -62,19 +61,6 @@ async def still_served(node: NodeProc, bystander: PusherTestClient, channel: str
     event = await bystander.next(timeout=10)
     assert event["event"] == "still-here", (what, event)
     assert event["offset"] == offset, f"bystander missed an event around {what}"
-
-
-async def closed_with(url: str) -> tuple[list[dict[str, Any]], int]:
-    """Open a websocket the server refuses: its messages and its close code."""
-    messages: list[dict[str, Any]] = []
-    with trio.fail_after(10):
-        async with open_websocket_url(url) as ws:
-            try:
-                while True:
-                    messages.append(json.loads(await ws.get_message()))
-            except ConnectionClosed as exc:
-                return messages, exc.reason.code
-    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------- 1. crash isolation
@@ -148,10 +134,11 @@ async def test_an_unexpected_exception_ends_one_connection_only(
             monkeypatch.undo()
 
             # A bug while handling a websocket message: that connection gets close 1011.
-            async def broken_subscribe(self: Connection, data: object) -> None:
+            async def broken_subscribe(self: PusherSession, client: object,
+                                       data: object) -> None:
                 raise KeyError("planted bug in subscribe")
 
-            monkeypatch.setattr(Connection, "_on_subscribe", broken_subscribe)
+            monkeypatch.setattr(PusherSession, "_on_subscribe", broken_subscribe)
             for _ in range(3):
                 with trio.fail_after(5):
                     async with open_websocket_url(ws_url) as victim:

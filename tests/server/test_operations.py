@@ -7,7 +7,6 @@ every wait polls against a deadline so the tests hold up on a loaded two-core ma
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import signal
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
 from server.auth import sign_request
-from tests.support.client import pusher_client
+from tests.support.client import in_thread, pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port, start_redis
 from tests.support.raw import drain_raw, raw_subscriber
 
@@ -46,10 +45,6 @@ REQUIRED_METRICS = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
 # One shared client: building an httpx.Client (its TLS context) costs ~0.1 s, far more than a
 # request to a local node.
 HTTP = httpx.Client(timeout=10)
