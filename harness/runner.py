@@ -27,7 +27,7 @@ import httpx
 import orjson
 import trio
 
-from . import checker
+from . import checker, leak_check
 from .control import serve_control
 from .events import EventLog
 from .experiment import Experiment
@@ -207,6 +207,8 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         report = checker.error_report(error)
     else:
         report = checker.check(merged, experiment.invariants)
+        report = leak_check.apply_rss_invariant(
+            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
         if nemesis_failures:
             report = replace(report, verdict="fail", violations=(
                 *report.violations, *(f"fault not applied: {m}" for m in nemesis_failures)))
