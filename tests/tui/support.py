@@ -41,7 +41,8 @@ def unfinished_copy(recorded: Path, target: Path, until_t: float | None = None) 
     ``until_t``, minus every event after that time): a run in progress."""
     target.mkdir(parents=True)
     for name in ("experiment.toml", "experiment.json"):
-        shutil.copy(recorded / name, target / name)
+        if (recorded / name).exists():  # a capacity trial has no experiment.toml
+            shutil.copy(recorded / name, target / name)
     lines = (recorded / "events.jsonl").read_bytes().splitlines(keepends=True)
     (target / "events.jsonl").write_bytes(b"".join(
         line for line in lines if b'"type":"verdict"' not in line

@@ -145,11 +145,11 @@ async def test_the_footer_offers_the_keys_that_work_now_at_80x24(
     async with FakeHarness(run / "control.sock"):
         app = make_app(fixtures, runs_dir)
         async with app.run_test(size=(80, 24)) as pilot:
-            await footer_shows(pilot, app, "1 2 Tabs", "r Run", "/ Filter",
+            await footer_shows(pilot, app, "1 2 3 Tabs", "r Run", "/ Filter",
                                "? Help", "q Quit", "^p")
             assert "Replay" not in footer(app)  # nothing to replay on the Experiments tab
             await pilot.press("2", "down")
-            await footer_shows(pilot, app, "o Replay", "p Play 1x", "? Help", "q Quit")
+            await footer_shows(pilot, app, "o Replay", "p Play", "? Help", "q Quit")
             assert "Attach" not in footer(app)  # a finished run cannot be attached to
             app.open_path(run)
             await pilot.pause()

@@ -1,13 +1,16 @@
 """Snapshot tests (pytest-textual-snapshot): the browser, a live (attached) run, a replay
 paused mid-run, the verdict and the fault dialog, each at 80x24, 120x36 and 200x50; the runs
-tab, help and the log viewer at 80x24. Every screen is driven from recorded runs
-(``fixtures/recorded-runs``) whose times are the events' own, so nothing depends on the clock.
+tab, help and the log viewer at 80x24; the capacity tab, a capacity search's trials and a
+trial's verdict with its CPU split at each size (``fixtures/recorded-capacity``). Every
+screen is driven from recorded runs (``fixtures/recorded-runs``, ``fixtures/recorded-capacity``)
+whose times are the events' own, so nothing depends on the clock.
 
 After a deliberate change of the UI: ``pytest tests/tui/test_snapshots.py --snapshot-update``,
 then look at the SVGs in ``tests/tui/__snapshots__/``."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +21,13 @@ from textual.pilot import Pilot
 
 from tui.app import TurnoutApp
 from tui.feed import read_events
+from tui.screens.capacity import CapacityScreen
 from tui.screens.fault_dialog import FaultDialog
 from tui.screens.live import LiveRunScreen
 from tui.widgets.event_log import EventLog
 from tui.widgets.nodes import NodeRow
 
+from .conftest import FIXTURES
 from .support import unfinished_copy, wait_for
 
 PASS_RUN = "20250601-120000-tiny"
@@ -148,3 +153,47 @@ class TestDialogs:
 
         app = make_app(fixtures, runs_dir, runs_dir / INTERACTIVE)
         assert snap_compare(app, terminal_size=(80, 24), run_before=logs)
+
+
+SEARCH = "20250601-150000-baseline-capacity"
+
+
+@pytest.fixture
+def capacity_runs(tmp_path: Path) -> Path:
+    target = tmp_path / "capacity-runs"
+    shutil.copytree(FIXTURES / "recorded-capacity", target)
+    return target
+
+
+class TestCapacity:
+    @pytest.mark.parametrize("size", SIZES)
+    def test_capacity_tab(self, snap_compare: Any, fixtures: Path, capacity_runs: Path,
+                          size: tuple[int, int]) -> None:
+        assert snap_compare(make_app(fixtures, capacity_runs), press=["3"], terminal_size=size)
+
+    @pytest.mark.parametrize("size", SIZES)
+    def test_trials(self, snap_compare: Any, fixtures: Path, capacity_runs: Path,
+                    size: tuple[int, int]) -> None:
+        async def trials(pilot: Pilot[Any]) -> None:
+            await pilot.press("3", "enter")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, CapacityScreen),
+                           what="the capacity screen")
+            await pilot.press("down")  # the first trial that failed
+            await pilot.pause(0.3)
+
+        assert snap_compare(make_app(fixtures, capacity_runs), terminal_size=size,
+                            run_before=trials)
+
+    @pytest.mark.parametrize("size", SIZES)
+    def test_cpu_split(self, snap_compare: Any, fixtures: Path, capacity_runs: Path,
+                       size: tuple[int, int]) -> None:
+        """A trial's verdict (failed on p99) with where its CPU went, focused (scrolled into
+        view where the dashboard does not fit)."""
+        async def cpu_pane(pilot: Pilot[Any]) -> None:
+            await settled(pilot)
+            pane = pilot.app.screen.query_one("#cpu")
+            pane.focus()
+            await pilot.pause(0.4)
+
+        app = make_app(fixtures, capacity_runs, capacity_runs / SEARCH / "trials" / "300")
+        assert snap_compare(app, terminal_size=size, run_before=cpu_pane)

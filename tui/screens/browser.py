@@ -5,7 +5,9 @@ schedule; ``r`` runs the highlighted one from here (after a question saying how 
 when another run is in progress or the experiment is large). Runs tab: ``runs/*`` newest
 first with their verdicts; ``o`` replays a finished run, ``p`` replays it at 1x speed, ``a``
 attaches to a run in progress, ``l`` its logs, ``m`` its report.md, ``c`` copies its path.
-``/`` filters the list of the tab.
+Capacity tab: the ``turnout capacity`` searches of ``runs/`` with their answers and trials;
+``enter``/``t`` opens one trial by trial (tui.screens.capacity), ``m`` its capacity.md. ``/``
+filters the list of the tab.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from textual.widgets.option_list import Option
 
 from harness.experiment import Experiment
 
+from ..capacity import CapacityEntry, list_capacity
 from ..catalog import ExperimentEntry, RunEntry, list_experiments, list_runs, new_run_dir
 from ..commands import BrowserCommands
 from ..format import fmt_count, verdict_text
+from ..widgets.capacity_detail import CapacityDetail
 from ..widgets.experiment_detail import ExperimentDetail
 from ..widgets.run_detail import RunDetail
+from .capacity import CapacityScreen
 from .confirm import ConfirmScreen
 from .live import LiveRunScreen
 from .logs import LogsScreen, list_logs
@@ -66,6 +71,7 @@ def _when(name: str) -> str:
 
 
 _TABS = Binding.Group("Tabs")
+_LISTS = {"experiments": "#experiment-list", "runs": "#run-list", "capacity": "#capacity-list"}
 
 
 class BrowserScreen(Screen[None]):
@@ -73,10 +79,12 @@ class BrowserScreen(Screen[None]):
     BINDINGS = [
         Binding("1", "show_tab('experiments')", "Experiments", group=_TABS),
         Binding("2", "show_tab('runs')", "Runs", group=_TABS),
+        Binding("3", "show_tab('capacity')", "Capacity", group=_TABS),
         Binding("r", "run", "Run"),
         Binding("o", "replay", "Replay"),
-        Binding("p", "replay_1x", "Play 1x"),
+        Binding("p", "replay_1x", "Play", tooltip="Replay from the start at 1x"),
         Binding("a", "attach", "Attach"),
+        Binding("t", "trials", "Trials"),
         Binding("l", "logs", "Logs"),
         Binding("m", "report", "Report"),
         Binding("c", "copy_path", "Copy path", show=False),
@@ -91,6 +99,7 @@ class BrowserScreen(Screen[None]):
         self.runs_dir = runs_dir
         self.experiments: list[ExperimentEntry] = []
         self.runs: list[RunEntry] = []
+        self.searches: list[CapacityEntry] = []
         self.filter = ""
 
     def compose(self) -> ComposeResult:
@@ -106,6 +115,11 @@ class BrowserScreen(Screen[None]):
                     yield DataTable(id="run-list", cursor_type="row", zebra_stripes=True)
                     with VerticalScroll(classes="detail-pane"):
                         yield RunDetail(id="run-detail")
+            with TabPane("Capacity", id="capacity"):
+                with Horizontal(classes="browser-pane"):
+                    yield DataTable(id="capacity-list", cursor_type="row", zebra_stripes=True)
+                    with VerticalScroll(classes="detail-pane"):
+                        yield CapacityDetail(id="capacity-detail")
         yield Input(id="browser-filter", compact=True,
                     placeholder="filter the list… (enter keeps it, esc clears it)")
         yield Footer(compact=True)
@@ -117,6 +131,10 @@ class BrowserScreen(Screen[None]):
         table.add_column("when", key="when")
         table.add_column("experiment", key="experiment")
         table.add_column("verdict", key="verdict")
+        searches = self.query_one("#capacity-list", DataTable)
+        searches.add_column("when", key="when")
+        searches.add_column("experiment", key="experiment")
+        searches.add_column("answer", key="answer")
         self.query_one("#browser-filter").display = False
         self.action_refresh()
         self.query_one("#experiment-list").focus()
@@ -156,6 +174,26 @@ class BrowserScreen(Screen[None]):
         if current is not None and str(current.path) in table.rows:
             table.move_cursor(row=table.get_row_index(str(current.path)))
         self._show_run()
+        self._refresh_searches()
+
+    def _refresh_searches(self) -> None:
+        table = self.query_one("#capacity-list", DataTable)
+        current = self.selected_search
+        self.searches = [c for c in list_capacity(self.runs_dir)
+                         if self.tab != "capacity" or self._matches(c.name, c.experiment,
+                                                                    c.status)]
+        table.clear()
+        for search in self.searches:
+            exp = search.experiment if len(search.experiment) <= 22 \
+                else search.experiment[:21] + "…"
+            answer = Text(fmt_count(search.answer), style="bold") if search.answer is not None \
+                else Text(search.status, style="dim")
+            if search.answer is not None and search.status != "done":
+                answer.append(f" {search.status}", style="cyan")
+            table.add_row(_when(search.name), exp, answer, key=str(search.path))
+        if current is not None and str(current.path) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(current.path)))
+        self._show_search()
 
     @property
     def selected_experiment(self) -> ExperimentEntry | None:
@@ -171,6 +209,23 @@ class BrowserScreen(Screen[None]):
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return next((r for r in self.runs if str(r.path) == key), None)
+
+    @property
+    def selected_search(self) -> CapacityEntry | None:
+        table = self.query_one("#capacity-list", DataTable)
+        if not table.row_count or not self.searches:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((c for c in self.searches if str(c.path) == key), None)
+
+    @on(DataTable.RowHighlighted, "#capacity-list")
+    def _show_search(self) -> None:
+        self.query_one(CapacityDetail).show(self.selected_search)
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected, "#capacity-list")
+    def _search_chosen(self) -> None:
+        self.action_trials()
 
     @on(OptionList.OptionHighlighted, "#experiment-list")
     def _show_experiment(self) -> None:
@@ -198,8 +253,7 @@ class BrowserScreen(Screen[None]):
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         if self.filter:
             self._set_filter("")
-        target = "#experiment-list" if event.pane.id == "experiments" else "#run-list"
-        self.query_one(target).focus()
+        self.query_one(_LISTS.get(event.pane.id or "", "#run-list")).focus()
         self.refresh_bindings()
 
     @property
@@ -212,6 +266,13 @@ class BrowserScreen(Screen[None]):
             return self.tab == "experiments" and self.selected_experiment is not None
         if action == "clear_filter":
             return bool(self.filter) or self.query_one("#browser-filter").has_focus
+        if action == "trials":
+            return self.tab == "capacity" and self.selected_search is not None
+        if self.tab == "capacity" and action in ("report", "copy_path"):
+            search = self.selected_search
+            if search is None:
+                return False
+            return action != "report" or (search.path / "capacity.md").exists()
         if action in ("replay", "replay_1x", "attach", "logs", "report", "copy_path"):
             run = self.selected_run if self.tab == "runs" else None
             if run is None:
@@ -234,6 +295,11 @@ class BrowserScreen(Screen[None]):
         if entry is not None:
             self.run_experiment(entry)
 
+    def action_trials(self) -> None:
+        search = self.selected_search
+        if search is not None:
+            self.app.push_screen(CapacityScreen(search.path))
+
     def action_replay(self) -> None:
         run = self.selected_run
         if run is not None:
@@ -255,12 +321,17 @@ class BrowserScreen(Screen[None]):
             self.app.push_screen(LogsScreen(run.path))
 
     def action_report(self) -> None:
+        if self.tab == "capacity":
+            search = self.selected_search
+            if search is not None:
+                self.app.push_screen(ReportScreen(search.path, "capacity.md"))
+            return
         run = self.selected_run
         if run is not None:
             self.app.push_screen(ReportScreen(run.path))
 
     def action_copy_path(self) -> None:
-        run = self.selected_run
+        run = self.selected_search if self.tab == "capacity" else self.selected_run
         if run is not None:
             path = str(run.path.resolve())
             self.app.copy_to_clipboard(path)
@@ -276,7 +347,7 @@ class BrowserScreen(Screen[None]):
         self._focus_list()
 
     def _focus_list(self) -> None:
-        self.query_one("#experiment-list" if self.tab == "experiments" else "#run-list").focus()
+        self.query_one(_LISTS.get(self.tab, "#run-list")).focus()
 
     def _set_filter(self, text: str) -> None:
         box = self.query_one("#browser-filter", Input)

@@ -20,16 +20,25 @@ every client kept every update: nothing **lost**, **duplicated** or **reordered*
 
 | key | what |
 |-----|------|
-| `1` / `2` | Experiments tab / Runs tab |
+| `1` / `2` / `3` | Experiments tab / Runs tab / Capacity tab |
 | `r`, `enter` | run the highlighted experiment (asks first, saying how big it is, when \
 another run is in progress or it has 2,000 clients or more) |
 | `o`, `enter` | replay the highlighted run, opened at its end |
 | `p` | replay it playing from its start, at 1x |
 | `a`, `enter` | attach to the highlighted run in progress |
 | `l` / `m` / `c` | its log files / its report.md / copy its folder's path |
+| `t`, `enter` | open the highlighted capacity search, trial by trial |
 | `/` | filter the list (`esc` clears the filter) |
 
-The run list refreshes every 5 s and when you come back from a run.
+The run list refreshes every 5 s and when you come back from a run. A run's detail ends
+with where its CPU went (per component: CPU seconds, share, cores, µs per delivery).
+
+## Capacity search
+
+`turnout capacity FILE` bisects the viewer count; its folder in `runs/` lists every trial
+(holds or fails, p99 in steady and settle, lost) on the viewer axis. `enter`/`o` replays a
+trial's run (`a` attaches to the one running), `l` its logs, `m` capacity.md, `c` copies
+the search's path.
 
 ## Live run, attached run, replay
 
@@ -60,7 +69,8 @@ In a replay: `space` play/pause, `←`/`→` 5 s back/on, `shift+←`/`→` 30 s
 Counters are green while zero and red when not. During a run they show the clients' own
 provisional numbers; the verdict brings the checker's, and the verdict banner every invariant
 against its limit and each violation. Every time shown is seconds since the run started, as in
-report.json. Each chart column covers a fixed number of seconds (in its title); RSS is drawn
+report.json. Once the verdict brings it, the last pane says where the run's CPU went. Each
+chart column covers a fixed number of seconds (in its title); RSS is drawn
 from 0, on one scale for every node.
 
 ## Everywhere

@@ -43,6 +43,7 @@ from ..model import RunState
 from ..series import bin_max, bin_rate
 from ..widgets.charts import TimeChart
 from ..widgets.counters import CountersPanel
+from ..widgets.cpu_split import CpuSplit
 from ..widgets.event_log import EventLog
 from ..widgets.links import LinksPanel
 from ..widgets.nodes import NodesPanel
@@ -137,6 +138,7 @@ class LiveRunScreen(Screen[None]):
             yield LinksPanel(id="links")
             yield FaultTimeline(id="timeline")
             yield EventLog(id="log")
+            yield CpuSplit(id="cpu")
         yield ReplayBar(id="replay-bar")
         yield Input(id="event-filter", compact=True,
                     placeholder="show events containing… (enter keeps it, esc clears it)")
@@ -144,7 +146,8 @@ class LiveRunScreen(Screen[None]):
 
     def on_mount(self) -> None:
         titles = {"nodes": "Topology", "counters": "Delivery (checker)", "charts": "Charts",
-                  "links": "Toxiproxy links", "timeline": "Fault timeline", "log": "Events"}
+                  "links": "Toxiproxy links", "timeline": "Fault timeline", "log": "Events",
+                  "cpu": "Where the CPU went"}
         for widget_id, title in titles.items():
             self.query_one(f"#{widget_id}").border_title = title
         self.query_one("#verdict").border_title = "Verdict"
@@ -340,6 +343,9 @@ class LiveRunScreen(Screen[None]):
         self.query_one(LinksPanel).refresh_state(state)
         self.query_one(FaultTimeline).refresh_state(state)
         self.query_one(EventLog).sync(state)
+        cpu = self.query_one(CpuSplit)
+        cpu.refresh_state(state)
+        self.query_one("#dashboard").set_class(cpu.display, "-cpu")
         if self.replay is not None:
             self.query_one(ReplayBar).refresh_replay(self.replay)
         self.refresh_bindings()

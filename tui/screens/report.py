@@ -1,4 +1,5 @@
-"""report.md of a run, rendered (Textual's Markdown viewer)."""
+"""report.md of a run (or capacity.md of a capacity search), rendered (Textual's Markdown
+viewer)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ class ReportScreen(ModalScreen[None]):
         Binding("m", "close", "Close", show=False),
     ]
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, name: str = "report.md") -> None:
         super().__init__()
-        self.path = run_dir / "report.md"
+        self.path = run_dir / name
 
     def compose(self) -> ComposeResult:
         try:
             text = self.path.read_text()
         except OSError as exc:
             text = f"# No report\n\n`{self.path}`: {exc.strerror or exc}. A run writes it " \
-                   "after its check."
+                   "after its check; a capacity search after each trial."
         with VerticalScroll(id="report") as scroll:
             scroll.border_title = f"{self.path.parent.name}/{self.path.name}"
             yield Markdown(text)

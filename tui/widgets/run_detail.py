@@ -1,4 +1,5 @@
-"""A past run folder: verdict, totals, latency, faults with recovery times, violations."""
+"""A past run folder: verdict, totals, latency, faults with recovery times, violations and
+where its CPU went (when report.json has the ledger)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from textual.widgets import Static
 
 from ..catalog import RunEntry
 from ..format import verdict_text
+from .cpu_split import render_cpu_split
 
 __all__ = ["RunDetail", "render_run"]
 
@@ -77,6 +79,9 @@ def render_run(run: RunEntry) -> RenderableType:
         parts += [Text(f"• {v}", style="red") for v in violations]
     if report.get("error"):
         parts += [Text(""), Text(f"error: {report['error']}", style="yellow")]
+    cpu = render_cpu_split(report.get("cpu"))
+    if cpu is not None:
+        parts += [Text(""), Text("where the CPU went", style="bold cyan"), cpu]
     return Group(*parts)
 
 
