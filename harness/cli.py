@@ -2,7 +2,7 @@
 
     turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
                      [--target URL --app-id ID --app-key KEY --app-secret SECRET]
-    turnout check RUN_DIR            re-run the checker on a run folder's history
+    turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout tui [RUN_DIR]            the Textual front end (see tui/)
 
 Exit codes of ``run`` and ``check``: 0 pass, 1 an invariant was violated, 2 the harness could
@@ -26,6 +26,7 @@ from rich.table import Table
 from . import checker
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
+from .render import fault_recovery_text, render_markdown
 from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
 
 __all__ = ["main"]
@@ -134,14 +135,32 @@ def verdict_table(result: RunResult) -> Table:
         value = report.latency_ms.get(key) if report.latency_ms else None
         if value is not None:
             table.add_row(f"latency {key}", f"{value:.1f} ms")
+    for phase, lat in report.latency_by_phase.items():
+        if lat.get("p99") is not None:
+            table.add_row(f"latency p99 in {phase}", f"{lat['p99']:.1f} ms")
     for fault in report.faults:
-        rec = fault.recovery_s
         table.add_row(f"{fault.fault_id} {fault.fault} {fault.target}",
-                      "never recovered" if rec is None else f"recovered in {rec:.1f} s")
+                      fault_recovery_text(fault))
     for violation in report.violations:
         table.add_row("[red]violation[/]", violation)
     if report.error:
         table.add_row("[yellow]error[/]", report.error)
+    return table
+
+
+def cpu_table(cpu: dict[str, Any]) -> Table:
+    """Where the CPU went (report.json's ``cpu``), as printed at the end of ``turnout run``."""
+    table = Table(title=f"where the CPU went: {cpu.get('window')}, {cpu.get('wall_s')} s, "
+                        f"{cpu.get('deliveries_per_s', 0):,.0f} deliveries/s")
+    for column in ("component", "CPU s", "share", "cores", "µs/delivery"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for name, row in cpu.get("components", {}).items():
+        per = row.get("us_per_delivery")
+        table.add_row(name, f"{row['cpu_s']:.1f}", f"{row['share_pct']:.1f} %",
+                      f"{row['cores']:.2f}", "—" if per is None else f"{per:.1f}")
+    table.add_row("run total", f"{cpu.get('cpu_s', 0):.1f}", "100 %",
+                  f"{cpu.get('run_cores', 0):.2f}",
+                  "—" if cpu.get("us_per_delivery") is None else f"{cpu['us_per_delivery']:.1f}")
     return table
 
 
@@ -184,24 +203,40 @@ def _run(args: argparse.Namespace) -> int:
         console.print("[yellow]run stopped before it finished: every process was stopped[/]")
         return 130
     console.print(verdict_table(result))
+    if result.cpu:
+        console.print(cpu_table(result.cpu))
     return result.exit_code
+
+
+def invariants_of(experiment_doc: dict[str, Any]) -> checker.Invariants:
+    """The invariants a run was judged by (experiment.json holds the effective experiment:
+    after --scale and --no-recovery)."""
+    raw = dict(experiment_doc.get("invariants") or {})
+    if "p99_phases" in raw:
+        raw["p99_phases"] = tuple(raw["p99_phases"])
+    return checker.Invariants(**raw)
 
 
 def _check(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     try:
         experiment_doc = orjson.loads((run_dir / "experiment.json").read_bytes())
-        history = run_dir / "history.jsonl"
-        from .experiment import parse_experiment
-
-        experiment = parse_experiment((run_dir / "experiment.toml").read_text(),
-                                      source=str(run_dir / "experiment.toml"),
-                                      default_name=experiment_doc.get("name", "run"))
-        report = checker.check_files([history], experiment.invariants)
-    except (OSError, ExperimentError, ValueError) as exc:
+        report = checker.check_files([run_dir / "history.jsonl"], invariants_of(experiment_doc))
+    except (OSError, ValueError, TypeError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
-    console.print(checker.render_markdown(report, experiment.name))
+    live: dict[str, Any] = {}
+    try:
+        live = orjson.loads((run_dir / "report.json").read_bytes())
+    except (OSError, ValueError):
+        pass
+    name = str(experiment_doc.get("name", "run"))
+    print(render_markdown(report, name, live.get("cpu") or None))
+    if live.get("verdict") not in (None, "error"):
+        same = live["verdict"] == report.verdict and live.get("totals") == dict(report.totals)
+        console.print(("[green]" if same else "[red]")
+                      + f"re-judged: {report.verdict}; the live run's verdict: "
+                      f"{live['verdict']}" + ("" if same else " (they differ)"))
     return {"pass": 0, "fail": 1}.get(report.verdict, EXIT_ERROR)
 
 
