@@ -3,6 +3,8 @@
     turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
                      [--target URL --app-id ID --app-key KEY --app-secret SECRET]
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
+    turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
+                                     the largest audience the file's pattern holds here
     turnout tui [RUN_DIR]            the Textual front end (see tui/)
 
 Exit codes of ``run`` and ``check``: 0 pass, 1 an invariant was violated, 2 the harness could
@@ -53,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     check = sub.add_parser("check", help="re-run the checker on a run folder")
     check.add_argument("run_dir", type=Path)
+    capacity = sub.add_parser(
+        "capacity", help="bisect the viewer count to the largest the file's pattern holds")
+    capacity.add_argument("file", type=Path, help="experiment TOML file")
+    capacity.add_argument("--p99-ms", type=float, default=250.0,
+                          help="p99 target in the steady and settle phases (default 250)")
+    capacity.add_argument("--max-viewers", type=int,
+                          help="largest count tried (default: the file's clients.count)")
+    capacity.add_argument("--resolution", type=int,
+                          help="stop when the interval is this narrow (default max/20)")
+    capacity.add_argument("--out", type=Path, help="folder for capacity.json, capacity.md and "
+                          "trials/ (default runs/<time>-<name>-capacity); an existing one is "
+                          "resumed")
+    capacity.add_argument("--seed", type=int)
+    capacity.add_argument("--steady-s", type=float, default=30.0, help="trial steady phase")
+    capacity.add_argument("--faults-s", type=float, default=60.0,
+                          help="trial fault window (the file's faults are squeezed into it)")
+    capacity.add_argument("--settle-s", type=float, default=30.0, help="trial settle phase")
     tui = sub.add_parser("tui", help="the interactive Textual front end")
     tui.add_argument("path", nargs="?", type=Path, help="a run folder to open or attach to")
     return parser
@@ -240,6 +259,56 @@ def _check(args: argparse.Namespace) -> int:
     return {"pass": 0, "fail": 1}.get(report.verdict, EXIT_ERROR)
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from .capacity import TRIAL_HEAL_S, CapacitySearch, TrialShape
+
+    try:
+        experiment = load_experiment(args.file)
+    except (ExperimentError, OSError) as exc:
+        console.print(f"[red]turnout: error:[/] {exc}")
+        return EXIT_ERROR
+    max_viewers = args.max_viewers or experiment.clients.count
+    out = args.out or Path("runs") / f"{_time.strftime('%Y%m%d-%H%M%S')}-{experiment.name}-capacity"
+
+    async def run_trial(trial: Any, run_dir: Path) -> dict[str, Any]:
+        import shutil
+
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted trial: run it again
+        progress = _Progress(trial.name)
+        progress.interactive = False
+        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed),
+                                      progress.on_event)
+        return dict(orjson.loads((result.run_dir / "report.json").read_bytes()))
+
+    search = CapacitySearch(experiment, out, p99_ms=args.p99_ms, max_viewers=max_viewers,
+                            resolution=args.resolution or max(500, max_viewers // 20),
+                            file=str(args.file), run_trial=run_trial,
+                            echo=lambda line: console.print(f"[bold]trial[/] {line}"),
+                            shape=TrialShape(args.steady_s, args.faults_s, TRIAL_HEAL_S,
+                                             args.settle_s))
+    answer: int | None = None
+
+    async def main() -> None:
+        nonlocal answer
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancel_on_signals, nursery.cancel_scope)
+            answer, _ = await search.run()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; trials so far are in {out}/capacity.json[/]")
+        return 130
+    print((out / "capacity.md").read_text())
+    console.print(f"capacity: {answer:,} viewers" if answer else
+                  "capacity: no trial held", style="bold")
+    return 0 if answer else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -248,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "capacity":
+        return _capacity(args)
     if args.command == "tui":
         try:
             from tui.app import run_tui

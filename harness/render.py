@@ -9,7 +9,8 @@ from xml.etree import ElementTree as ET
 
 from harness.checker import FaultResult, Report
 
-__all__ = ["cpu_table_markdown", "fault_recovery_text", "render_junit", "render_markdown"]
+__all__ = ["cpu_table_markdown", "duration_text", "fault_recovery_text", "render_junit",
+           "render_markdown"]
 
 
 def _fmt(value: object) -> str:
@@ -18,6 +19,13 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def duration_text(seconds: float) -> str:
+    """A duration readable at any scale: "42 ms", "3.4 s"."""
+    if seconds < 1.0:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s"
 
 
 def fault_recovery_text(f: FaultResult) -> str:
@@ -33,14 +41,17 @@ def fault_recovery_text(f: FaultResult) -> str:
                          f"{stale.get('unrecovered', 0)} never recovered")
         else:
             parts.append(f"{stale['viewers']} viewers disconnected, stale p50 "
-                         f"{stale['p50']:.1f} s / p99 {stale['p99']:.1f} s / max "
-                         f"{stale['max']:.1f} s")
+                         f"{duration_text(stale['p50'])} / p99 {duration_text(stale['p99'])} "
+                         f"/ max {duration_text(stale['max'])}")
     else:
         parts.append("no viewer disconnected")
     if f.caught_up_s is None:
         parts.append(f"never caught up ({f.lost_before_heal} lost)")
+    elif f.caught_up_s > 0:
+        parts.append(f"last update published before the heal arrived "
+                     f"{duration_text(f.caught_up_s)} after it")
     else:
-        parts.append(f"caught up {f.caught_up_s:.1f} s after the heal")
+        parts.append("nothing published before the heal was still outstanding at it")
     return "; ".join(parts)
 
 
