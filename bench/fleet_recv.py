@@ -123,6 +123,7 @@ def measure(kind: str, work: Path, connections: int, messages: int,
     source = Child([PY, "-m", "bench.wire", "source"], work / f"source-{kind}.log",
                    env=dict(os.environ, PYTHONPATH=str(REPO)))
     receiver: FleetReceiver | FloorReceiver | None = None
+    started = time.monotonic()
     try:
         port = int(source.read_json(15)["port"])
         if kind == "fleet":
@@ -131,7 +132,11 @@ def measure(kind: str, work: Path, connections: int, messages: int,
         else:
             receiver = FloorReceiver(work, port, connections, sources)
             receiver.child.send({"cmd": "expect", "frames": connections * messages})
+        ready_s = time.monotonic() - started
         time.sleep(1.0)
+        import psutil
+
+        times0 = psutil.Process(receiver.pid).cpu_times()
         cpu_src0, cpu0, t0 = cpu_ns(source.pid), cpu_ns(receiver.pid), time.monotonic()
         for _ in range(messages):
             source.send({"cmd": "send"})
@@ -142,10 +147,13 @@ def measure(kind: str, work: Path, connections: int, messages: int,
         else:
             receiver.child.read_json(120)
         cpu1, cpu_src1 = cpu_ns(receiver.pid), cpu_ns(source.pid)
+        times1 = psutil.Process(receiver.pid).cpu_times()
         deliveries = connections * messages
         return {"us_per_delivery": (cpu1 - cpu0) / 1000 / deliveries,
                 "source_us_per_delivery": (cpu_src1 - cpu_src0) / 1000 / deliveries,
-                "wall_s": time.monotonic() - t0}
+                "wall_s": time.monotonic() - t0, "connect_s": ready_s,
+                "user_us_per_delivery": (times1.user - times0.user) * 1e6 / deliveries,
+                "system_us_per_delivery": (times1.system - times0.system) * 1e6 / deliveries}
     finally:
         if receiver is not None:
             receiver.close()
@@ -175,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(ratio)
             print(f"round {rnd + 1}: floor {got['floor']['us_per_delivery']:.2f} µs, "
                   f"fleet {got['fleet']['us_per_delivery']:.2f} µs per delivery "
-                  f"(x{ratio:.2f})", flush=True)
+                  f"(x{ratio:.2f}; connected in {got['floor']['connect_s']:.0f} s / "
+                  f"{got['fleet']['connect_s']:.0f} s, measured over "
+                  f"{got['floor']['wall_s']:.0f} s / {got['fleet']['wall_s']:.0f} s; user/system "
+                  f"µs floor {got['floor']['user_us_per_delivery']:.1f}/"
+                  f"{got['floor']['system_us_per_delivery']:.1f}, fleet "
+                  f"{got['fleet']['user_us_per_delivery']:.1f}/"
+                  f"{got['fleet']['system_us_per_delivery']:.1f})",
+                  flush=True)
     summary = {
         kind: {"median_us": statistics.median(r["us_per_delivery"] for r in rs),
                "samples_us": [round(r["us_per_delivery"], 3) for r in rs]}

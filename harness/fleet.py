@@ -290,7 +290,8 @@ class Worker:
                     if not data:
                         self._teardown(conn, now, None, "EOF")
                         return
-                    self._frames(conn, data, now)
+                    self._received(conn, data, now)
+                    return
             elif conn.state == CONNECTING:
                 err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
@@ -314,6 +315,14 @@ class Worker:
             pass
         except (OSError, HandshakeError) as exc:
             self._teardown(conn, now, None, f"{type(exc).__name__}: {exc}"[:200])
+        except WireError as exc:
+            self._send_close(conn, exc.code, exc.reason)
+            self._teardown(conn, now, None, f"protocol error: {exc.reason}")
+
+    def _received(self, conn: Conn, data: bytes, now: float) -> None:
+        """Bytes read from an open connection, through the frame reader."""
+        try:
+            self._frames(conn, data, now)
         except WireError as exc:
             self._send_close(conn, exc.code, exc.reason)
             self._teardown(conn, now, None, f"protocol error: {exc.reason}")
@@ -628,11 +637,46 @@ class Worker:
                 timeout = min(timeout, self.timers[0][0] - now)
             for fd, ev in poll(max(timeout, 0.0)):
                 conn = conns.get(fd)
-                if conn is not None:
+                if conn is None:
+                    if fd == control_fd:
+                        self._on_control()
+                        control_fd = self.control.fileno() if self.control is not None else -1
+                    continue
+                viewer = conn.viewer
+                if ev != _EPOLLIN or conn.state != OPEN or not conn.reading or viewer is None:
                     self._on_event(conn, ev, clock())
-                elif fd == control_fd:
-                    self._on_control()
-                    control_fd = self.control.fileno() if self.control is not None else -1
+                    continue
+                # The hot path: one readable viewer socket. Most reads are exactly one whole
+                # unmasked text frame; its header is read here, anything else goes through
+                # the frame reader.
+                try:
+                    data = conn.sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._teardown(conn, clock(), None, f"{type(exc).__name__}: {exc}"[:200])
+                    continue
+                now = clock()
+                if not data:
+                    self._teardown(conn, now, None, "EOF")
+                    continue
+                size = len(data)
+                if data[0] == 0x81 and not conn.reader.buffer and size > 2:
+                    length = data[1]
+                    head = 2
+                    if length == 126 and size > 4:
+                        length = (data[2] << 8) | data[3]
+                        head = 4
+                    if length < 126 or head == 4:
+                        if head + length == size:
+                            request = viewer.on_text(data[head:], now)
+                            if viewer.outbox:
+                                self._drain_outbox(conn, viewer, now)
+                            if request is not None:
+                                self._send_close(conn, *request)
+                                self._teardown(conn, now, *request)
+                            continue
+                self._received(conn, data, now)
             now = clock()
             if self.timers or self.waiting:
                 self._run_due(now)

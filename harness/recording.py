@@ -64,8 +64,6 @@ class LiveStats:
     live_reorders: int = 0
     conflicts: int = 0
     latency_samples: list[float] = field(default_factory=list)
-    sample_every: int = 1
-    _tick: int = 0
 
     def latency_snapshot(self) -> dict[str, float] | None:
         """p50/p99/max of the latencies sampled since the last snapshot (ms)."""
@@ -114,6 +112,16 @@ class Recorder:
         self.stats.subscribed += 1
 
     # ------------------------------------------------------------------ deliveries
+    def table_for(self, channel: str, epoch: str) -> dict[int, str]:
+        """The position table of one (channel, epoch): offset -> update id."""
+        by_epoch = self.table.get(channel)
+        if by_epoch is None:
+            by_epoch = self.table[channel] = {}
+        offsets = by_epoch.get(epoch)
+        if offsets is None:
+            offsets = by_epoch[epoch] = {}
+        return offsets
+
     def position(self, channel: str, epoch: str, offset: int, pid: str, process: str,
                  now: float) -> None:
         by_epoch = self.table.get(channel)
@@ -149,11 +157,8 @@ class Recorder:
                 us = (us >> shift) << shift
             hist = entry[2]
             hist[us] = hist.get(us, 0) + 1
-            stats._tick += 1
-            if stats._tick >= stats.sample_every:
-                stats._tick = 0
-                if len(stats.latency_samples) < LIVE_SAMPLES:
-                    stats.latency_samples.append(latency_s * 1000.0)
+            if len(stats.latency_samples) < LIVE_SAMPLES:
+                stats.latency_samples.append(latency_s * 1000.0)
 
     def out_of_line(self, kind: int) -> None:
         """A duplicate (counted as a delivery here) or a reorder (already counted)."""

@@ -130,21 +130,23 @@ class FrameReader:
     per ``recv``, costs a few header reads and one slice.
     """
 
-    __slots__ = ("_buf", "_frag_op", "_frag_parts", "_frag_size", "max_message")
+    __slots__ = ("_frag_op", "_frag_parts", "_frag_size", "buffer", "max_message")
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.max_message = max_message
-        self._buf = b""
+        self.buffer = b""
         self._frag_op = -1
         self._frag_parts: list[bytes] = []
         self._frag_size = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        """Bytes of an incomplete frame held back (``buffer``; the fleet's loop reads a whole
+        frame itself when this is empty)."""
+        return len(self.buffer)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf + data if self._buf else data
+        buf = self.buffer + data if self.buffer else data
         out: list[tuple[int, bytes]] = []
         pos = 0
         end = len(buf)
@@ -203,5 +205,5 @@ class FrameReader:
                 self._frag_size = length
             else:
                 raise WireError(1002, f"unknown data opcode {opcode:#x}")
-        self._buf = buf[pos:] if pos < end else b""
+        self.buffer = buf[pos:] if pos < end else b""
         return out
