@@ -84,20 +84,30 @@ class RunResult:
     cpu: dict[str, Any] | None = None
 
 
-def proxied_links(faults: Sequence[ExperimentFault], proxies: str = "auto") -> tuple[bool, bool]:
+def proxied_links(faults: Sequence[ExperimentFault], proxies: str = "auto"
+                  ) -> tuple[bool | tuple[int, ...], bool]:
     """(clients->lb proxies, lb->node proxies) the run needs: every link with ``proxies =
-    "all"``, else only those a scheduled link fault targets."""
+    "all"``, else only those a scheduled link fault targets. Client proxies are per lane: True
+    (every lane), False, or the lanes a ``clients->lb[i]`` target names."""
     if proxies == "all":
         return True, True
-    clients = lb = False
+    clients: bool | set[int] = False
+    lb = False
     for fault in faults:
         if fault.kind not in LINK_FAULTS:
             continue
         target = fault.target
-        if target in ("clients", "clients->lb") or target.startswith("clients->lb["):
+        if target in ("clients", "clients->lb"):
             clients = True
+        elif target.startswith("clients->lb["):
+            if clients is not True:
+                lanes = clients if isinstance(clients, set) else set()
+                lanes.add(int(target[len("clients->lb["):-1]))
+                clients = lanes
         elif target == "lb" or (target.startswith("lb") and "->" in target):
             lb = True
+    if isinstance(clients, set):
+        return tuple(sorted(clients)), lb
     return clients, lb
 
 

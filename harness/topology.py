@@ -13,8 +13,9 @@ A link a fault may cut goes through its own Toxiproxy proxy, named as above in
 ``Topology.proxies``. Every update a viewer receives crosses the client-side links, so a
 Toxiproxy hop there costs about 19 µs of CPU per delivery, more than the node's send (python -m
 bench.hops, docs/benchmarks.md): the client-side proxies (``clients->lb[i]`` and
-``lb[i]->node-k``) exist only when ``TopologySpec.client_proxies``/``lb_proxies`` say so, which
-the runner decides from the experiment's faults (``cluster.proxies``). Without them a client
+``lb[i]->node-k``) exist only when ``TopologySpec.client_proxies``/``lb_proxies`` say so
+(client proxies per lane: a fault on ``clients->lb[0]`` needs only lane 0's), which the runner
+decides from the experiment's faults (``cluster.proxies``). Without them a client
 connects to its lane's HAProxy directly and HAProxy to the nodes directly. The node->redis
 proxies carry one message per publish per node and are always there. When lb->node proxies
 exist, HAProxy health-checks the nodes *through* them, so cutting that link makes the load
@@ -98,7 +99,7 @@ _LANE_HEADROOM: Final = 1000
 _HAPROXY_MAXCONN: Final = 9900
 
 
-def lane_capacity(client_proxies: bool, lb_proxies: bool) -> int:
+def lane_capacity(client_proxies: bool | tuple[int, ...], lb_proxies: bool) -> int:
     """Clients per lane under the 20,000-fd cap, given which client-side hops are proxied."""
     return LANE_CAPACITY if client_proxies and lb_proxies else HAPROXY_LANE_CAPACITY
 
@@ -129,8 +130,9 @@ class TopologySpec:
     ready_timeout_s: float = 30.0
     #: Seed of every Toxiproxy server's RNG (toxicity, jitter) for reproducible runs.
     toxiproxy_seed: int | None = None
-    #: Toxiproxy on clients->lb[i] (every client connection crosses it)
-    client_proxies: bool = True
+    #: Toxiproxy on clients->lb[i] (every client connection of lane i crosses it): True on
+    #: every lane, False on none, or the lanes listed
+    client_proxies: bool | tuple[int, ...] = True
     #: Toxiproxy on lb[i]->node-k (every client connection crosses one)
     lb_proxies: bool = True
 
@@ -153,6 +155,12 @@ class TopologySpec:
     @property
     def lanes(self) -> int:
         return max(1, math.ceil(self.clients / self.capacity))
+
+    def client_proxy(self, lane: int) -> bool:
+        """Whether lane ``lane``'s clients come in through a clients->lb proxy."""
+        if isinstance(self.client_proxies, bool):
+            return self.client_proxies
+        return lane in self.client_proxies
 
     @property
     def node_names(self) -> list[str]:
@@ -730,7 +738,7 @@ async def run_topology(
 
         async def start_lane(index: int) -> None:
             toxi: ToxiproxyServer | None = None
-            if spec.client_proxies or spec.lb_proxies:
+            if spec.client_proxy(index) or spec.lb_proxies:
                 toxi = await start_toxiproxy(
                     supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
                 )
@@ -770,7 +778,7 @@ async def run_topology(
                 )
             )
             entry: Proxy | None = None
-            if toxi is not None and spec.client_proxies:
+            if toxi is not None and spec.client_proxy(index):
                 entry = await toxi.create_proxy(
                     f"lane{index}.clients-lb", f"{LOOPBACK}:{frontend_port}",
                     listen_port=reserve()

@@ -46,6 +46,7 @@ from harness.topology import (
 from harness.toxiproxy import ToxiproxyStateError, start_toxiproxy
 
 PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
 SLEEPER = [PY, "-c", "import time; time.sleep(600)"]
 
 # A stand-in node: answers GET /health with 200 and takes (and ignores) turnout-server's flags,
@@ -540,6 +541,18 @@ async def test_client_side_proxies_only_where_asked(tmp_path: Path) -> None:
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
         await _wait_gone(pids)
+    # A client proxy on one lane only (a fault on clients->lb[1]).
+    one = TopologySpec(nodes=1, clients=9001, node_command=(PY, str(fake)), ready_timeout_s=20,
+                       client_proxies=(1,), lb_proxies=False)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, one, tmp_path / "one")
+            pids = _topology_pids(topo)
+            assert set(topo.proxies) == {"clients->lb[1]", "node-1->redis"}
+            assert topo.lanes[0].toxiproxy is None
+            assert topo.entry_urls[1] == f"http://{topo.proxy('clients->lb[1]').listen}"
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
 
 
 async def test_two_runs_coexist(tmp_path: Path) -> None:
@@ -624,3 +637,25 @@ async def test_missing_binary_is_a_clear_setup_error(
         procs.find_binary("toxiproxy-server")
     with pytest.raises(HarnessSetupError, match="redis-server not found"):
         await run_topology(TopologySpec(), tmp_path / "run")
+
+
+def test_runs_proxy_only_the_client_side_links_their_faults_need() -> None:
+    from harness.experiment import load_experiment, parse_experiment
+    from harness.runner import proxied_links
+
+    experiments = REPO / "experiments"
+
+    def links(name: str) -> tuple[object, bool]:
+        exp = load_experiment(experiments / f"{name}.toml")
+        return proxied_links(exp.faults, exp.cluster.proxies)
+
+    assert links("node-kill") == (False, False)  # process faults: no proxy on any client hop
+    assert links("rolling-deploy") == (False, False)
+    assert links("redis-partition") == (False, False)  # node->redis proxies always exist
+    assert links("latency") == (True, False)
+    assert links("flaky-network") == (True, True)  # clients toxics and lb->node-3 bandwidth
+    one_lane = parse_experiment(
+        'description = "x"\n[[faults]]\nat_s = 1\nkind = "latency"\n'
+        'target = "clients->lb[1]"\n', default_name="x")
+    assert proxied_links(one_lane.faults) == ((1,), False)
+    assert proxied_links(one_lane.faults, "all") == (True, True)
