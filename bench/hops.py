@@ -8,12 +8,20 @@ round, so ratios between them are comparable on a noisy shared machine.
 
 Configurations:
 
-``direct``           source <- sink
-``haproxy``          HAProxy as the harness configured it before issue 10 (mode http, 2 threads)
-``haproxy-1t``       the same with ``nbthread 1``
-``haproxy-tuned``    what the harness runs now (``harness.topology.render_haproxy_config``)
-``toxiproxy``        one Toxiproxy proxy (GOMAXPROCS unset: one P per core)
-``toxiproxy-1p``     one Toxiproxy proxy with GOMAXPROCS=1
+``direct``               source <- sink
+``haproxy``              HAProxy as the harness configured it before issue 10 (HTTP mode, one
+                         thread per core)
+``haproxy-1t``           the same with ``nbthread 1``
+``haproxy-http-splice``  HTTP mode, one thread, ``option splice-auto``
+``haproxy-tcp``          TCP mode, one thread
+``haproxy-tcp-splice``   TCP mode, one thread, ``option splice-auto``
+``haproxy-tuned``        what the harness runs now (``harness.topology.render_haproxy_config``:
+                         TCP mode, one thread, fixed 64 KiB socket buffers)
+``toxiproxy``            one Toxiproxy proxy (GOMAXPROCS unset: one P per core)
+``toxiproxy-1p``         one Toxiproxy proxy with GOMAXPROCS=1
+
+By default the run compares ``direct``, ``haproxy``, ``haproxy-tuned`` and ``toxiproxy``;
+``--configs`` picks others.
 
     .venv/bin/python -m bench.hops [--connections 4000] [--messages 20] [--rounds 3]
 
@@ -36,7 +44,9 @@ from typing import Any
 from bench.wire import BenchError, Child, cpu_ns, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("direct", "haproxy", "haproxy-1t", "haproxy-tuned", "toxiproxy", "toxiproxy-1p")
+CONFIGS = ("direct", "haproxy", "haproxy-1t", "haproxy-http-splice", "haproxy-tcp",
+           "haproxy-tcp-splice", "haproxy-tuned", "toxiproxy", "toxiproxy-1p")
+DEFAULT_CONFIGS = ("direct", "haproxy", "haproxy-tuned", "toxiproxy")
 
 
 def _python_role(module: str, role: str) -> list[str]:
@@ -205,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=4000)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configs {unknown}; known: {', '.join(CONFIGS)}")
     sources = [f"127.0.0.{i}" for i in range(2, 2 + max(1, args.connections // 20000 + 1))]
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="bench-hops-") as tmp:
