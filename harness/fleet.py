@@ -220,7 +220,6 @@ class Worker:
         self.control: socket.socket | None = None
         self._control_buf = b""
         self._control_out = b""
-        self.done = False
 
     # ------------------------------------------------------------------ viewers
     def add_clients(self, specs: list[ClientSpec], paced: bool) -> None:

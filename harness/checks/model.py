@@ -313,8 +313,9 @@ class _Accumulator:
                 entry[0] = min(entry[0], first)
                 entry[1] = max(entry[1], last)
             hist = entry[2]
-            for i in range(0, len(flat), 2):
-                hist[flat[i]] = hist.get(flat[i], 0) + flat[i + 1]
+            get = hist.get
+            for bucket, count in zip(flat[::2], flat[1::2], strict=True):
+                hist[bucket] = get(bucket, 0) + count
 
 
 def _finalize(data: RunData) -> RunData:
