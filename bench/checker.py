@@ -172,7 +172,7 @@ def generate(out: Path, viewers: int, duration: float, channels: int = 12, worke
                     wr.op(t + 0.02, proc, "ok", "deliver",
                           {"channel": ch, "id": p, "seq": off, "offset": off, "epoch": EPOCH})
             wr.op(drain_at, proc, "ok", "record",
-                  {"channel": ch, "first_ok": sub_t, "runs": runs})
+                  {"channel": ch, "first_ok": sub_t, "runs": runs, "worker": f"fleet-w{wi}"})
         wr.op(drain_at + 0.001, proc, "ok", "drain", {"channels": list(chans)})
     bogus_viewer = sorted(trouble)[3]
     wb = writers[bogus_viewer % workers]

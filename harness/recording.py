@@ -8,7 +8,8 @@ would be gigabytes of history. A worker therefore records:
   ``error``, ``drain``) and one ``stale`` op per stale window a viewer went through;
 - per (viewer, channel), at the end, a ``record`` op: the *runs* of delivered positions (see
   :class:`harness.pusher_client.Subscription`), which keep the exact order of every delivery,
-  and the time of the first successful subscribe;
+  the time of the first successful subscribe, and the worker whose position table says what
+  the runs carried;
 - per worker, at the end, a ``positions`` op: which update id arrived at each (channel, epoch,
   offset). Every delivery is compared with it on arrival; a delivery of another id at a known
   position is recorded in full (``deliver`` op with ``conflict``), so the runs plus this table
@@ -196,7 +197,7 @@ class Recorder:
                 record(viewer.process, "ok", "record",
                        {"channel": sub.channel,
                         "first_ok": None if sub.first_ok == float("inf") else sub.first_ok,
-                        "runs": runs}, time=now)
+                        "runs": runs, "worker": self.process}, time=now)
         positions: dict[str, dict[str, list[Any]]] = {}
         for channel, by_epoch in self.table.items():
             out: dict[str, list[Any]] = {}

@@ -190,42 +190,49 @@ def judge_delivery(data: RunData) -> DeliveryResult:
         totals["published" if pub.status == "ok" else
                "failed" if pub.status == "fail" else "indeterminate"] += 1
 
-    # Where each id was seen (the viewers' position table), and what is good there.
+    # What each position carried. The truth at a position is the update the server
+    # acknowledged there; where no publish was acknowledged there, the one update of unknown
+    # outcome (or acknowledged without a position) seen there. A position nothing good can
+    # explain is bad: every delivery there is unexpected.
+    assigned: dict[tuple[str, str, int], str] = {
+        (p.channel, p.epoch, p.offset): p.id for p in pubs.values()
+        if p.status == "ok" and p.offset >= 0}
     seen_at: dict[str, tuple[str, str, int]] = {}
     bad: dict[tuple[str, str], dict[int, str]] = {}
     known: dict[tuple[str, str], dict[int, str]] = {}
     classes_raw: dict[tuple[str, str], dict[int, int]] = {}
-    for (channel, epoch), offsets in data.table.items():
-        for offset, pid in offsets.items():
-            entry_pub = pubs.get(pid)
-            why = None
-            if entry_pub is None:
-                why = "never published"
-            elif entry_pub.status == "fail":
-                why = "publish failed"
-            elif entry_pub.channel != channel:
-                why = f"published on {entry_pub.channel}"
-            elif entry_pub.status == "ok" and entry_pub.offset >= 0 and (
-                    entry_pub.epoch, entry_pub.offset) != (epoch, offset):
-                why = f"acknowledged at offset {entry_pub.offset} epoch {entry_pub.epoch}"
-            elif pid in seen_at and seen_at[pid] != (channel, epoch, offset):
-                why = f"also seen at offset {seen_at[pid][2]}"
-            if why is not None:
-                bad.setdefault((channel, epoch), {})[offset] = f"{pid} ({why})"
-                continue
-            assert entry_pub is not None
-            seen_at[pid] = (channel, epoch, offset)
-            known.setdefault((channel, epoch), {})[offset] = pid
-            classes_raw.setdefault((channel, epoch), {})[offset] = \
-                OK if entry_pub.status == "ok" else IND
-    # Acknowledged positions nobody reported are still known content (a record without its
-    # worker's table would otherwise make every delivery there look unexpected).
-    for pub in pubs.values():
-        if pub.status == "ok" and pub.offset >= 0:
-            key = (pub.channel, pub.epoch)
-            if pub.offset not in bad.get(key, {}):
-                known.setdefault(key, {}).setdefault(pub.offset, pub.id)
-                classes_raw.setdefault(key, {}).setdefault(pub.offset, OK)
+    positions = {(ch, e, off) for (ch, e), offsets in data.table.items() for off in offsets}
+    for (channel, epoch, offset) in sorted(positions | set(assigned)):
+        truth = assigned.get((channel, epoch, offset))
+        why = ""
+        if truth is None:
+            candidates = data.observed.get((channel, epoch, offset)) or {
+                data.table[(channel, epoch)][offset]}
+            valid = []
+            for pid in sorted(candidates):
+                entry_pub = pubs.get(pid)
+                if entry_pub is None:
+                    why = f"{pid} (never published)"
+                elif entry_pub.status == "fail":
+                    why = f"{pid} (publish failed)"
+                elif entry_pub.channel != channel:
+                    why = f"{pid} (published on {entry_pub.channel})"
+                elif entry_pub.offset >= 0:
+                    why = (f"{pid} (acknowledged at offset {entry_pub.offset} epoch "
+                           f"{entry_pub.epoch})")
+                elif pid in seen_at:
+                    why = f"{pid} (also seen at offset {seen_at[pid][2]})"
+                else:
+                    valid.append(entry_pub)
+            if valid:
+                truth = min(valid, key=lambda p: (p.invoke, p.id)).id
+        if truth is None:
+            bad.setdefault((channel, epoch), {})[offset] = why or "unknown update"
+            continue
+        seen_at[truth] = (channel, epoch, offset)
+        known.setdefault((channel, epoch), {})[offset] = truth
+        classes_raw.setdefault((channel, epoch), {})[offset] = \
+            OK if pubs[truth].status == "ok" else IND
     classes = {key: _Classes(entries) for key, entries in classes_raw.items()}
 
     # The owable updates per channel: acknowledged ones, and indeterminate ones someone saw.
@@ -259,68 +266,148 @@ def judge_delivery(data: RunData) -> DeliveryResult:
              -1 if pos is None else pos[1]))
     channels = {ch: _Channel(items) for ch, items in per_channel.items()}
 
-    viewers: dict[str, ViewerDelivery] = {}
+    # Positions whose table entry is not the truth, per worker (None: the merged table).
+    mismatch: dict[str | None, set[tuple[str, str, int]]] = {}
+    for worker, tables in [*data.worker_tables.items(), (None, data.table)]:
+        wrong_here: set[tuple[str, str, int]] = set()
+        for (channel, epoch), offsets in tables.items():
+            truths = known.get((channel, epoch), {})
+            for offset, pid in offsets.items():
+                truth = truths.get(offset)
+                if truth is not None and pid != truth:
+                    wrong_here.add((channel, epoch, offset))
+        mismatch[worker] = wrong_here
     lost_by_update: Counter[str] = Counter()
+    ctx = _Context(channels, classes, bad, known, pubs, mismatch, data.worker_tables,
+                   data.table, totals, lost_by_update)
+    viewers: dict[str, ViewerDelivery] = {}
     for process, viewer in data.viewers.items():
         vd = ViewerDelivery()
         finished = viewer.drain is not None
         drain = viewer.drain if viewer.drain is not None else math.inf
         for sub in viewer.subs.values():
-            _judge_sub(process, sub, finished, drain, channels, classes, bad, pubs, known,
-                       totals, vd, lost_by_update)
+            _judge_sub(sub, finished, drain, ctx, vd)
             if finished and sub.invoked and sub.first_ok == math.inf:
                 vd.unsubscribed.append(sub.channel)
         vd.unsubscribed.sort()
         totals["unsubscribed"] += len(vd.unsubscribed)
         viewers[process] = vd
-    for process, channel, _epoch, offset, pid, known_id in data.conflicts:
-        vd = viewers.setdefault(process, ViewerDelivery())
-        vd.unexpected += 1
-        totals["unexpected"] += 1
-        if len(vd.unexpected_ids) < DETAIL_IDS:
-            vd.unexpected_ids.append(
-                f"{channel}:{pid} (offset {offset} already carried {known_id})")
     totals["clients"] = len(data.viewers)
     return DeliveryResult(totals, viewers, lost_by_update, owable, known, bad)
 
 
-def _judge_sub(process: str, sub: Sub, finished: bool, drain: float,
-               channels: Mapping[str, _Channel], classes: Mapping[tuple[str, str], _Classes],
-               bad: Mapping[tuple[str, str], Mapping[int, str]], pubs: Mapping[str, Pub],
-               known: Mapping[tuple[str, str], Mapping[int, str]], totals: Counter[str],
-               vd: ViewerDelivery, lost_by_update: Counter[str]) -> None:
+@dataclass
+class _Context:
+    channels: Mapping[str, _Channel]
+    classes: Mapping[tuple[str, str], _Classes]
+    bad: Mapping[tuple[str, str], Mapping[int, str]]
+    known: Mapping[tuple[str, str], Mapping[int, str]]
+    pubs: Mapping[str, Pub]
+    #: per fleet worker (None: the merged table), the positions whose entry is not the truth
+    mismatch: Mapping[str | None, set[tuple[str, str, int]]]
+    worker_tables: Mapping[str, Mapping[tuple[str, str], Mapping[int, str]]]
+    table: Mapping[tuple[str, str], Mapping[int, str]]
+    totals: Counter[str]
+    lost_by_update: Counter[str]
+
+
+def _occurrences(runs: list[tuple[str, int, int]], epoch: str, offset: int) -> int:
+    return sum(1 for e, lo, hi in runs if e == epoch and lo <= offset <= hi)
+
+
+def _carried(sub: Sub, ctx: _Context) -> tuple[set[tuple[str, int]], list[tuple[str, int, str]]]:
+    """Where the subscription's runs did not carry the truth: (positions in its runs where it
+    never received the true update, [(epoch, offset, id) of every delivery of a wrong id]).
+    Only positions that can differ are looked at: those where the viewer's worker table (or,
+    for plain deliver ops, the delivery itself) disagrees with the truth, and conflicts."""
+    ch = sub.channel
+    carried: dict[tuple[str, int], Counter[str]] = {}
+    if sub.delivers and not sub.has_record:
+        for _t, pid, off, epoch in sub.delivers:
+            truth = ctx.known.get((ch, epoch), {}).get(off)
+            if (truth is not None and pid != truth) or (epoch, off) in carried:
+                carried.setdefault((epoch, off), Counter())
+        for _t, pid, off, epoch in sub.delivers:
+            if (epoch, off) in carried:
+                carried[(epoch, off)][pid] += 1
+    else:
+        suspects = {(e, off) for c, e, off in ctx.mismatch.get(sub.worker, ()) if c == ch}
+        suspects |= {(e, off) for e, off, _pid in sub.conflicts}
+        if not suspects:
+            return set(), []
+        table = (ctx.worker_tables.get(sub.worker, {}) if sub.worker is not None
+                 else ctx.table)
+        for epoch, off in suspects:
+            n = _occurrences(sub.runs, epoch, off)
+            if not n:
+                continue
+            wrong = Counter(pid for e, o, pid in sub.conflicts if (e, o) == (epoch, off))
+            first = table.get((ch, epoch), {}).get(off) or ctx.table.get((ch, epoch), {}).get(
+                off, "?")
+            counts = Counter({first: n - sum(wrong.values())})
+            counts.update(wrong)
+            carried[(epoch, off)] = counts
+    not_held: set[tuple[str, int]] = set()
+    wrong_deliveries: list[tuple[str, int, str]] = []
+    for (epoch, off), counts in carried.items():
+        truth = ctx.known.get((ch, epoch), {}).get(off)
+        if truth is None:
+            continue  # a bad position: every delivery there is already unexpected
+        if counts.get(truth, 0) <= 0:
+            not_held.add((epoch, off))
+        for pid, n in counts.items():
+            if pid != truth and n > 0:
+                wrong_deliveries += [(epoch, off, pid)] * n
+    return not_held, wrong_deliveries
+
+
+def _judge_sub(sub: Sub, finished: bool, drain: float, ctx: _Context,
+               vd: ViewerDelivery) -> None:
     ch = sub.channel
     runs = sub.runs
+    totals = ctx.totals
     spans = merged_intervals(runs) if runs else {}
+    not_held, wrong = _carried(sub, ctx) if runs else (set(), [])
     # Deliveries, and what they carried.
     deliveries = sum(hi - lo + 1 for _e, lo, hi in runs) + len(sub.id_delivers)
     totals["deliveries"] += deliveries
     distinct_ok = distinct_ind = 0
     for epoch, intervals in spans.items():
-        cls = classes.get((ch, epoch))
+        cls = ctx.classes.get((ch, epoch))
         for lo, hi in intervals:
             ok, ind = cls.count(lo, hi) if cls is not None else (0, 0)
             distinct_ok += ok
             distinct_ind += ind
+    for epoch, off in not_held:
+        if ctx.pubs[ctx.known[(ch, epoch)][off]].status == "ok":
+            distinct_ok -= 1
+        else:
+            distinct_ind -= 1
     for epoch, lo, hi in runs:  # every copy of a bad position is an unexpected delivery
-        cls = classes.get((ch, epoch))
+        cls = ctx.classes.get((ch, epoch))
         ok, ind = cls.count(lo, hi) if cls is not None else (0, 0)
         n_bad = hi - lo + 1 - ok - ind
         if n_bad:
             vd.unexpected += n_bad
             totals["unexpected"] += n_bad
             if len(vd.unexpected_ids) < DETAIL_IDS:
-                why = bad.get((ch, epoch), {})
+                why = ctx.bad.get((ch, epoch), {})
                 for off in range(lo, hi + 1):
                     if len(vd.unexpected_ids) >= DETAIL_IDS:
                         break
-                    if off not in known.get((ch, epoch), {}):
+                    if off not in ctx.known.get((ch, epoch), {}):
                         vd.unexpected_ids.append(
                             f"{ch}:{why.get(off, '?')} (offset {off})"
                             if off in why else f"{ch}:offset {off} (unknown update)")
+    for epoch, off, pid in wrong:  # another update than the one acknowledged or seen there
+        vd.unexpected += 1
+        totals["unexpected"] += 1
+        if len(vd.unexpected_ids) < DETAIL_IDS:
+            vd.unexpected_ids.append(
+                f"{ch}:{pid} (offset {off} carried {ctx.known[(ch, epoch)][off]})")
     id_set: set[str] = set()
     for _t, pid in sub.id_delivers:
-        pub = pubs.get(pid)
+        pub = ctx.pubs.get(pid)
         if pub is None or pub.status == "fail" or pub.channel != ch:
             vd.unexpected += 1
             totals["unexpected"] += 1
@@ -340,38 +427,41 @@ def _judge_sub(process: str, sub: Sub, finished: bool, drain: float,
     totals["indeterminate_delivered"] += distinct_ind
 
     # What was owed, and what of it arrived.
-    channel = channels.get(ch)
+    channel = ctx.channels.get(ch)
     if not finished or sub.first_ok == math.inf or channel is None:
         totals["extra_ok"] += distinct_ok
         return
+
+    def holds(i: int) -> bool:
+        pos = channel.positions[i]
+        if pos is not None and pos in not_held:
+            return channel.ids[i] in id_set
+        return _holds(spans, id_set, pos, channel.ids[i])
+
     start = bisect_right(channel.invokes, sub.first_ok)
     excluded = [i for end, i in _late(channel, drain) if i >= start]
     owed = len(channel.invokes) - start - len(excluded)
-    if id_set:
-        covered = sum(
-            1 for i in range(start, len(channel.invokes))
-            if _holds(spans, id_set, channel.positions[i], channel.ids[i]))
+    if id_set or not_held:
+        covered = sum(1 for i in range(start, len(channel.invokes)) if holds(i))
     else:
         covered = channel.covered(start, spans)
     for i in excluded:
-        if _holds(spans, id_set, channel.positions[i], channel.ids[i]):
+        if holds(i):
             covered -= 1
     lost = owed - covered
     totals["owed"] += owed
     totals["delivered"] += covered
     covered_ok = covered - sum(
         1 for i in range(start, len(channel.invokes))
-        if pubs[channel.ids[i]].status != "ok" and i not in excluded
-        and _holds(spans, id_set, channel.positions[i], channel.ids[i])) \
+        if ctx.pubs[channel.ids[i]].status != "ok" and i not in excluded and holds(i)) \
         if distinct_ind else covered
     totals["extra_ok"] += max(0, distinct_ok - covered_ok)
     if lost:
         skip = set(excluded)
         ids = [channel.ids[i] for i in range(start, len(channel.invokes))
-               if i not in skip
-               and not _holds(spans, id_set, channel.positions[i], channel.ids[i])]
+               if i not in skip and not holds(i)]
         for pid in ids:
-            lost_by_update[pid] += 1
+            ctx.lost_by_update[pid] += 1
         vd.lost += lost
         totals["lost"] += lost
         vd.lost_ids[ch] = ids[:DETAIL_IDS]

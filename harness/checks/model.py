@@ -48,8 +48,8 @@ class Pub:
 class Sub:
     """One (viewer, channel)."""
 
-    __slots__ = ("channel", "delivers", "first_ok", "has_record", "id_delivers", "invoked",
-                 "runs")
+    __slots__ = ("channel", "conflicts", "delivers", "first_ok", "has_record", "id_delivers",
+                 "invoked", "runs", "worker")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
@@ -61,6 +61,10 @@ class Sub:
         self.delivers: list[tuple[float, str, int, str]] = []
         #: deliver ops without a position (time, id): judged by id
         self.id_delivers: list[tuple[float, str]] = []
+        #: the fleet worker whose position table says what each of ``runs`` carried
+        self.worker: str | None = None
+        #: deliveries that carried another update than that table says: (epoch, offset, id)
+        self.conflicts: list[tuple[str, int, str]] = []
 
 
 class ViewerData:
@@ -112,11 +116,15 @@ class RunData:
     t1: float = -math.inf
     pubs: dict[str, Pub] = field(default_factory=dict)
     viewers: dict[str, ViewerData] = field(default_factory=dict)
-    #: (channel, epoch) -> offset -> update id, as the viewers saw it
+    #: (channel, epoch) -> offset -> update id first seen there (by any worker or op): labels
     table: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
-    #: deliveries of another id at a position already known: (process, channel, epoch,
-    #: offset, id, known id)
-    conflicts: list[tuple[str, str, str, int, str, str]] = field(default_factory=list)
+    #: per fleet worker, (channel, epoch) -> offset -> the update id its viewers' runs carried
+    #: there (the worker's ``positions`` op); a delivery of another id is a sub's conflict
+    worker_tables: dict[str, dict[tuple[str, str], dict[int, str]]] = field(
+        default_factory=dict)
+    #: every update id seen at each position, where more than one was (or the run is judged
+    #: from plain deliver ops): (channel, epoch, offset) -> ids
+    observed: dict[tuple[str, str, int], set[str]] = field(default_factory=dict)
     #: update id -> [first receive by anyone, last receive by a viewer owing it,
     #: {latency bucket µs: count} over the viewers owing it]
     latency: dict[str, list[Any]] = field(default_factory=dict)
@@ -190,8 +198,9 @@ class _Accumulator:
         sub = self.data.viewer(process).sub(channel)
         offset = value.get("offset")
         if "conflict" in value and isinstance(offset, int):
-            self.data.conflicts.append((process, channel, str(value.get("epoch") or ""), offset,
-                                        pid, str(value["conflict"])))
+            epoch = str(value.get("epoch") or "")
+            sub.conflicts.append((epoch, offset, pid))
+            self._observe(channel, epoch, offset, pid, str(value["conflict"]))
             return
         if isinstance(offset, int) and not isinstance(offset, bool):
             sub.delivers.append((t, pid, offset, str(value.get("epoch") or "")))
@@ -248,6 +257,8 @@ class _Accumulator:
             if isinstance(first, int | float) and first < sub.first_ok:
                 sub.first_ok = float(first)
             sub.runs = [(str(e), int(lo), int(hi)) for e, lo, hi in value.get("runs") or ()]
+            worker = value.get("worker")
+            sub.worker = None if worker is None else str(worker)
         elif f == "stale":
             caught = value.get("caught_up")
             reconnected = value.get("reconnected")
@@ -284,24 +295,24 @@ class _Accumulator:
                 flt.error = str(value.get("error", ""))
 
     def _positions(self, process: str, positions: Mapping[str, Any]) -> None:
+        tables = self.data.worker_tables.setdefault(process, {})
         for channel, by_epoch in positions.items():
             for epoch, (first, ids) in by_epoch.items():
-                self._table_many(process, str(channel), str(epoch), int(first), ids)
+                key = (str(channel), str(epoch))
+                table = tables.setdefault(key, {})
+                for i, pid in enumerate(ids):
+                    if pid is not None:
+                        table[int(first) + i] = pid
+                        self._observe(key[0], key[1], int(first) + i, pid)
 
-    def _table_many(self, process: str, channel: str, epoch: str, first: int,
-                    ids: list[str | None]) -> None:
-        table = self.data.table.setdefault((channel, epoch), {})
-        for i, pid in enumerate(ids):
-            if pid is None:
-                continue
-            offset = first + i
-            known = table.get(offset)
-            if known is None:
-                table[offset] = pid
-            elif known != pid:
-                # Two workers saw different updates at one position: every delivery there is
-                # suspect; the delivery check counts it through the conflict.
-                self.data.conflicts.append((process, channel, epoch, offset, pid, known))
+    def _observe(self, channel: str, epoch: str, offset: int, *pids: str) -> None:
+        """Note the update ids seen at a position; keep the set only where they disagree."""
+        merged = self.data.table.setdefault((channel, epoch), {})
+        known = merged.get(offset)
+        if known is None:
+            known = merged[offset] = pids[0]
+        if any(pid != known for pid in pids) or (channel, epoch, offset) in self.data.observed:
+            self.data.observed.setdefault((channel, epoch, offset), {known}).update(pids)
 
     def _latency(self, latency: Mapping[str, Any]) -> None:
         book = self.data.latency
@@ -318,9 +329,10 @@ class _Accumulator:
                 hist[bucket] = get(bucket, 0) + count
 
 
-def _finalize(data: RunData) -> RunData:
-    """Rebuild runs, table entries and latencies from plain deliver ops where no record op
-    exists; cross-check sampled subscriptions against their record."""
+def _finalize(acc: _Accumulator) -> RunData:
+    """Rebuild runs, observed positions and latencies from plain deliver ops where no record
+    op exists; cross-check sampled subscriptions against their record."""
+    data = acc.data
     pubs = data.pubs
     for pub in pubs.values():
         if math.isnan(pub.invoke):  # completion seen without its invoke: best effort
@@ -337,12 +349,7 @@ def _finalize(data: RunData) -> RunData:
                 else:
                     sub.runs = rebuilt
                     for _t, pid, off, epoch in sub.delivers:
-                        table = data.table.setdefault((sub.channel, epoch), {})
-                        known = table.get(off)
-                        if known is None:
-                            table[off] = pid
-                        elif known != pid:
-                            data.conflicts.append((process, sub.channel, epoch, off, pid, known))
+                        acc._observe(sub.channel, epoch, off, pid)
                     _book_deliveries(book, pubs, sub,
                                      ((t, pid) for t, pid, _o, _e in sub.delivers))
             if sub.id_delivers:
@@ -378,4 +385,4 @@ def accumulate(ops: Iterable[tuple[float, str, str, str, Mapping[str, Any]]]) ->
     add = acc.add
     for t, process, typ, f, value in ops:
         add(t, process, typ, f, value)
-    return _finalize(acc.data)
+    return _finalize(acc)

@@ -248,7 +248,8 @@ def test_record_positions_and_latency_ops(tmp_path: Path) -> None:
     rig.close(9.0)
     ops = {o["f"]: o for o in rig.ops()}
     assert ops["record"]["value"] == {"channel": "a", "first_ok": 1.0,
-                                      "runs": [[EPOCH, 1, 2], [EPOCH, 2, 3]]}
+                                      "runs": [[EPOCH, 1, 2], [EPOCH, 2, 3]],
+                                      "worker": "fleet-w0"}
     assert ops["positions"]["value"]["positions"] == {"a": {EPOCH: [1, ["p1", "p2", "pX"]]}}
     latency = ops["latency"]["value"]["latency"]
     assert latency["p1"] == [1.2, -1.0, []]
