@@ -39,6 +39,7 @@ import os
 import random
 import resource
 import select
+import signal
 import socket
 import sys
 import time
@@ -220,6 +221,8 @@ class Worker:
         self.control: socket.socket | None = None
         self._control_buf = b""
         self._control_out = b""
+        #: set by SIGTERM: stop at the next sweep and still write the record
+        self.stop_requested = False
 
     # ------------------------------------------------------------------ viewers
     def add_clients(self, specs: list[ClientSpec], paced: bool) -> None:
@@ -610,6 +613,8 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
     def finished(self) -> bool:
+        if self.stop_requested:
+            return True
         if not self.draining:
             return False
         if self.clock() - self.drain_started > DRAIN_BOUND_S:
@@ -737,7 +742,15 @@ def _open_socket(source: str, target: _Target) -> socket.socket:
 
 def run_worker(spec: FleetSpec) -> None:
     with HistoryWriter(spec.history_path, max_buffered=4000) as history:
-        Worker(spec, history).run()
+        worker = Worker(spec, history)
+
+        def stop(_signum: int, _frame: object) -> None:
+            # Stopped by the harness (a run cut short): end at the next sweep, writing what
+            # was recorded; viewers without a final read stay unfinished, never lost.
+            worker.stop_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        worker.run()
 
 
 def main(argv: list[str] | None = None) -> int:
