@@ -99,10 +99,13 @@ class _Progress:
                 self._last_line = event["t"]
                 fleet = event.get("fleet", {})
                 pub = event.get("publisher", {})
+                p99 = fleet.get("latency_p99_ms")
                 console.log(f"t={event['t']:.0f}s {self.phase}: clients "
                             f"{fleet.get('connected', 0)}/{fleet.get('clients', 0)} connected, "
-                            f"{fleet.get('delivered', 0)} delivered, published "
-                            f"{pub.get('ok', 0)} ok/{pub.get('indeterminate', 0)} unknown")
+                            f"{fleet.get('delivered', 0)} delivered"
+                            + (f" (p99 {p99:.0f} ms)" if p99 is not None else "")
+                            + f", published {pub.get('ok', 0)} ok/"
+                            f"{pub.get('indeterminate', 0)} unknown")
         elif kind in ("fault", "heal", "fault_error"):
             text = (f"{kind} {event.get('fault_id')}: {event.get('kind')} "
                     f"{event.get('resolved') or event.get('target')}")
