@@ -170,7 +170,8 @@ async def _node_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]
               "turnout_subscriptions", "turnout_events_delivered_total",
               "turnout_slow_consumer_disconnects_total", "turnout_gaps_detected_total",
               "turnout_catchups_total", "turnout_unrecoverable_gaps_total",
-              "turnout_connections_opened_total", "turnout_redis_link_changes_total"}
+              "turnout_connections_opened_total", "turnout_redis_link_changes_total",
+              "turnout_event_loop_lag_seconds", "turnout_event_loop_lag_max_seconds"}
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#"):
