@@ -430,7 +430,7 @@ async def test_generated_haproxy_config_is_accepted(tmp_path: Path) -> None:
         "balance leastconn",
         "option httpchk GET /health",
         "http-check expect status 200",
-        "inter 500ms fall 2 rise 2",
+        "inter 2s fastinter 500ms downinter 500ms fall 2 rise 2",
         "timeout client 1h",
         "maxconn 5000",
         "nbthread 1",
