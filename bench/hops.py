@@ -17,6 +17,8 @@ Configurations:
 ``haproxy-tcp-splice``   TCP mode, one thread, ``option splice-auto``
 ``haproxy-tuned``        what the harness runs now (``harness.topology.render_haproxy_config``:
                          TCP mode, one thread, fixed 64 KiB socket buffers)
+``haproxy-tuned-pe``     the same with ``tune.maxpollevents 1024`` (default 200 events per
+                         ``epoll_wait``)
 ``toxiproxy``            one Toxiproxy proxy (GOMAXPROCS unset: one P per core)
 ``toxiproxy-1p``         one Toxiproxy proxy with GOMAXPROCS=1
 
@@ -45,7 +47,8 @@ from bench.wire import BenchError, Child, cpu_ns, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("direct", "haproxy", "haproxy-1t", "haproxy-http-splice", "haproxy-tcp",
-           "haproxy-tcp-splice", "haproxy-tuned", "toxiproxy", "toxiproxy-1p")
+           "haproxy-tcp-splice", "haproxy-tuned", "haproxy-tuned-pe", "toxiproxy",
+           "toxiproxy-1p")
 DEFAULT_CONFIGS = ("direct", "haproxy", "haproxy-tuned", "toxiproxy")
 
 
@@ -165,6 +168,8 @@ def build(config: str, source_port: int, work: Path, connections: int) -> Hop:
                                          "    option splice-auto\n")
         else:
             text = tuned_haproxy_config(frontend, source_port, stats, connections)
+            if config == "haproxy-tuned-pe":
+                text = text.replace("    nbthread 1\n", "    nbthread 1\n    tune.maxpollevents 1024\n")
         return start_haproxy(text, frontend, stats, work, config)
     if config == "toxiproxy":
         return start_toxiproxy(source_port, work, config, None)
