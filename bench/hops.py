@@ -169,7 +169,8 @@ def build(config: str, source_port: int, work: Path, connections: int) -> Hop:
         else:
             text = tuned_haproxy_config(frontend, source_port, stats, connections)
             if config == "haproxy-tuned-pe":
-                text = text.replace("    nbthread 1\n", "    nbthread 1\n    tune.maxpollevents 1024\n")
+                text = text.replace("    nbthread 1\n",
+                                    "    nbthread 1\n    tune.maxpollevents 1024\n")
         return start_haproxy(text, frontend, stats, work, config)
     if config == "toxiproxy":
         return start_toxiproxy(source_port, work, config, None)
