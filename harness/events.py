@@ -18,7 +18,9 @@ the same zero. Events:
   ``links`` (name -> {"toxics": [fault kinds]}), ``fleet`` (clients, connected, subscribed,
   delivered, reconnects, stalled, storm_open, latency_p50_ms/latency_p99_ms of the last
   second, live_duplicates and live_reorders seen so far: provisional, the checker decides),
-  ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones).
+  ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones), ``cpu``
+  (``cores`` of the machine, ``components``: CPU seconds per component since the run started,
+  harness.cpu's ledger; the difference of two status events is the CPU split of that span).
 - ``fault_start`` (injection begins), ``fault`` (injected; ``resolved`` names the real
   targets, ``hold_s`` the seconds until its heal, null while held until healed), ``heal``
   (``by_request``: healed by a heal command or the end of the faults phase):

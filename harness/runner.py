@@ -221,7 +221,8 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
                         publisher={"ok": publisher.ok, "failed": publisher.failed,
                                    "indeterminate": publisher.indeterminate},
                         faults=[{"fault_id": f.fault_id, "kind": f.kind, "target": f.target}
-                                for f in nemesis.active.values()])
+                                for f in nemesis.active.values()],
+                        cpu=cpu.so_far())
             await trio.sleep(1.0)
 
 

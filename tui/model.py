@@ -123,6 +123,9 @@ class RunState:
         self.delivered: list[tuple[float, float]] = []
         self.p99: list[tuple[float, float | None]] = []
         self.live: dict[str, int | None] | None = None
+        # Every status event's CPU ledger: (t, CPU seconds per component since the start).
+        self.cpu: list[tuple[float, dict[str, float]]] = []
+        self.cores: int | None = None
         self.report: dict[str, Any] | None = None
         self.exit_code: int | None = None
         self.stopped: str | None = None  # why the run ended without a verdict
@@ -295,6 +298,12 @@ class RunState:
         if isinstance(delivered, int | float):
             self.delivered.append((t, float(delivered)))
         self.p99.append((t, _num(self.fleet.get("latency_p99_ms"))))
+        cpu = event.get("cpu")
+        if isinstance(cpu, Mapping) and isinstance(cpu.get("components"), Mapping):
+            self.cpu.append((t, {str(k): float(v) for k, v in cpu["components"].items()
+                                 if isinstance(v, int | float)}))
+            if isinstance(cpu.get("cores"), int):
+                self.cores = cpu["cores"]
         if any(key in self.fleet for keys in _LIVE_KEYS.values() for key in keys):
             self.live = {}
             for counter, keys in _LIVE_KEYS.items():

@@ -235,3 +235,40 @@ async def test_tab_reaches_the_cpu_pane_at_80x24(capacity_runs: Path) -> None:
         assert focused.region.height > 0
         assert 0 <= focused.region.y < 24
         assert "nodes x3" in screen_text(app)
+
+
+# --------------------------------------------------------------------------------------------
+# The live CPU split: status events carry the CPU seconds so far; the pane shows the last 5 s.
+
+
+def status(t: float, delivered: int, cpu: dict[str, float]) -> dict[str, Any]:
+    return {"t": t, "type": "status", "nodes": {}, "links": {},
+            "fleet": {"delivered": delivered}, "publisher": {},
+            "faults": [], "cpu": {"cores": 2, "components": cpu}}
+
+
+def test_the_live_split_is_the_difference_over_the_last_seconds() -> None:
+    from tui.model import RunState
+    from tui.widgets.cpu_split import live_split
+
+    state = RunState()
+    assert live_split(state) is None
+    state.apply(status(1.0, 0, {"nodes": 0.5, "fleet workers": 0.2}))
+    assert live_split(state) is None  # one sample is no rate
+    for t in range(2, 11):
+        # nodes burn 0.3 s of CPU a second, the fleet 0.1 s; 200 deliveries a second
+        state.apply(status(float(t), 200 * (t - 1),
+                           {"nodes": 0.5 + 0.3 * (t - 1), "fleet workers": 0.2 + 0.1 * (t - 1)}))
+    split = live_split(state)
+    assert split is not None
+    assert split["wall_s"] == pytest.approx(5.0)
+    assert split["deliveries_per_s"] == pytest.approx(200.0)
+    assert split["run_cores"] == pytest.approx(0.4)
+    nodes = split["components"]["nodes"]
+    assert nodes["cores"] == pytest.approx(0.3)
+    assert nodes["share_pct"] == pytest.approx(75.0)
+    assert nodes["us_per_delivery"] == pytest.approx(1500.0)
+    text = plain(render_cpu_split(split))
+    assert "200 deliveries/s" in text
+    assert "run 0.40 of 2 cores" in text
+    assert "live: 5s to 10s" in text
