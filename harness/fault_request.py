@@ -104,6 +104,11 @@ def valid_targets(kind: str, cluster: ClusterNames) -> list[str]:
     for cls in spec.targets:
         if cls == "node":
             out += cluster.nodes
+        elif cls == "clients" and "client_link" in spec.targets:
+            # a link fault on "clients" needs the clients' proxies (the run has them only
+            # where its schedule needs them, or with proxies = "all")
+            if any(n.startswith("clients->") for n in cluster.links):
+                out.append(cls)
         elif cls in ("random", "all", "redis", "clients"):
             out.append(cls)
         elif cls == "lb":
@@ -171,7 +176,10 @@ def check_fault(kind: object, target: object, params: object, duration_s: object
                 and re.fullmatch(r"node-\d+", target):
             message += _node_links_hint(kind, target, cluster)
         raise FaultRequestError(message) from None
-    if cluster is not None and not resolve_target(fault.target, cluster):
+    # "clients" of a fault that is not a link fault (slow_consumers) is the client fleet,
+    # which every run has; as a link fault it is the clients' proxies, which a run may lack.
+    fleet = fault.target == "clients" and "client_link" not in FAULT_KINDS[fault.kind].targets
+    if cluster is not None and not fleet and not resolve_target(fault.target, cluster):
         raise FaultRequestError(_missing(kind, fault.target, cluster))
     duration = fault.duration_s if "duration_s" in raw else None
     return CheckedFault(fault.kind, fault.target, dict(fault.params), duration)
@@ -185,8 +193,14 @@ def _missing(kind: str, target: str, cluster: ClusterNames) -> str:
                 f"{_join(cluster.nodes)} (or random, all)")
     lanes = re.findall(r"lb\[\d+\]", target)
     absent = [lane for lane in lanes if lane not in cluster.lanes]
-    if absent:
+    if absent and cluster.lanes:
         return (f"target: no load-balancer lane {absent[0]} in this cluster; its lanes are "
                 f"{_join(cluster.lanes)}")
+    client_side = bool(lanes) or target.startswith("clients")
+    if client_side and not any(n.startswith("clients->") for n in cluster.links) \
+            and "client_link" in FAULT_KINDS[kind].targets:
+        return (f"target: {target!r}: this run has no proxy on the clients' side (the "
+                "experiment's faults need none; proxies = \"all\" in [cluster] adds them); "
+                f"{kind} can target {_join(valid_targets(kind, cluster))}")
     return (f"target: {target!r} reaches nothing in this cluster; {kind} can target "
             f"{_join(valid_targets(kind, cluster))}")

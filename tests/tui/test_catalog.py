@@ -222,3 +222,27 @@ def test_run_tui_refuses_a_path_that_is_no_run_folder(tmp_path: Path,
     assert "no such run folder" in capsys.readouterr().err
     assert run_tui(tmp_path) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+# A run whose experiment needs no proxy on the clients' side (proxies = "auto", no client link
+# in its schedule): only the node->redis links go through Toxiproxy.
+REDIS_ONLY = Topology(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
+
+
+@pytest.mark.parametrize(("phrase", "error"), [
+    ("add 300 ms latency to clients", "this run has no proxy on the clients' side"),
+    ("add 300 ms latency to lb[0]->node-2", "this run has no proxy on the clients' side"),
+])
+def test_client_link_faults_without_client_proxies_say_why(phrase: str, error: str) -> None:
+    with pytest.raises(PhraseError) as refused:
+        parse_fault_phrase(phrase, REDIS_ONLY)
+    assert error in str(refused.value)
+    assert "node-1->redis" in str(refused.value)  # what it can target instead
+
+
+def test_faults_on_the_client_fleet_need_no_proxy() -> None:
+    # slow_consumers' "clients" is the fleet, not the clients' links
+    assert "clients" in targets_for("slow_consumers", REDIS_ONLY)
+    assert "clients" not in targets_for("latency", REDIS_ONLY)
+    request = FaultRequest("slow_consumers", "clients", {"share": 0.2}).checked(REDIS_ONLY)
+    assert request.target == "clients"

@@ -70,8 +70,8 @@ Counters are green while zero and red when not. During a run they show the clien
 provisional numbers; the verdict brings the checker's, and the verdict banner every invariant
 against its limit and each violation. Every time shown is seconds since the run started, as in
 report.json. The last pane says where the run's CPU went: over the last 5 s while it runs,
-over the whole run with the verdict. Each chart column covers a fixed number of seconds (in its title); RSS is drawn
-from 0, on one scale for every node.
+over the whole run with the verdict. Each chart column covers a fixed number of seconds (in
+its title); RSS is drawn from 0, on one scale for every node.
 
 ## Everywhere
 
