@@ -86,11 +86,14 @@ class CapacityScreen(Screen[None]):
         current = self.selected
         table.clear()
         for trial in entry.trials:
-            table.add_row(fmt_count(trial.viewers), result_text(trial.result),
-                          p99_text(trial, "steady"), p99_text(trial, "settle"),
-                          Text("—" if trial.lost is None else f"{trial.lost:,}",
-                               style="bold red" if trial.lost else ""),
-                          key=str(trial.viewers))
+            cells = [Text(fmt_count(trial.viewers)), result_text(trial.result),
+                     p99_text(trial, "steady", entry.p99_ms),
+                     p99_text(trial, "settle", entry.p99_ms),
+                     Text("—" if trial.lost is None else f"{trial.lost:,}",
+                          style="bold red" if trial.lost else "")]
+            for i in (0, 2, 3, 4):  # numbers line up on the right
+                cells[i].justify = "right"
+            table.add_row(*cells, key=str(trial.viewers))
         if current is not None and str(current.viewers) in table.rows:
             table.move_cursor(row=table.get_row_index(str(current.viewers)))
         self._show_trial()

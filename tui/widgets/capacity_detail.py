@@ -27,9 +27,13 @@ def result_text(result: str) -> Text:
     return Text(result, style=RESULT_STYLE.get(result, "bold"))
 
 
-def p99_text(trial: TrialEntry, phase: str) -> str:
+def p99_text(trial: TrialEntry, phase: str, target_ms: float | None = None) -> Text:
+    """The trial's p99 in ``phase`` (ms), red above the search's target."""
     value = trial.p99_ms.get(phase)
-    return "—" if not isinstance(value, int | float) else f"{value:,.0f}"
+    if not isinstance(value, int | float):
+        return Text("—", style="dim")
+    over = target_ms is not None and value > target_ms
+    return Text(f"{value:,.0f}", style="bold red" if over else "")
 
 
 def bisection_strip(entry: CapacityEntry, width: int = 40) -> Text:
@@ -63,7 +67,8 @@ def trial_table(entry: CapacityEntry) -> Table:
         cores = trial.cpu.get("run_cores")
         rate = trial.cpu.get("deliveries_per_s")
         table.add_row(fmt_count(trial.viewers), result_text(trial.result),
-                      p99_text(trial, "steady"), p99_text(trial, "settle"),
+                      p99_text(trial, "steady", entry.p99_ms),
+                      p99_text(trial, "settle", entry.p99_ms),
                       Text("—" if trial.lost is None else f"{trial.lost:,}",
                            style="bold red" if trial.lost else ""),
                       "—" if not isinstance(rate, int | float) else f"{rate:,.0f}",
