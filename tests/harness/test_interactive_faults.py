@@ -4,6 +4,7 @@ run still ends on schedule (it used to wait 180 s), with every fault recorded an
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -117,6 +118,16 @@ def test_overlapping_interactive_faults_end_on_schedule(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(timeout=60)
     events = events_of(run_dir)
+    # every status event carries the CPU seconds of each component so far (the TUI's live
+    # CPU split): the nodes and the fleet worked, and nobody's total goes down
+    cpu = [e["cpu"] for e in events if e["type"] == "status"]
+    assert cpu
+    assert cpu[-1]["cores"] >= 1
+    assert cpu[-1]["components"]["nodes"] > 0
+    assert cpu[-1]["components"]["fleet workers"] > 0
+    for before, after in itertools.pairwise(cpu):
+        for name, seconds in before["components"].items():
+            assert after["components"].get(name, 0.0) >= seconds, (name, before, after)
     waits = [e for e in events if e["type"] == "wait" and "faults" in e]
     assert waits, "the faults phase says what it waits for"
     assert any(e["type"] == "log" and "i1" in e["message"] and "held until healed"
