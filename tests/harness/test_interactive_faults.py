@@ -24,6 +24,9 @@ EXPERIMENT = """
 description = "interactive faults overlap"
 [cluster]
 nodes = 2
+# every link proxied: interactive faults may target the clients' links (with "auto" only the
+# links the schedule needs are, and this experiment schedules none)
+proxies = "all"
 [clients]
 count = 10
 processes = 1
