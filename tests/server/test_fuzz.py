@@ -48,7 +48,7 @@ from server.frames import (
 from server.http import serve_socket
 from server.node import Node
 from tests.fuzz.generate import CHANNELS, EVENTS, EVIL_STRINGS, HEADER_NAMES, METHODS, TARGETS
-from tests.support.fakes import MemoryChannels
+from tests.support.fakes import CountingCluster, MemoryChannels, RecordingPublisher
 from tests.support.raw import client_frame, read_frame
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "300"))
@@ -168,8 +168,7 @@ def test_close_payloads_are_validated(payload: bytes) -> None:
 
 # ============================================================== a node on a socket pair
 
-class StubBroker:
-    link_up = True
+class StubBroker(RecordingPublisher):
     published = 0
     link_changes = 0
 
@@ -187,10 +186,12 @@ class StubHub(MemoryChannels):
     def __init__(self) -> None:
         super().__init__()
         self.broker = StubBroker()
+        self.cluster = CountingCluster()
 
     def statistics(self) -> dict[str, int]:
         return dict.fromkeys(("channels", "subscriptions", "delivered", "frames_out",
-                              "gaps_detected", "catchups", "unrecoverable"), 0)
+                              "gaps_detected", "catchups", "unrecoverable",
+                              "presence_members", "presence_leaves_pending", "terminated"), 0)
 
 
 def make_node(**overrides: Any) -> Node:
