@@ -78,6 +78,13 @@ async def handle_request(ctx: ApiContext, method: str, path: str, query: str,
         parts = path.strip("/").split("/")
         if len(parts) >= 3 and parts[0] == "apps":
             return await _api(ctx, method, path, parts, params, body)
+        if len(parts) == 3 and parts[0] == "users":
+            # The official Python SDK (3.3) sends terminate_user_connections without the
+            # /apps/{id} prefix; its signed auth_key names the app.
+            app = ctx.config.app_by_key(params.get("auth_key", ""))
+            if app is None:
+                raise ApiError(401, "unknown auth_key")
+            return await _api(ctx, method, path, ["apps", app.id, *parts], params, body)
         if parts[0] == "app":
             raise ApiError(400, "websocket upgrade required on /app/{key}")
         raise ApiError(404, f"no route for {method} {clip(path)}")
