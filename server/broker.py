@@ -87,14 +87,16 @@ class Broker:
         self.published = 0
 
     # ------------------------------------------------------------------ key names
+    # (Spelled out, not through self.keys: bench/fanout.py calls these on a stand-in that
+    # has only key_prefix. They are store.Keys's names.)
     def channel_key(self, app_id: str, channel: str) -> bytes:
-        return self.keys.pubsub(app_id, channel)
+        return f"{self.key_prefix}:{app_id}:{channel}".encode()
 
     def _meta(self, app_id: str, channel: str) -> str:
-        return self.keys.meta(app_id, channel)
+        return f"{self.key_prefix}:{app_id}:{channel}:m"
 
     def _stream(self, app_id: str, channel: str) -> str:
-        return self.keys.stream(app_id, channel)
+        return f"{self.key_prefix}:{app_id}:{channel}:s"
 
     # ------------------------------------------------------------------ publishing
     async def publish_many(self, app_id: str, items: Iterable[PublishItem]

@@ -134,6 +134,25 @@ def text_case(name: str, payload: str | bytes, log: str, code: int = 4200) -> Ca
     return Case(name, lambda node: pusher_error_then_open(node, payload, code), log)
 
 
+async def channel_error_then_open(node: NodeProc, channel: str, code: int) -> None:
+    """Subscribe to ``channel``; expect pusher:subscription_error carrying it, then
+    pusher:error ``code``, and a connection that still works."""
+    async with pusher_client(node.ws_url) as client:
+        await client.send("pusher:subscribe", {"channel": channel})
+        refusal = await client.next()
+        assert refusal["event"] == "pusher:subscription_error", refusal
+        assert refusal["channel"] == channel, refusal
+        message = await client.next()
+        assert message["event"] == "pusher:error", message
+        assert message["data"]["code"] == code, message
+        await client.send("pusher:ping", {})
+        assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+
+def channel_case(name: str, channel: str, log: str, code: int = 4200) -> Case:
+    return Case(name, lambda node: channel_error_then_open(node, channel, code), log)
+
+
 async def oversize_message(node: NodeProc) -> None:
     start = len(node.log())
     began = trio.current_time()
@@ -410,10 +429,10 @@ CASES = [
     Case("request head dripping in", slow_head, r"refused with 408"),
     Case("request body dripping in", slow_body, r"refused with 408"),
     Case("connection that says nothing", silent_connection, r"refused with 408"),
-    *[text_case(f"invalid channel name {name!r}",
-                json.dumps({"event": "pusher:subscribe", "data": {"channel": name}}),
-                r"invalid channel name")
-      for name in ["x" * 165, "with space", "semi;colon/slash", "#server-to-user-1", ""]],
+    *[channel_case(f"invalid channel name {name!r}", name, r"invalid channel name")
+      for name in ["x" * 165, "with space", "semi;colon/slash", ""]],
+    channel_case("a user channel without a sign-in", "#server-to-user-1",
+                 r"only a connection signed in as this user", 4009),
     text_case("channel name not a string",
               '{"event": "pusher:subscribe", "data": {"channel": ["a"]}}', r"needs 'channel'"),
     http_case("bad HTTP signature", 401, tamper={"auth_signature": "0" * 64}),
@@ -424,7 +443,7 @@ CASES = [
     http_case("unknown app id", 404, path="/apps/404/events"),
     http_case("bad JSON body", 400, body=b"{nope"),
     upgrade_case("wrong app key", f"/app/not-{APP_KEY}?protocol=7", 4001),
-    upgrade_case("protocol 6", f"/app/{APP_KEY}?protocol=6", 4007),
+    upgrade_case("protocol 4", f"/app/{APP_KEY}?protocol=4", 4007),
     upgrade_case("no protocol", f"/app/{APP_KEY}", 4008),
     upgrade_case("wrong path", f"/apps/{APP_KEY}?protocol=7", 4005),
 ]

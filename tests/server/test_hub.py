@@ -166,3 +166,19 @@ async def test_history_off_a_client_ahead_waits_for_live_delivery() -> None:
         assert watcher.closed == []
         assert resumer.closed == []
         nursery.cancel_scope.cancel()
+
+
+def test_a_joiner_gets_what_follows_its_position_across_epochs() -> None:
+    from server.hub import _Joiner
+
+    conn = RecordingSubscriber("1.1")
+    # Buffering began while the node was still on epoch "old"; the snapshot is (3, "new").
+    joiner = _Joiner(conn, "old")
+    joiner.frames = [(7, "old", b"o7"), (3, "new", b"n3"), (4, "new", b"n4"),
+                     (1, "newer", b"x1")]
+    assert joiner.after(3, "new") == [b"n4", b"x1"]
+    # Buffering began on the snapshot's own epoch: a later epoch's frames all follow it.
+    joiner = _Joiner(conn, "new")
+    joiner.frames = [(4, "new", b"n4"), (1, "newer", b"x1"), (2, "newer", b"x2")]
+    assert joiner.after(5, "new") == [b"x1", b"x2"]
+    assert joiner.after(3, "new") == [b"n4", b"x1", b"x2"]
