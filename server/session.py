@@ -157,7 +157,7 @@ class PusherSession:
                 error_type="InvalidChannel")
             return
         limit = context.config.max_subscriptions
-        if channel not in client.channels and len(client.channels) >= limit:
+        if channel not in client.channels and _subscriptions(client) >= limit:
             context.stats.subscriptions_refused += 1
             message = (f"subscription limit reached: at most {limit} channels per connection; "
                        "unsubscribe from one first")
@@ -393,6 +393,12 @@ def _user_id(value: object, name: str) -> str:
         raise ValueError(f"'{name}' must be a string (or an integer) of 1-"
                          f"{protocol.MAX_USER_ID} characters")
     return value
+
+
+def _subscriptions(client: Subscriber) -> int:
+    """The client's own subscriptions (the user channel its sign-in added does not count)."""
+    n = len(client.channels)
+    return n - 1 if n and any(protocol.is_user_channel(c) for c in client.channels) else n
 
 
 def _position(data: dict[str, Any]) -> Position | Literal[False] | None:

@@ -94,3 +94,27 @@ async def test_two_apps_on_one_cluster_are_kept_apart(start_nodes):
                                   key="other-key", secret="other-secret")
         assert refused.status_code == 401
     assert APP_KEY != "other-key"
+
+
+async def test_subscription_count_events_are_a_per_app_option(start_nodes):
+    config = app_toml(subscription_count_events=True)
+    node1, node2 = start_nodes("node-1", config=config), start_nodes("node-2", config=config)
+    async with pusher_client(node1.ws_url) as a:
+        await a.subscribe("counted")
+        first = await a.next()
+        assert first["event"] == "pusher_internal:subscription_count"
+        assert json.loads(first["data"]) == {"subscription_count": 1}
+        async with pusher_client(node2.ws_url) as b:
+            await b.subscribe("counted")
+            with trio.fail_after(5):
+                while True:
+                    message = await a.next()
+                    if json.loads(message["data"])["subscription_count"] == 2:
+                        break
+        with trio.fail_after(5):
+            while json.loads((await a.next())["data"])["subscription_count"] != 1:
+                pass
+    plain = start_nodes("node-3")  # the default app does not send them
+    async with pusher_client(plain.ws_url) as c:
+        await c.subscribe("counted")
+        assert await c.drain(2.5) == []

@@ -413,3 +413,12 @@ async def test_a_client_event_redis_cannot_take_is_reported() -> None:
     assert h.client.messages[-1]["event"] == "pusher:error"
     assert "not delivered" in h.client.messages[-1]["data"]["message"]
     assert h.client.closed == []
+
+
+async def test_the_sign_in_channel_does_not_count_against_the_subscription_limit() -> None:
+    h = Harness(max_subscriptions=2)
+    await h.signin({"id": "u1"})
+    for name in ("a", "b", "c"):
+        await h.send("pusher:subscribe", {"channel": name})
+    assert [name for _, name, _ in h.channels.subscribed] == ["#server-to-user-u1", "a", "b"]
+    assert h.client.messages[-1]["data"]["type"] == "LimitReached"
