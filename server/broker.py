@@ -172,7 +172,7 @@ class Broker:
         """Cluster-wide subscriptions per occupied channel (user channels not listed)."""
         totals = await self.store.read_totals(app_id)
         return {ch: n for ch, n in totals.items()
-                if n > 0 and not ch.startswith((" ", "#"))}
+                if n > 0 and not ch.startswith((" ", "#"))}  # not connections, not internal
 
     async def read_members(self, app_id: str, channel: str) -> dict[str, Any]:
         return await self.store.members(app_id, channel)
@@ -182,6 +182,9 @@ class Broker:
 
     async def read_cache(self, app_id: str, channel: str) -> tuple[Cached | None, int]:
         return await self.store.read_cache(app_id, channel)
+
+    async def read_online(self, app_id: str, users: list[str]) -> list[str]:
+        return await self.store.online(app_id, users)
 
     # ------------------------------------------------------------------ pub/sub
     async def wait_subscribed(self, key: bytes) -> None:

@@ -82,13 +82,15 @@ class _Joiner:
 
 
 class _PresenceMember:
-    """A presence membership held by this node: its user and its unique key in Redis."""
+    """A presence membership held by this node: its user, its unique key in Redis and the
+    membership set it is in (the presence channel, or protocol.ONLINE for a sign-in)."""
 
-    __slots__ = ("key", "member")
+    __slots__ = ("channel", "key", "member")
 
-    def __init__(self, key: str, member: Member) -> None:
+    def __init__(self, key: str, member: Member, channel: str) -> None:
         self.key = key  # socket id + '#' + a node-wide serial: a re-join is a new membership
         self.member = member
+        self.channel = channel
 
 
 class _Pending:
@@ -103,8 +105,8 @@ class _Pending:
 
 class ChannelState:
     __slots__ = ("app_id", "catching_up", "catchup_again", "catchup_running", "epoch",
-                 "init_lock", "joiners", "key", "last", "last_count", "members", "name",
-                 "pending", "ready", "settled", "subscribers", "suspect_top", "user")
+                 "init_lock", "internal", "joiners", "key", "last", "last_count", "members",
+                 "name", "pending", "ready", "settled", "subscribers", "suspect_top", "user")
 
     def __init__(self, app_id: str, name: str, key: bytes) -> None:
         self.app_id = app_id
@@ -116,6 +118,8 @@ class ChannelState:
         self.members: dict[Subscriber, _PresenceMember] = {}
         # A user's #server-to-user- channel: carries the terminate event.
         self.user = protocol.is_user_channel(name)
+        # Subscribed to by the server for a connection (user, watchlist): not counted.
+        self.internal = protocol.is_internal(name)
         self.last_count = -1  # cluster-wide count last sent as subscription_count
         self.epoch: str | None = None
         self.last = 0
@@ -359,9 +363,16 @@ class Hub:
         as a joiner first, so every event after that position reaches it exactly once.
         ``quiet``: no subscription_succeeded (the user channel a sign-in subscribes to).
         """
-        if member is not None or protocol.is_cache(name):
+        if member is not None and protocol.is_user_channel(name):
+            await self._subscribe_plain(conn, app_id, name, position, quiet)
+            await self._join_online(conn, app_id, name, member)
+        elif member is not None or protocol.is_cache(name):
             await self._subscribe_snapshot(conn, app_id, name, position, member, quiet)
-            return
+        else:
+            await self._subscribe_plain(conn, app_id, name, position, quiet)
+
+    async def _subscribe_plain(self, conn: Subscriber, app_id: str, name: str,
+                               position: Position | None, quiet: bool) -> None:
         key = self.broker.channel_key(app_id, name)
         joiner: _Joiner | None = None
         try:
@@ -426,7 +437,7 @@ class Hub:
                 store = self.broker.store
                 if member is not None:
                     membership = _PresenceMember(
-                        f"{conn.socket_id}#{next(self._member_serial)}", member)
+                        f"{conn.socket_id}#{next(self._member_serial)}", member, name)
                     entry = store.entry(app_id, name, membership.key)
                     self._joining.add(entry)
                     snapshot = await store.join(
@@ -480,9 +491,38 @@ class Hub:
         if membership is not None:
             old = state.members.pop(conn, None)
             if old is not None:  # subscribed again on the same connection: one membership
-                self._leave(app_id, name, old.key)
+                self._leave(app_id, old.channel, old.key)
             state.members[conn] = membership
         self._go_live(conn, state, name)
+
+    async def _join_online(self, conn: Subscriber, app_id: str, name: str,
+                           member: Member) -> None:
+        """The connection signed in (``name`` is its user channel): the user is online."""
+        state: ChannelState | None = conn.channels.get(name)
+        if state is None or conn in state.members:
+            return
+        membership = _PresenceMember(f"{conn.socket_id}#{next(self._member_serial)}", member,
+                                     protocol.ONLINE)
+        entry = self.broker.store.entry(app_id, protocol.ONLINE, membership.key)
+        self._joining.add(entry)
+        try:
+            with trio.fail_after(SETTLE_TIMEOUT):
+                await self.broker.store.join(app_id, protocol.ONLINE, self.cluster.incarnation,
+                                             membership.key, member.user_id, None,
+                                             max_members=2**62)
+        except (RedisLinkDown, RedisError, trio.TooSlowError) as exc:
+            self._leave(app_id, protocol.ONLINE, membership.key)
+            self.unsubscribe(conn, name)
+            raise SubscribeRefused(f"cannot sign in now: {exc}") from None
+        except BaseException:
+            self._leave(app_id, protocol.ONLINE, membership.key)
+            raise
+        finally:
+            self._joining.discard(entry)
+        if conn.channels.get(name) is state and state is not None:
+            state.members[conn] = membership
+        else:  # the connection left meanwhile
+            self._leave(app_id, protocol.ONLINE, membership.key)
 
     async def _replay(self, conn: Subscriber, app_id: str, name: str, after: int, upto: int,
                       epoch: str | None, *, skip_members: bool = False
@@ -552,7 +592,7 @@ class Hub:
         self._joining.discard(entry)
         if membership is not None:
             # The join may have reached Redis before the failure: leave (idempotent).
-            self._leave(app_id, name, membership.key)
+            self._leave(app_id, membership.channel, membership.key)
         self._maybe_release(key)
 
     def unsubscribe(self, conn: Subscriber, name: str) -> None:
@@ -562,7 +602,7 @@ class Hub:
         state.subscribers.pop(conn, None)
         membership = state.members.pop(conn, None)
         if membership is not None:
-            self._leave(state.app_id, name, membership.key)
+            self._leave(state.app_id, membership.channel, membership.key)
         self._count_changed(state)
         self._maybe_release(state.key)
 
@@ -611,7 +651,7 @@ class Hub:
         local: dict[str, tuple[ChannelState, _PresenceMember]] = {}
         for state in list(self.channels.values()):
             for membership in state.members.values():
-                local[store.entry(state.app_id, state.name, membership.key)] = (
+                local[store.entry(state.app_id, membership.channel, membership.key)] = (
                     state, membership)
         stale = registered - local.keys() - self._joining
         for entry in stale:
@@ -621,11 +661,13 @@ class Hub:
             state, membership = local[entry]
             if membership not in state.members.values():
                 continue
+            online = membership.channel == protocol.ONLINE
             try:
-                await store.join(state.app_id, state.name, self.cluster.incarnation,
+                await store.join(state.app_id, membership.channel, self.cluster.incarnation,
                                  membership.key, membership.member.user_id,
-                                 membership.member.user_info,
-                                 max_members=self.max_members(state.app_id),
+                                 None if online else membership.member.user_info,
+                                 max_members=2**62 if online else
+                                 self.max_members(state.app_id),
                                  webhooks=self.webhooks(state.app_id))
             except PresenceFull:
                 log.warning("presence channel %s filled up while this node was away: %s "
@@ -684,7 +726,7 @@ class Hub:
                         state.suspect_top = top if top > state.last else None
 
     def _count_changed(self, state: ChannelState) -> None:
-        if not state.user:
+        if not state.internal:
             self.cluster.count_changed(state.app_id, state.name)
 
     def local_counts(self, app_id: str, channels: set[str]) -> dict[str, int]:
@@ -698,7 +740,7 @@ class Hub:
                     out[name] = len(state.subscribers)
             return out
         return {s.name: len(s.subscribers) for s in self.channels.values()
-                if s.app_id == app_id and s.subscribers and not s.user}
+                if s.app_id == app_id and s.subscribers and not s.internal}
 
     async def _subscription_counter(self) -> None:
         """pusher_internal:subscription_count to the local subscribers of a channel whose
@@ -714,7 +756,7 @@ class Hub:
                 except (RedisLinkDown, RedisError):
                     break
                 for state in list(self.channels.values()):
-                    if state.app_id != app_id or state.user or not state.subscribers:
+                    if state.app_id != app_id or state.internal or not state.subscribers:
                         continue
                     count = totals.get(state.name, 0)
                     if count != state.last_count:
@@ -732,7 +774,8 @@ class Hub:
             "gaps_detected": self.gaps_detected,
             "catchups": self.catchups,
             "unrecoverable": self.unrecoverable,
-            "presence_members": sum(len(s.members) for s in self.channels.values()),
+            "presence_members": sum(len(s.members) for s in self.channels.values()
+                                    if not s.user),
             "presence_joins": self.presence_joins,
             "presence_leaves": self.presence_leaves,
             "presence_leaves_pending": len(self._leaves),

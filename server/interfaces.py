@@ -79,7 +79,8 @@ class Channels(Protocol):
                         position: Position | None, *, member: Member | None = None,
                         quiet: bool = False) -> None:
         """Confirm (pusher_internal:subscription_succeeded, after any replay; not if
-        ``quiet``) and deliver from then on. ``member``: join the presence channel as it.
+        ``quiet``) and deliver from then on. ``member``: join the presence channel as it
+        (on a user's channel: the user is online, for the watchlists that name it).
         Raises SubscribeRefused if the node cannot serve it now, ChannelFull."""
 
     def unsubscribe(self, conn: Subscriber, name: str) -> None: ...
@@ -105,6 +106,9 @@ class Publisher(Protocol):
 
     async def read_cache(self, app_id: str, channel: str) -> tuple[Cached | None, int]:
         """A cache channel's last event and its seconds to live."""
+
+    async def read_online(self, app_id: str, users: list[str]) -> list[str]:
+        """Which of ``users`` are signed in on some node."""
 
 
 class ClusterView(Protocol):

@@ -104,12 +104,14 @@ return {offset, epoch, cached or false}
 
 # A presence join: the connection becomes a member; the user's first connection publishes
 # pusher_internal:member_added in the channel's sequence. Returns the members and the
-# position they are true at, so the subscriber starts exactly there.
-# KEYS: meta, stream, pub/sub channel, conns (conn -> user), users (user -> info JSON),
-#       refs (user -> connections), node's presence set, cache.
+# position they are true at, so the subscriber starts exactly there. The same script keeps
+# the app's signed-in users ('#online', ``online`` = '1'): then the event is the user's
+# watchlist 'online' event in its own channel (KEYS 1-3), and no snapshot is returned.
+# KEYS: meta, stream, pub/sub channel (of the event), conns (conn -> user), users
+#       (user -> info JSON), refs (user -> connections), node's presence set, cache.
 # ARGV: conn id, user id, user info JSON, max members, epoch candidate, history size, ttl,
-#       member_added prefix, node-set entry, webhook queue, types, max length, channel,
-#       is cache ('1'/'0').
+#       event prefix, node-set entry, webhook queue, types, max length, channel,
+#       is cache ('1'/'0'), online ('1'/'0').
 JOIN_LUA = _PUBLISH_FN + _POSITION_FN + _WEBHOOK_FN + """
 local added = 0
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then
@@ -127,6 +129,9 @@ if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then
     added = 1
   end
 end
+if ARGV[15] == '1' then
+  return {'ok', 0, '', {}, false, added}
+end
 local offset, epoch = position(KEYS[1], KEYS[2], ARGV[5], ARGV[7])
 local cached = false
 if ARGV[14] == '1' then
@@ -142,11 +147,12 @@ return {'ok', offset, epoch, redis.call('HGETALL', KEYS[5]), cached or false, ad
 # publishes pusher_internal:member_removed. Idempotent (an unknown connection changes
 # nothing), so a node, its retries and every node's reaper may all send it: the event is
 # published once. With ``conditional`` (the reaper) nothing happens while the connection's
-# node is alive again.
+# node is alive again. For '#online' (``watch`` = the key base of the users' watchlist
+# channels) the event is the user's watchlist 'offline' event, in the user's channel.
 # KEYS: meta, stream, pub/sub channel, conns, users, refs, node's presence set, node's alive
 #       key.
 # ARGV: conn id, node-set entry, conditional ('1'/'0'), epoch candidate, history size, ttl,
-#       channel, webhook queue, types, max length.
+#       channel, webhook queue, types, max length, watch key base ('' for presence).
 LEAVE_LUA = _PUBLISH_FN + _WEBHOOK_FN + """
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[8]) == 1 then
   return -1
@@ -162,6 +168,13 @@ if redis.call('HINCRBY', KEYS[6], user, -1) > 0 then
 end
 redis.call('HDEL', KEYS[6], user)
 redis.call('HDEL', KEYS[5], user)
+if ARGV[11] ~= '' then
+  local chan = ARGV[11] .. user
+  local events = cjson.encode({events = {{name = 'offline', user_ids = {user}}}})
+  publish(chan .. ':m', chan .. ':s', chan, ARGV[4], ARGV[5], ARGV[6], '',
+          '{"event":"pusher_internal:watchlist_events","data":' .. cjson.encode(events))
+  return 1
+end
 local prefix = '{"event":"pusher_internal:member_removed","channel":' .. cjson.encode(ARGV[7]) ..
   ',"data":' .. cjson.encode(cjson.encode({user_id = user}))
 publish(KEYS[1], KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], '', prefix)

@@ -40,6 +40,10 @@ MAX_USER_ID = 128
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,164}")
 #: The channel a signed-in user's connections receive `send_to_user` events on.
 USER_CHANNEL_PREFIX = "#server-to-user-"
+#: Internal channels: a user's online/offline events for those who watch it, and the
+#: membership set of an app's signed-in users (never a channel clients subscribe to).
+WATCH_CHANNEL_PREFIX = "#watchlist-"
+ONLINE = "#online"
 CACHE_PREFIXES = ("cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-")
 MEMBER_EVENT_PREFIX = b'{"event":"pusher_internal:member_'
 TERMINATE_EVENT = "pusher_internal:terminate"
@@ -76,8 +80,17 @@ def is_user_channel(channel: str) -> bool:
     return channel.startswith(USER_CHANNEL_PREFIX)
 
 
+def is_internal(channel: str) -> bool:
+    """A channel the server subscribes connections to for them (a user's, a watchlist's)."""
+    return channel.startswith("#")
+
+
 def user_channel(user_id: str) -> str:
     return USER_CHANNEL_PREFIX + user_id
+
+
+def watch_channel(user_id: str) -> str:
+    return WATCH_CHANNEL_PREFIX + user_id
 
 
 def is_member_event(prefix: bytes) -> bool:
@@ -181,6 +194,12 @@ def terminate_prefix(channel: str) -> bytes:
 
 def watchlist_events(events: list[dict[str, Any]]) -> bytes:
     return _pusher("pusher_internal:watchlist_events", {"events": events})
+
+
+def watchlist_online_prefix(user_id: str) -> bytes:
+    """A user's 'online' watchlist event without its closing brace (sequenced in the user's
+    watchlist channel; LEAVE_LUA builds the 'offline' one)."""
+    return watchlist_events([{"name": "online", "user_ids": [user_id]}])[:-1]
 
 
 def subscription_error(channel: str, message: str, status: int,

@@ -260,29 +260,38 @@ class PusherSession:
         try:
             user = parse_user_data(user_data, self.app.max_presence_user_info)
         except ValueError as exc:
-            self._error(client, protocol.UNAUTHORIZED, f"invalid user_data: {exc}")
+            code = protocol.WATCHLIST_LIMIT if isinstance(exc, WatchlistError) else \
+                protocol.UNAUTHORIZED
+            self._error(client, code, f"invalid user_data: {exc}")
             return
         if self.user is not None and self.user.id != user.id:
             self._error(client, protocol.UNAUTHORIZED, "this connection is signed in as "
                         "another user already")
             return
-        if user.watchlist:
-            # Watchlist events are not implemented: say so rather than accept it silently.
-            self._error(client, protocol.WATCHLIST_LIMIT, "watchlists are not supported by "
-                        "this server; sign in without 'watchlist'")
-            return
         first = self.user is None
         self.user = user
+        online: list[str] = []
         if first:
+            channels = self.context.channels
             try:
-                await self.context.channels.subscribe(
-                    client, self.app.id, protocol.user_channel(user.id), None, quiet=True)
-            except SubscribeRefused:
+                # The user's channel (send_to_user, terminate), the user online for those
+                # who watch it, and the users it watches.
+                await channels.subscribe(client, self.app.id, protocol.user_channel(user.id),
+                                         None, quiet=True, member=Member(user.id, user.info))
+                for watched in user.watchlist:
+                    await channels.subscribe(client, self.app.id,
+                                             protocol.watch_channel(watched), None, quiet=True)
+                online = await self.context.publisher.read_online(self.app.id, user.watchlist)
+            except (SubscribeRefused, RedisLinkDown, RedisError):
                 self.user = None
                 client.close(protocol.OVER_CAPACITY,
                              "node cannot reach redis; reconnect elsewhere")
                 return
         client.send_message(protocol.signin_success(user_data))
+        if first and online:
+            # The watched users online now; later changes arrive as they happen.
+            client.send_message(protocol.watchlist_events([{"name": "online",
+                                                            "user_ids": online}]))
 
     # ------------------------------------------------------------------ client events
     async def _on_client_event(self, client: Subscriber, event: str, data: Any) -> None:
@@ -381,9 +390,16 @@ def parse_user_data(text: str, max_info: int) -> _User:
         raise ValueError(f"user_info larger than {max_info} bytes")
     watchlist = value.get("watchlist") or []
     if not isinstance(watchlist, list) or len(watchlist) > MAX_WATCHLIST:
-        raise ValueError(f"'watchlist' must be a list of at most {MAX_WATCHLIST} user ids")
+        raise WatchlistError(f"'watchlist' must be a list of at most {MAX_WATCHLIST} user ids")
+    for watched in watchlist:
+        if not protocol.valid_user_id(watched):
+            raise WatchlistError(f"watchlist entry {clip(str(watched), 40)} is not a user id")
     assert isinstance(user_id, str)
-    return _User(user_id, info, [str(w) for w in watchlist])
+    return _User(user_id, info, list(dict.fromkeys(watchlist)))
+
+
+class WatchlistError(ValueError):
+    """A sign-in's watchlist breaks its limits (pusher:error 4302)."""
 
 
 def _user_id(value: object, name: str) -> str:
@@ -396,9 +412,8 @@ def _user_id(value: object, name: str) -> str:
 
 
 def _subscriptions(client: Subscriber) -> int:
-    """The client's own subscriptions (the user channel its sign-in added does not count)."""
-    n = len(client.channels)
-    return n - 1 if n and any(protocol.is_user_channel(c) for c in client.channels) else n
+    """The client's own subscriptions (not those its sign-in made: user, watchlist)."""
+    return sum(1 for name in client.channels if not protocol.is_internal(name))
 
 
 def _position(data: dict[str, Any]) -> Position | Literal[False] | None:

@@ -177,14 +177,23 @@ class ClusterStore:
                    user_id: str, user_info: Any, *, max_members: int,
                    webhooks: WebhookPolicy = NO_WEBHOOKS) -> Snapshot:
         """Make the connection a member; the members and the position they are true at.
-        Raises PresenceFull."""
-        keys = [*self._presence_keys(app, channel), self.keys.node_presence(incarnation),
-                self.keys.cache(app, channel)]
+        Raises PresenceFull. ``channel`` protocol.ONLINE: the app's signed-in users (the
+        user's first connection publishes its watchlist 'online' event; no snapshot)."""
+        k = self.keys
+        online = channel == protocol.ONLINE
+        keys = self._presence_keys(app, channel)
+        if online:
+            watch = protocol.watch_channel(user_id)
+            keys[:3] = [k.meta(app, watch), k.stream(app, watch), k.pubsub(app, watch).decode()]
+            prefix = protocol.watchlist_online_prefix(user_id)
+        else:
+            prefix = protocol.member_added_prefix(channel, user_id, user_info)
+        keys += [k.node_presence(incarnation), k.cache(app, channel)]
         args = [f"{incarnation}/{socket_id}", user_id, orjson.dumps(user_info), max_members,
-                secrets.token_hex(4), self.history_size, self.history_ttl,
-                protocol.member_added_prefix(channel, user_id, user_info),
-                self.entry(app, channel, socket_id), *webhooks.args(), channel,
-                "1" if protocol.is_cache(channel) else "0"]
+                secrets.token_hex(4), self.history_size, self.history_ttl, prefix,
+                self.entry(app, channel, socket_id),
+                *(NO_WEBHOOKS if online else webhooks).args(), channel,
+                "1" if protocol.is_cache(channel) else "0", "1" if online else "0"]
         reply = await self._join.run(self.commands, keys, args)
         if reply[0] == b"full":
             raise PresenceFull(channel)
@@ -198,9 +207,11 @@ class ClusterStore:
                     conditional: bool, webhooks: WebhookPolicy) -> tuple[list[Any], list[Any]]:
         keys = [*self._presence_keys(app, channel), self.keys.node_presence(incarnation),
                 self.keys.alive(incarnation)]
+        online = channel == protocol.ONLINE
         args = [f"{incarnation}/{socket_id}", self.entry(app, channel, socket_id),
                 "1" if conditional else "0", secrets.token_hex(4), self.history_size,
-                self.history_ttl, channel, *webhooks.args()]
+                self.history_ttl, channel, *(NO_WEBHOOKS if online else webhooks).args(),
+                self.keys.pubsub(app, protocol.WATCH_CHANNEL_PREFIX).decode() if online else ""]
         return keys, args
 
     async def leave_many(self, leaves: Sequence[tuple[str, str, str, str]], *,
@@ -220,6 +231,14 @@ class ClusterStore:
         flat = await self.commands.execute("HGETALL", self.keys.channel(app, channel, "pu"))
         return {reply_str(flat[i]) or "": orjson.loads(flat[i + 1])
                 for i in range(0, len(flat or []), 2)}
+
+    async def online(self, app: str, users: Sequence[str]) -> list[str]:
+        """Which of ``users`` are signed in somewhere in the cluster."""
+        if not users:
+            return []
+        refs = await self.commands.execute(
+            "HMGET", self.keys.channel(app, protocol.ONLINE, "pr"), *users)
+        return [user for user, n in zip(users, refs, strict=True) if reply_int(n) > 0]
 
     async def user_counts(self, app: str, channels: Sequence[str]) -> list[int]:
         replies = await self.commands.execute_many(

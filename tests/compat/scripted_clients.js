@@ -10,7 +10,8 @@
 //   subscribe {channel, user_id?, bind?}  pusher-js: subscribe, report succeeded/members/events
 //                                     (and, for the names in bind, each with its metadata)
 //   trigger {channel, event, data}    pusher-js: a client event
-//   signin  {user_id}                 pusher-js: pusher.signin(); report signed_in, user events
+//   signin  {user_id, watchlist?}     pusher-js: pusher.signin(); report signed_in, user events,
+//                                     watchlist online/offline
 //   join    {channel, user_id}        Echo: join().here().joining().leaving()
 //                                     .listenForWhisper('typing').error()
 //   private {channel, user_id}        Echo: private().listenForWhisper('typing').error()
@@ -69,7 +70,8 @@ function options(name, cmd) {
     },
     userAuthentication: {
       customHandler: (params, callback) => {
-        post(cmd.auth_url, { socket_id: params.socketId, user_id: state.userId, signin: true })
+        post(cmd.auth_url, { socket_id: params.socketId, user_id: state.userId, signin: true,
+          watchlist: state.watchlist })
           .then((body) => callback(null, body), (err) => callback(err, null));
       },
     },
@@ -157,7 +159,13 @@ const ops = {
   signin(cmd) {
     const state = clients.get(cmd.name);
     state.userId = cmd.user_id;
+    state.watchlist = cmd.watchlist;
     const pusher = state.pusher;
+    for (const kind of ['online', 'offline']) {
+      pusher.user.watchlist.bind(kind, (event) => {
+        emit({ type: 'watchlist', name: cmd.name, status: kind, user_ids: event.user_ids });
+      });
+    }
     pusher.user.bind_global((event, data) => {
       emit({ type: 'user_event', name: cmd.name, event, data });
     });

@@ -64,8 +64,10 @@ class Backend:
                 user = body.get("user_id")
                 info = {"name": f"User {user}"}
                 if body.get("signin"):
-                    answer = signer.authenticate_user(body["socket_id"],
-                                                      {"id": user, "user_info": info})
+                    user_data = {"id": user, "user_info": info}
+                    if body.get("watchlist"):
+                        user_data["watchlist"] = body["watchlist"]
+                    answer = signer.authenticate_user(body["socket_id"], user_data)
                 else:
                     channel = body["channel_name"]
                     client = forger if channel in backend.refuse else signer
@@ -179,10 +181,15 @@ async def test_pusher_js_presence_whispers_and_sign_in(start_nodes, clients):
             await script.send("pusher", "bob", port=node2.port, auth_url=backend.url)
             await script.wait("connected", name="ada")
             await script.wait("connected", name="bob")
-            for name in ("ada", "bob"):
-                await script.send("signin", name, user_id=name)
-                (signed,) = await script.wait("signed_in", name=name)
-                assert signed["user_data"]["id"] == name
+            # Ada watches bob (pusher.user.watchlist): bob's sign-in on node 2 is an online
+            # event on node 1, his connection ending an offline one (below).
+            await script.send("signin", "ada", user_id="ada", watchlist=["bob"])
+            (signed,) = await script.wait("signed_in", name="ada")
+            assert signed["user_data"]["id"] == "ada"
+            await script.send("signin", "bob", user_id="bob")
+            await script.wait("signed_in", name="bob")
+            (online,) = await script.wait("watchlist", name="ada", status="online")
+            assert online["user_ids"] == ["bob"]
             await script.send("subscribe", "ada", channel=room, user_id="ada")
             (ada_in,) = await script.wait("subscribed", name="ada", channel=room)
             assert ada_in["members"] == {"ada": {"name": "User ada"}}
@@ -218,6 +225,7 @@ async def test_pusher_js_presence_whispers_and_sign_in(start_nodes, clients):
             await trio.sleep(1.0)
             assert script.of("state", name="bob", current="connected")
             assert not script.of("state", name="bob", previous="connected")
+            assert not script.of("watchlist", name="ada", status="offline")
 
         await clients([node1, node2], body)
         # The member webhooks arrive once each, valid for the official SDK.

@@ -312,8 +312,10 @@ async def test_a_user_channel_needs_a_sign_in() -> None:
     ({"user_info": {}}, protocol.UNAUTHORIZED, "'id'"),
     ({"id": 7}, protocol.UNAUTHORIZED, "'id'"),
     ({"id": "has space"}, protocol.UNAUTHORIZED, "'id'"),
-    ({"id": "u", "watchlist": "u2"}, protocol.UNAUTHORIZED, "watchlist"),
-    ({"id": "u", "watchlist": ["u2"]}, protocol.WATCHLIST_LIMIT, "not supported"),
+    ({"id": "u", "watchlist": "u2"}, protocol.WATCHLIST_LIMIT, "watchlist"),
+    ({"id": "u", "watchlist": [f"u{i}" for i in range(101)]}, protocol.WATCHLIST_LIMIT,
+     "at most 100"),
+    ({"id": "u", "watchlist": ["not an id"]}, protocol.WATCHLIST_LIMIT, "not a user id"),
 ])
 async def test_bad_user_data_is_refused(user_data: dict[str, Any], code: int, why: str) -> None:
     h = Harness()
@@ -422,3 +424,18 @@ async def test_the_sign_in_channel_does_not_count_against_the_subscription_limit
         await h.send("pusher:subscribe", {"channel": name})
     assert [name for _, name, _ in h.channels.subscribed] == ["#server-to-user-u1", "a", "b"]
     assert h.client.messages[-1]["data"]["type"] == "LimitReached"
+
+
+async def test_a_watchlist_subscribes_its_users_and_tells_who_is_online() -> None:
+    h = Harness(max_subscriptions=2)
+    h.publisher.online = {"u3"}
+    await h.signin({"id": "u1", "watchlist": ["u2", "u3", "u2"]})
+    assert h.channels.quiet == ["#server-to-user-u1", "#watchlist-u2", "#watchlist-u3"]
+    assert h.channels.members["#server-to-user-u1"] == Member("u1", None)  # online
+    assert h.client.events() == ["pusher:signin_success", "pusher_internal:watchlist_events"]
+    assert json.loads(h.client.messages[1]["data"]) == {
+        "events": [{"name": "online", "user_ids": ["u3"]}]}
+    # The internal subscriptions do not count against the client's own.
+    for name in ("a", "b"):
+        await h.send("pusher:subscribe", {"channel": name})
+    assert h.client.events()[-1] == "pusher_internal:subscription_succeeded"

@@ -186,3 +186,22 @@ async def test_the_reaper_removes_a_dead_incarnation_once(store: ClusterStore) -
         {"name": "subscription_count", "channel": "presence-r", "subscription_count": 1}]
     incarnations = await store.commands.execute("SMEMBERS", store.keys.incarnations())
     assert incarnations == [b"live.1"]
+
+
+async def test_online_users_publish_watchlist_events_in_their_own_channel(
+        store: ClusterStore) -> None:
+    first = await store.join("a", "#online", "n1", "s1", "bob", None, max_members=2**62)
+    assert (first.added, first.members) == (True, {})  # no snapshot of every user online
+    again = await store.join("a", "#online", "n2", "s2", "bob", None, max_members=2**62)
+    assert not again.added
+    assert await store.online("a", ["bob", "ada"]) == ["bob"]
+    assert await store.leave_many([("a", "#online", "n1", "s1"), ("a", "#online", "n2", "s2")]) \
+        == [0, 1]
+    assert await store.online("a", ["bob"]) == []
+    watch = [orjson.loads(m + b"}") for m in await stream(store, "#watchlist-bob")]
+    assert [(e["event"], orjson.loads(e["data"])) for e in watch] == [
+        ("pusher_internal:watchlist_events", {"events": [{"name": "online",
+                                                          "user_ids": ["bob"]}]}),
+        ("pusher_internal:watchlist_events", {"events": [{"name": "offline",
+                                                          "user_ids": ["bob"]}]})]
+    assert await queued(store) == []  # no member webhooks for sign-ins

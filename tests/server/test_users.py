@@ -11,6 +11,7 @@ import pusher
 import trio
 
 from server import protocol
+from server.auth import user_auth
 from tests.support.client import in_thread, pusher_client, signed_post
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc
 
@@ -74,3 +75,39 @@ async def test_user_routes_validate_the_user_id(start_nodes):
     bad = await in_thread(signed_post, node.url,
                           f"/apps/{APP_ID}/users/x/terminate_connections", {})
     assert bad.status_code == 200  # no connection: nothing to do, still {}
+
+
+async def test_watchlists_follow_users_online_and_offline_across_nodes(start_nodes):
+    flags = ("--node-timeout", "2")
+    node1, node2 = start_nodes("node-1", *flags), start_nodes("node-2", *flags)
+    tag = uuid.uuid4().hex[:6]
+    ada, bob, cid = f"ada-{tag}", f"bob-{tag}", f"cid-{tag}"
+
+    def online(message: dict, *users: str) -> bool:
+        return message["event"] == "pusher_internal:watchlist_events" and \
+            json.loads(message["data"]) == {"events": [{"name": "online",
+                                                        "user_ids": list(users)}]}
+
+    async with pusher_client(node2.ws_url) as cid_conn:
+        assert (await cid_conn.signin(cid))["event"] == "pusher:signin_success"
+        async with pusher_client(node1.ws_url) as watcher:
+            user_data = json.dumps({"id": ada, "watchlist": [bob, cid]})
+            await watcher.send("pusher:signin", {
+                "auth": user_auth(APP_KEY, APP_SECRET, watcher.socket_id, user_data),
+                "user_data": user_data})
+            assert (await watcher.next())["event"] == "pusher:signin_success"
+            assert online(await watcher.next(), cid)  # who is online already
+            async with pusher_client(node2.ws_url) as bob1, \
+                    pusher_client(node1.ws_url) as bob2:
+                await bob1.signin(bob)
+                assert online(await watcher.next(), bob)  # once, however many connections
+                await bob2.signin(bob)
+                assert await watcher.drain(0.5) == []
+            offline = await watcher.next()
+            assert json.loads(offline["data"]) == {"events": [{"name": "offline",
+                                                               "user_ids": [bob]}]}
+            node2.kill()  # cid's node dies: cid goes offline within the bound
+            with trio.fail_after(8):
+                offline = await watcher.next()
+            assert json.loads(offline["data"])["events"] == [{"name": "offline",
+                                                              "user_ids": [cid]}]

@@ -92,6 +92,7 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.items: list[tuple[str, PublishItem]] = []
         self.fail = False
+        self.online: set[str] = set()
 
     async def publish_many(self, app_id: str, items: Any) -> list[PublishResult]:
         if self.fail:
@@ -111,6 +112,9 @@ class RecordingPublisher:
 
     async def read_cache(self, app_id: str, channel: str) -> tuple[None, int]:
         return None, 0
+
+    async def read_online(self, app_id: str, users: list[str]) -> list[str]:
+        return [user for user in users if user in self.online]
 
 
 class CountingCluster:
