@@ -83,7 +83,9 @@ class Cluster:
         # Per app: the cluster's connections as of the last read, and ours at that time.
         self._cluster_connections: dict[str, tuple[int, int]] = {}
         self._last_reported: dict[str, int] = {}
+        self._rejoin_wanted = trio.Event()
         self.alive = False
+        self.retired = False
         self.rejoins = 0
         self.reaped = 0
 
@@ -115,6 +117,7 @@ class Cluster:
                     ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._rejoiner)
             nursery.start_soon(self._reaper)
             nursery.start_soon(self._count_syncer)
             task_status.started()
@@ -125,7 +128,7 @@ class Cluster:
         alive = keys.alive(self.incarnation)
         ttl_ms = int(self.node_timeout * 1000)
         interval = self.node_timeout / 5
-        while True:
+        while not self.retired:
             try:
                 refreshed = await commands.execute("SET", alive, "1", "PX", ttl_ms, "XX")
                 if refreshed is None:
@@ -141,12 +144,35 @@ class Cluster:
                     self.rejoins += 1
                     self._full_sync = True
                     self._dirty_event.set()
-                    await self._rejoin()
+                    self._rejoin_wanted.set()  # not here: the heartbeat must keep beating
                 self.alive = True
                 await self._read_connection_totals()
             except (RedisLinkDown, RedisError) as exc:
                 log.debug("heartbeat failed: %s", exc)
             await trio.sleep(interval)
+
+    async def _rejoiner(self) -> None:
+        while True:
+            await self._rejoin_wanted.wait()
+            self._rejoin_wanted = trio.Event()
+            try:
+                await self._rejoin()
+            except (RedisLinkDown, RedisError) as exc:
+                log.info("re-registering presence members failed, retrying: %s", exc)
+                self._rejoin_wanted.set()
+                await trio.sleep(0.5)
+
+    async def retire(self) -> None:
+        """A clean exit (after a drain): declare this incarnation dead at once and remove
+        what it still holds, instead of leaving it to the reapers' timeout."""
+        commands = self.store.commands
+        self.retired = True  # the heartbeat must not bring it back to life
+        with trio.move_on_after(3):
+            try:
+                await commands.execute("DEL", self.store.keys.alive(self.incarnation))
+                await self._reap(self.incarnation)
+            except (RedisLinkDown, RedisError) as exc:
+                log.warning("could not retire %s (the reapers will): %s", self.incarnation, exc)
 
     async def _read_connection_totals(self) -> None:
         apps = self._limited_apps()

@@ -657,21 +657,19 @@ class Hub:
         for entry in stale:
             app, channel, key = entry.split("\n", 2)
             self._leave(app, channel, key)
-        for entry in local.keys() - registered:
-            state, membership = local[entry]
-            if membership not in state.members.values():
-                continue
-            online = membership.channel == protocol.ONLINE
-            try:
-                await store.join(state.app_id, membership.channel, self.cluster.incarnation,
-                                 membership.key, membership.member.user_id,
-                                 None if online else membership.member.user_info,
-                                 max_members=2**62 if online else
-                                 self.max_members(state.app_id),
-                                 webhooks=self.webhooks(state.app_id))
-            except PresenceFull:
-                log.warning("presence channel %s filled up while this node was away: %s "
-                            "is no longer a member", state.name, membership.member.user_id)
+        missing = [local[entry] for entry in local.keys() - registered]
+        for start in range(0, len(missing), LEAVE_BATCH):
+            batch = [(state, m) for state, m in missing[start:start + LEAVE_BATCH]
+                     if m in state.members.values()]
+            results = await store.join_many([
+                (state.app_id, m.channel, self.cluster.incarnation, m.key, m.member.user_id,
+                 None if m.channel == protocol.ONLINE else m.member.user_info,
+                 2**62 if m.channel == protocol.ONLINE else self.max_members(state.app_id))
+                for state, m in batch], self.webhooks)
+            for (state, m), result in zip(batch, results, strict=True):
+                if result is None:
+                    log.warning("presence channel %s filled up while this node was away: %s "
+                                "is no longer a member", state.name, m.member.user_id)
         if stale or local.keys() - registered:
             log.info("presence resync: %d memberships re-joined, %d stale ones left",
                      len(local.keys() - registered), len(stale))

@@ -334,6 +334,11 @@ class Node:
         with trio.move_on_after(5.0):
             while self.connections:
                 await trio.sleep(0.05)
+        if self.cluster is not None:
+            # Its presence members and counts leave the cluster now, not node_timeout later.
+            await self.cluster.retire()
+        if self.webhook_sender is not None:
+            await self.webhook_sender.release()
         log.warning("drained; exiting with %d", self.exit_code)
         self._done.set()
 

@@ -71,8 +71,9 @@ class PusherSession:
         self.context = context
         self.peer = peer
         self.user: _User | None = None
-        # presence channel -> the user id this connection joined it as (for client events).
-        self.presence_users: dict[str, str] = {}
+        # presence channel -> the user id this connection joined it as (for client events);
+        # made on the first join (an idle connection's memory is the node's budget).
+        self.presence_users: dict[str, str] | None = None
         # Client-event token bucket: tokens left and when they were counted.
         self._bucket = app.client_event_rate
         self._bucket_at = 0.0
@@ -109,7 +110,8 @@ class PusherSession:
                 self._error(client, protocol.RECONNECT,
                             "invalid message format: missing 'channel'")
                 return
-            self.presence_users.pop(channel, None)
+            if self.presence_users:
+                self.presence_users.pop(channel, None)
             self.context.channels.unsubscribe(client, channel)
         elif event == "pusher:signin":
             await self._on_signin(client, data)
@@ -195,6 +197,8 @@ class PusherSession:
                          "node cannot reach redis; reconnect elsewhere")
             return
         if member is not None:
+            if self.presence_users is None:
+                self.presence_users = {}
             self.presence_users[channel] = member.user_id
 
     def _presence_member(self, client: Subscriber, channel: str,
@@ -310,7 +314,7 @@ class PusherSession:
             client.send_message(protocol.error(protocol.CLIENT_EVENT_REJECTED, message))
             client.close(protocol.CLIENT_EVENT_REJECTED, message)
             return
-        user_id = self.presence_users.get(channel)
+        user_id = self.presence_users.get(channel) if self.presence_users else None
         webhook = b""
         if "client_event" in self.app.webhook_types():
             hook: dict[str, Any] = {

@@ -179,6 +179,24 @@ class ClusterStore:
         """Make the connection a member; the members and the position they are true at.
         Raises PresenceFull. ``channel`` protocol.ONLINE: the app's signed-in users (the
         user's first connection publishes its watchlist 'online' event; no snapshot)."""
+        reply = await self._join.run(self.commands, *self._join_call(
+            app, channel, incarnation, socket_id, user_id, user_info, max_members, webhooks))
+        return self._snapshot_of(channel, reply)
+
+    async def join_many(self, joins: Sequence[tuple[str, str, str, str, str, Any, int]],
+                        webhooks: Any) -> list[Snapshot | None]:
+        """Join (app, channel, incarnation, socket_id, user_id, user_info, max_members)
+        memberships, pipelined; None for each refused as full. ``webhooks``: app -> policy."""
+        replies = await self._join.run_many(self.commands, [
+            self._join_call(app, ch, inc, sid, uid, info, limit, webhooks(app))
+            for app, ch, inc, sid, uid, info, limit in joins])
+        _check(replies)
+        return [None if reply[0] == b"full" else self._snapshot_of(join[1], reply)
+                for join, reply in zip(joins, replies, strict=True)]
+
+    def _join_call(self, app: str, channel: str, incarnation: str, socket_id: str,
+                   user_id: str, user_info: Any, max_members: int,
+                   webhooks: WebhookPolicy) -> tuple[list[Any], list[Any]]:
         k = self.keys
         online = channel == protocol.ONLINE
         keys = self._presence_keys(app, channel)
@@ -194,7 +212,10 @@ class ClusterStore:
                 self.entry(app, channel, socket_id),
                 *(NO_WEBHOOKS if online else webhooks).args(), channel,
                 "1" if protocol.is_cache(channel) else "0", "1" if online else "0"]
-        reply = await self._join.run(self.commands, keys, args)
+        return keys, args
+
+    @staticmethod
+    def _snapshot_of(channel: str, reply: Any) -> Snapshot:
         if reply[0] == b"full":
             raise PresenceFull(channel)
         _, offset, epoch, flat, cached, added = reply

@@ -100,6 +100,14 @@ return 1
 """
 
 
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def sign(secret: str, body: bytes) -> str:
     """X-Pusher-Signature: hex HMAC-SHA256 of the body with the app secret."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -147,6 +155,7 @@ class WebhookSender:
         self._lease = Script(_LEASE_LUA)
         self._route = Script(_ROUTE_LUA)
         self._trim = Script(_TRIM_LUA)
+        self._release = Script(_RELEASE_LUA)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -163,6 +172,17 @@ class WebhookSender:
                     await self.run_once(client)
                 except (RedisLinkDown, RedisError) as exc:
                     log.debug("webhook round failed: %s", exc)
+
+    async def release(self) -> None:
+        """Give the lease up (a clean exit): another node takes over at its next poll."""
+        if not self.leader:
+            return
+        with trio.move_on_after(1):
+            try:
+                await self._release.run(self.store.commands, [self.lease_key], [self.holder])
+            except (RedisLinkDown, RedisError):
+                pass
+        self.leader = False
 
     async def run_once(self, client: httpx.AsyncClient) -> None:
         """One round: hold the lease, route every app's new events, deliver every endpoint."""

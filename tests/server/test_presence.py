@@ -272,3 +272,23 @@ async def test_a_presence_resume_replays_channel_events_and_the_current_members(
             assert await client.drain(0.5) == []
     finally:
         await close_all(stack)
+
+
+async def test_a_drained_nodes_members_leave_at_once(start_nodes):
+    """A clean exit (SIGTERM: drain) retires the node's incarnation itself: its members leave
+    as soon as it has closed its clients, not node_timeout later."""
+    flags = ("--node-timeout", "60", "--drain-grace", "0.2")
+    node1, node2 = start_nodes("node-1", *flags), start_nodes("node-2", *flags)
+    name = channel()
+    stack: list[Any] = []
+    try:
+        observer = await join(node1, name, "0", stack)
+        await join(node2, name, "1", stack)
+        await observer.until(lambda v: v.added == ["1"], 5)
+        node2.terminate()
+        took = await observer.until(lambda v: v.removed == ["1"], 10)
+        assert took < 10
+        assert node2.proc.wait(10) == 0
+        assert await users(node1, name) == ["0"]
+    finally:
+        await close_all(stack)

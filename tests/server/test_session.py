@@ -207,7 +207,7 @@ async def test_a_presence_subscribe_joins_as_its_signed_member() -> None:
     assert h.channels.members["presence-room"] == Member("42", {"name": "Ada"})
     assert h.session.presence_users == {"presence-room": "42"}
     await h.send("pusher:unsubscribe", {"channel": "presence-room"})
-    assert h.session.presence_users == {}
+    assert not h.session.presence_users
 
 
 @pytest.mark.parametrize("how", ["no channel_data", "no auth", "data not signed",
@@ -265,7 +265,7 @@ async def test_a_full_presence_channel_refuses_the_channel_only() -> None:
     refusal = h.client.messages[0]
     assert (refusal["channel"], refusal["data"]["status"], refusal["data"]["type"]) == (
         "presence-room", 403, "LimitReached")
-    assert h.session.presence_users == {}
+    assert not h.session.presence_users
     assert h.client.closed == []
 
 
