@@ -415,6 +415,10 @@ async def _upgrade(host: SocketHost, sock: socket.socket, conn: h11.Connection,
     if "protocol" not in query:
         await _reject_ws(host, sock, peer, protocol.NO_PROTOCOL, "no protocol version supplied")
         return None
+    if not (query["protocol"].isascii() and query["protocol"].isdigit()):
+        await _reject_ws(host, sock, peer, protocol.INVALID_VERSION,
+                         f"invalid protocol version {clip(query['protocol'], 16)}; use 7")
+        return None
     if query["protocol"] not in protocol.SUPPORTED_PROTOCOLS:
         await _reject_ws(host, sock, peer, protocol.UNSUPPORTED_PROTOCOL,
                          f"unsupported protocol version {clip(query['protocol'], 16)}; "

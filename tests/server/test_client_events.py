@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 import trio
 
 from server import protocol
@@ -81,3 +82,24 @@ async def test_the_rate_limit_closes_4301_and_spares_the_others(start_nodes):
         await peer.send("pusher:ping", {})
         with trio.fail_after(5):
             assert (await peer.next())["event"] == "pusher:pong"
+
+
+@pytest.mark.parametrize(("channel", "subscribe", "why"), [
+    ("public-chat", True, "only allowed on private and presence"),
+    ("private-encrypted-chat", True, "not supported on encrypted channels"),
+    ("private-chat", False, "not subscribed"),
+])
+async def test_client_events_follow_pusher_rules(start_nodes, channel, subscribe, why):
+    node = start_nodes("node-1", config=app_toml(enable_client_events=True))
+    async with pusher_client(node.ws_url) as sender, pusher_client(node.ws_url) as other:
+        await other.subscribe(channel, sign=channel.startswith("private-"))
+        if subscribe:
+            await sender.subscribe(channel, sign=channel.startswith("private-"))
+        await sender.send("client-x", {}, channel=channel)
+        error = await sender.next()
+        assert error["event"] == "pusher:error"
+        assert error["data"]["code"] == protocol.CLIENT_EVENT_REJECTED
+        assert why in error["data"]["message"]
+        assert await other.drain(0.5) == []
+        await sender.send("pusher:ping", {})
+        assert (await sender.next())["event"] == "pusher:pong"

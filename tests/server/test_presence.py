@@ -131,6 +131,10 @@ async def test_members_cover_every_node_and_member_events_are_once_per_user(star
         await observer.read(1.0)
         await alice.read(0.2)
         assert observer.removed == alice.removed == ["2"]
+        # member_removed carries the user id only (Pusher's shape).
+        (removal,) = [m for m in observer.events if m["event"].endswith("member_removed")]
+        assert json.loads(removal["data"]) == {"user_id": "2"}
+        assert removal["channel"] == name
         assert set(observer.members) == set(alice.members) == {"0", "1"}
         assert await users(node1, name) == ["0", "1"]
         # Positions stay dense through member events: they are sequenced like any event.
