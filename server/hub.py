@@ -363,13 +363,28 @@ class Hub:
         as a joiner first, so every event after that position reaches it exactly once.
         ``quiet``: no subscription_succeeded (the user channel a sign-in subscribes to).
         """
-        if member is not None and protocol.is_user_channel(name):
-            await self._subscribe_plain(conn, app_id, name, position, quiet)
-            await self._join_online(conn, app_id, name, member)
-        elif member is not None or protocol.is_cache(name):
-            await self._subscribe_snapshot(conn, app_id, name, position, member, quiet)
-        else:
-            await self._subscribe_plain(conn, app_id, name, position, quiet)
+        previous: ChannelState | None = conn.channels.get(name)
+        if previous is not None:
+            # Subscribed again without unsubscribing: deliveries continue from the new answer
+            # only (not twice while the new subscription buffers).
+            previous.subscribers.pop(conn, None)
+        try:
+            if member is not None and protocol.is_user_channel(name):
+                await self._subscribe_plain(conn, app_id, name, position, quiet)
+                await self._join_online(conn, app_id, name, member)
+            elif member is not None or protocol.is_cache(name):
+                await self._subscribe_snapshot(conn, app_id, name, position, member, quiet)
+            else:
+                await self._subscribe_plain(conn, app_id, name, position, quiet)
+        except BaseException:
+            kept: bool = conn.channels.get(name) is previous
+            if previous is not None and kept:
+                registered: bool = self.channels.get(previous.key) is previous
+                if registered:
+                    previous.subscribers[conn] = None
+                else:
+                    conn.channels.pop(name, None)
+            raise
 
     async def _subscribe_plain(self, conn: Subscriber, app_id: str, name: str,
                                position: Position | None, quiet: bool) -> None:

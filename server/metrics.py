@@ -141,6 +141,22 @@ class _NodeCollector(Collector):
                     hub["presence_leaves_pending"])
         yield counter("connections_terminated", "Connections closed by terminate_connections",
                       hub["terminated"])
+        cluster = getattr(node, "cluster", None)
+        if cluster is not None:
+            yield counter("rejoins", "Times this node found itself presumed dead (no heartbeat "
+                          "for node_timeout) and re-registered its memberships", cluster.rejoins)
+            yield counter("dead_nodes_reaped", "Dead node incarnations this node's reaper "
+                          "cleaned up", cluster.reaped)
+        sender = getattr(node, "webhook_sender", None)
+        if sender is not None:
+            yield gauge("webhook_sender", "1 while this node holds the cluster's webhook lease",
+                        1.0 if sender.leader else 0.0)
+            yield counter("webhook_events_sent", "Webhook events delivered (2xx) by this node",
+                          sender.stats.events)
+            yield counter("webhook_failures", "Webhook POSTs that failed (retried with backoff)",
+                          sender.stats.failures)
+            yield counter("webhook_events_dropped", "Webhook events dropped from full queues",
+                          sender.stats.dropped)
 
 
 class Metrics:
