@@ -475,7 +475,10 @@ def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
     """Whether a handshake's Origin matches one of an app's allowed_origins: '*', a full
     origin ('https://*.example.com'), or a host ('*.example.com'); case-insensitive."""
     origin = origin.strip().lower()
-    host = (urlsplit(origin).hostname or "") if "://" in origin else origin
+    try:
+        host = (urlsplit(origin).hostname or "") if "://" in origin else origin
+    except ValueError:  # a malformed origin ('http://[x') matches only '*'
+        host = ""
     for pattern in patterns:
         pattern = pattern.lower()
         if pattern == "*":

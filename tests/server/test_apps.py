@@ -11,6 +11,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from server import protocol
+from server.http import origin_allowed
 from tests.support.client import closed_with, in_thread, publish, pusher_client, signed_post
 from tests.support.procs import APP_ID, APP_KEY, app_toml
 
@@ -36,18 +37,29 @@ async def handshake_with_origin(url: str, origin: str | None) -> int | None:
 @pytest.mark.parametrize(("origin", "allowed"), [
     ("https://app.example.com", True),
     ("https://www.example.com", True),     # https://*.example.com
+    ("HTTPS://WWW.EXAMPLE.COM", True),     # case-insensitive
     ("http://localhost:5173", True),       # host pattern 'localhost'
     ("https://example.com", False),        # the wildcard needs a subdomain
     ("http://app.example.com", False),     # other scheme
     ("https://evil.com", False),
+    ("https://app.example.com.evil.com", False),
     ("null", False),
-    (None, True),                          # not a browser: no Origin to check
+    ("", False),
+    ("http://[not-an-address", False),     # urlsplit raises on it: refused, not a crash
 ])
-async def test_allowed_origins_are_checked_on_the_handshake(start_nodes, origin, allowed):
+def test_origin_patterns(origin, allowed):
+    assert origin_allowed(origin, ("https://*.example.com", "localhost")) is allowed
+    assert origin_allowed(origin, ("*",))  # the default allows every origin
+
+
+async def test_allowed_origins_are_checked_on_the_handshake(start_nodes):
     node = start_nodes("node-1", config=app_toml(
         allowed_origins=["https://*.example.com", "localhost"]))
-    code = await handshake_with_origin(node.ws_url, origin)
-    assert code == (None if allowed else protocol.UNAUTHORIZED)
+    assert await handshake_with_origin(node.ws_url, "https://app.example.com") is None
+    assert await handshake_with_origin(node.ws_url, None) is None  # not a browser
+    for refused in ("https://evil.com", "http://[not-an-address"):
+        assert await handshake_with_origin(node.ws_url, refused) == protocol.UNAUTHORIZED
+    assert "origin 'https://evil.com' is not allowed" in node.log()
 
 
 async def test_a_disabled_app_refuses_connections_4003_and_its_api_403(start_nodes):
