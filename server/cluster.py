@@ -10,7 +10,7 @@ step is conditional on the key still being absent, so a node that was only slow 
 a pause) and comes back loses nothing for good: its heartbeat finds its key gone, sets it again
 and re-registers everything it still holds (the ``rejoin`` callback), after which no reaper
 step touches it. A killed node's members are therefore gone within ``node_timeout`` + the
-reaper's 1 s.
+reaper's period (1 s ± 20 %).
 
 Counts: the hub marks (app, channel) pairs whose local subscription count changed; the syncer
 writes them (debounced) through COUNTS_LUA, which keeps the cluster totals and queues the

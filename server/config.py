@@ -366,7 +366,7 @@ class Config:
         5.0, "Seconds without a heartbeat (sent every node_timeout/5) after which the "
         "cluster counts a node dead: its presence members are removed (member_removed sent "
         "once), its subscriptions leave the channel counts. A killed node's members are gone "
-        "within node_timeout + 1 s.", ge=1, le=300)
+        "within node_timeout + about 1.2 s (the reaper runs every 1 s ± 20 %).", ge=1, le=300)
     cache_ttl: Seconds = _setting(
         1800.0, "Seconds a cache channel keeps its last event after it was published.", gt=0)
     log_level: Annotated[str, AfterValidator(_log_level)] = _setting(
