@@ -67,8 +67,9 @@ class Cluster:
                  local_counts: Callable[[str, set[str]], dict[str, int]],
                  webhooks: Callable[[str], WebhookPolicy],
                  limited_apps: Callable[[], list[str]],
-                 rejoin: Callable[[], Awaitable[None]]) -> None:
+                 rejoin: Callable[[], Awaitable[None]], reap: bool = True) -> None:
         self.store = store
+        self.reap = reap  # False: the negative control's node without the reaper
         self.incarnation = f"{node_id}.{secrets.token_hex(4)}"
         self.node_timeout = node_timeout
         self._link_up = link_up
@@ -115,6 +116,9 @@ class Cluster:
     # ------------------------------------------------------------------ tasks
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
+        if not self.reap:
+            log.warning("the reaper is off (--no-reap-dead-nodes): a dead node's presence "
+                        "members and counts will never be removed")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat)
             nursery.start_soon(self._rejoiner)
@@ -234,7 +238,7 @@ class Cluster:
         while True:
             # Jittered so the nodes' reapers do not all run at the same instant.
             await trio.sleep(REAPER_INTERVAL * random.uniform(0.8, 1.2))
-            if not self._link_up() or not self.alive:
+            if not self._link_up() or not self.alive or not self.reap:
                 continue
             try:
                 await self.reap_once()

@@ -367,6 +367,10 @@ class Config:
         "cluster counts a node dead: its presence members are removed (member_removed sent "
         "once), its subscriptions leave the channel counts. A killed node's members are gone "
         "within node_timeout + about 1.2 s (the reaper runs every 1 s ± 20 %).", ge=1, le=300)
+    reap_dead_nodes: bool = _setting(
+        True, "Remove a dead node's presence members and subscription counts (the reaper; "
+        "see node_timeout). Off only as the harness's negative control "
+        "(experiments/presence.toml): a killed node's members then stay as ghosts.")
     cache_ttl: Seconds = _setting(
         1800.0, "Seconds a cache channel keeps its last event after it was published.", gt=0)
     log_level: Annotated[str, AfterValidator(_log_level)] = _setting(

@@ -121,7 +121,7 @@ class Node:
                 link_up=lambda: broker.link_up, local_counts=self.hub.local_counts,
                 webhooks=webhooks,
                 limited_apps=lambda: [a.id for a in config.apps if a.max_connections],
-                rejoin=self.hub.resync_presence)
+                rejoin=self.hub.resync_presence, reap=config.reap_dead_nodes)
             self.hub.cluster = self.cluster
             self.webhook_sender = WebhookSender(broker.store, config.apps,
                                                 incarnation=self.cluster.incarnation,

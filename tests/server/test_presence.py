@@ -193,6 +193,26 @@ async def test_a_killed_nodes_members_leave_within_the_bound_once(start_nodes):
         await close_all(stack)
 
 
+async def test_without_the_reaper_a_killed_nodes_members_stay_as_ghosts(start_nodes):
+    """The negative control of the bound above (and of experiments/presence.toml): with
+    --no-reap-dead-nodes nothing removes a dead node's members, so the test above would fail."""
+    flags = ("--node-timeout", "1", "--no-reap-dead-nodes")
+    node1, node2 = start_nodes("node-1", *flags), start_nodes("node-2", *flags)
+    assert "reaper is off" in node1.log()
+    name = channel()
+    stack: list[Any] = []
+    try:
+        observer = await join(node1, name, "0", stack)
+        await join(node2, name, "1", stack)
+        await observer.until(lambda v: v.added == ["1"], 5)
+        node2.kill()
+        await observer.read(1 + 1.2 + 1.5)  # past the bound with node_timeout 1
+        assert observer.removed == []
+        assert await users(node1, name) == ["0", "1"]  # user 1 is a ghost
+    finally:
+        await close_all(stack)
+
+
 async def test_a_restarted_node_leaves_no_ghost_of_its_previous_life(start_nodes):
     flags = ("--node-timeout", str(NODE_TIMEOUT))
     node1, node2 = start_nodes("node-1", *flags), start_nodes("node-2", *flags)
