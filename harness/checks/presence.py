@@ -33,15 +33,17 @@ no snapshot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from harness.history import Op
-
-__all__ = ["EXAMPLES", "PresenceResult", "judge_presence"]
+__all__ = ["EXAMPLES", "PRESENCE_OPS", "PresenceResult", "judge_presence"]
 
 EXAMPLES: Final = 5  # problems quoted per kind
+#: the ``f`` of every op this part reads (the checker keeps only these for it)
+PRESENCE_OPS: Final = frozenset({"members", "member", "drain"})
+#: (time, process, type, f, value), as the checker streams ops
+RawOp = tuple[float, str, str, str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +85,9 @@ class _View:
         self.members: set[str] | None = None  # None: no snapshot yet
 
 
-def judge_presence(ops: Iterable[Op]) -> PresenceResult:
-    """Judge every presence viewer of a history (its ops in each process's recorded order)."""
+def judge_presence(ops: Iterable[RawOp]) -> PresenceResult:
+    """Judge every presence viewer of a history: (time, process, type, f, value) tuples, each
+    process's in its recorded order (other processes' may interleave in any way)."""
     views: dict[tuple[str, str], _View] = {}  # (process, channel) -> view
     finished: set[str] = set()
     presence_processes: set[str] = set()
@@ -96,44 +99,44 @@ def judge_presence(ops: Iterable[Op]) -> PresenceResult:
         if len(quoted) < EXAMPLES:
             quoted.append(text)
 
-    for op in ops:
-        if op.type == "invoke" and op.f == "members":  # the presence subscribe was sent
-            views.setdefault((op.process, str(op.value.get("channel"))), _View())
-            presence_processes.add(op.process)
+    for time, process, op_type, f, value in ops:
+        if op_type == "invoke" and f == "members":  # the presence subscribe was sent
+            views.setdefault((process, str(value.get("channel"))), _View())
+            presence_processes.add(process)
             continue
-        if op.type != "ok":
+        if op_type != "ok":
             continue
-        if op.f == "drain":
-            finished.add(op.process)
-        elif op.f == "members":
-            channel, user = str(op.value.get("channel")), str(op.value.get("user"))
-            members = {str(m) for m in op.value.get("members") or ()}
-            view = views.setdefault((op.process, channel), _View())
-            presence_processes.add(op.process)
+        if f == "drain":
+            finished.add(process)
+        elif f == "members":
+            channel, user = str(value.get("channel")), str(value.get("user"))
+            members = {str(m) for m in value.get("members") or ()}
+            view = views.setdefault((process, channel), _View())
+            presence_processes.add(process)
             view.user, view.members = user, members
             if user not in members:
                 self_missing += 1
-                note("self_missing", f"{op.process} on {channel}: snapshot without its own "
-                     f"user {user} at {op.time:.3f}")
-        elif op.f == "member":
-            channel, user = str(op.value.get("channel")), str(op.value.get("user"))
-            change = op.value.get("change")
-            view = views.setdefault((op.process, channel), _View())
-            presence_processes.add(op.process)
+                note("self_missing", f"{process} on {channel}: snapshot without its own "
+                     f"user {user} at {time:.3f}")
+        elif f == "member":
+            channel, user = str(value.get("channel")), str(value.get("user"))
+            change = value.get("change")
+            view = views.setdefault((process, channel), _View())
+            presence_processes.add(process)
             events += 1
             if view.members is None:
                 continue  # cannot happen on a well-behaved server: events follow a snapshot
             if change == "added":
                 if user in view.members:
                     inconsistent += 1
-                    note("inconsistent", f"{op.process} on {channel}: member_added {user} "
-                         f"already a member at {op.time:.3f}")
+                    note("inconsistent", f"{process} on {channel}: member_added {user} "
+                         f"already a member at {time:.3f}")
                 view.members.add(user)
             elif change == "removed":
                 if user not in view.members:
                     inconsistent += 1
-                    note("inconsistent", f"{op.process} on {channel}: member_removed {user} "
-                         f"not a member at {op.time:.3f}")
+                    note("inconsistent", f"{process} on {channel}: member_removed {user} "
+                         f"not a member at {time:.3f}")
                 view.members.discard(user)
 
     judged = {key: view for key, view in views.items() if key[0] in finished}
