@@ -2,7 +2,9 @@
 
     turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
                      [--target URL --app-id ID --app-key KEY]   (secret: TURNOUT_APP_SECRET)
-    turnout check RUN_DIR            re-run the checker on a run folder's history
+    turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
+    turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
+                                     the largest audience the file's pattern holds here
     turnout tui [RUN_DIR]            the Textual front end (see tui/)
 
 Exit codes of ``run`` and ``check``: 0 pass, 1 an invariant was violated, 2 the harness could
@@ -27,6 +29,7 @@ from rich.table import Table
 from . import checker, leak_check
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
+from .render import fault_recovery_text, render_markdown
 from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
 
 __all__ = ["main"]
@@ -55,6 +58,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     check = sub.add_parser("check", help="re-run the checker on a run folder")
     check.add_argument("run_dir", type=Path)
+    capacity = sub.add_parser(
+        "capacity", help="bisect the viewer count to the largest the file's pattern holds")
+    capacity.add_argument("file", type=Path, help="experiment TOML file")
+    capacity.add_argument("--p99-ms", type=float, default=250.0,
+                          help="p99 target in the steady and settle phases (default 250)")
+    capacity.add_argument("--max-viewers", type=int,
+                          help="largest count tried (default: the file's clients.count)")
+    capacity.add_argument("--resolution", type=int,
+                          help="stop when the interval is this narrow (default max/20)")
+    capacity.add_argument("--out", type=Path, help="folder for capacity.json, capacity.md and "
+                          "trials/ (default runs/<time>-<name>-capacity); an existing one is "
+                          "resumed")
+    capacity.add_argument("--seed", type=int)
+    capacity.add_argument("--steady-s", type=float, default=30.0, help="trial steady phase")
+    capacity.add_argument("--faults-s", type=float, default=60.0,
+                          help="trial fault window (the file's faults are squeezed into it)")
+    capacity.add_argument("--settle-s", type=float, default=30.0, help="trial settle phase")
     tui = sub.add_parser("tui", help="the interactive Textual front end")
     tui.add_argument("path", nargs="?", type=Path, help="a run folder to open or attach to")
     return parser
@@ -82,10 +102,13 @@ class _Progress:
                 self._last_line = event["t"]
                 fleet = event.get("fleet", {})
                 pub = event.get("publisher", {})
+                p99 = fleet.get("latency_p99_ms")
                 console.log(f"t={event['t']:.0f}s {self.phase}: clients "
                             f"{fleet.get('connected', 0)}/{fleet.get('clients', 0)} connected, "
-                            f"{fleet.get('delivered', 0)} delivered, published "
-                            f"{pub.get('ok', 0)} ok/{pub.get('indeterminate', 0)} unknown")
+                            f"{fleet.get('delivered', 0)} delivered"
+                            + (f" (p99 {p99:.0f} ms)" if p99 is not None else "")
+                            + f", published {pub.get('ok', 0)} ok/"
+                            f"{pub.get('indeterminate', 0)} unknown")
         elif kind in ("fault", "heal", "fault_error"):
             text = (f"{kind} {event.get('fault_id')}: {event.get('kind')} "
                     f"{event.get('resolved') or event.get('target')}")
@@ -137,14 +160,32 @@ def verdict_table(result: RunResult) -> Table:
         value = report.latency_ms.get(key) if report.latency_ms else None
         if value is not None:
             table.add_row(f"latency {key}", f"{value:.1f} ms")
+    for phase, lat in report.latency_by_phase.items():
+        if lat.get("p99") is not None:
+            table.add_row(f"latency p99 in {phase}", f"{lat['p99']:.1f} ms")
     for fault in report.faults:
-        rec = fault.recovery_s
         table.add_row(f"{fault.fault_id} {fault.fault} {fault.target}",
-                      "never recovered" if rec is None else f"recovered in {rec:.1f} s")
+                      fault_recovery_text(fault))
     for violation in report.violations:
         table.add_row("[red]violation[/]", violation)
     if report.error:
         table.add_row("[yellow]error[/]", report.error)
+    return table
+
+
+def cpu_table(cpu: dict[str, Any]) -> Table:
+    """Where the CPU went (report.json's ``cpu``), as printed at the end of ``turnout run``."""
+    table = Table(title=f"where the CPU went: {cpu.get('window')}, {cpu.get('wall_s')} s, "
+                        f"{cpu.get('deliveries_per_s', 0):,.0f} deliveries/s")
+    for column in ("component", "CPU s", "share", "cores", "µs/delivery"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for name, row in cpu.get("components", {}).items():
+        per = row.get("us_per_delivery")
+        table.add_row(name, f"{row['cpu_s']:.1f}", f"{row['share_pct']:.1f} %",
+                      f"{row['cores']:.2f}", "—" if per is None else f"{per:.1f}")
+    table.add_row("run total", f"{cpu.get('cpu_s', 0):.1f}", "100 %",
+                  f"{cpu.get('run_cores', 0):.2f}",
+                  "—" if cpu.get("us_per_delivery") is None else f"{cpu['us_per_delivery']:.1f}")
     return table
 
 
@@ -187,27 +228,94 @@ def _run(args: argparse.Namespace) -> int:
         console.print("[yellow]run stopped before it finished: every process was stopped[/]")
         return 130
     console.print(verdict_table(result))
+    if result.cpu:
+        console.print(cpu_table(result.cpu))
     return result.exit_code
+
+
+def invariants_of(experiment_doc: dict[str, Any]) -> checker.Invariants:
+    """The invariants a run was judged by (experiment.json holds the effective experiment:
+    after --scale and --no-recovery)."""
+    raw = dict(experiment_doc.get("invariants") or {})
+    if "p99_phases" in raw:
+        raw["p99_phases"] = tuple(raw["p99_phases"])
+    return checker.Invariants(**raw)
 
 
 def _check(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     try:
         experiment_doc = orjson.loads((run_dir / "experiment.json").read_bytes())
-        history = run_dir / "history.jsonl"
-        from .experiment import parse_experiment
-
-        experiment = parse_experiment((run_dir / "experiment.toml").read_text(),
-                                      source=str(run_dir / "experiment.toml"),
-                                      default_name=experiment_doc.get("name", "run"))
-        report = checker.check_files([history], experiment.invariants)
+        invariants = invariants_of(experiment_doc)
+        report = checker.check_files([run_dir / "history.jsonl"], invariants)
         report = leak_check.apply_rss_invariant(
-            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
-    except (OSError, ExperimentError, ValueError) as exc:
+            report, run_dir / "events.jsonl", invariants.max_rss_slope_mb_per_h)
+    except (OSError, ValueError, TypeError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
-    console.print(checker.render_markdown(report, experiment.name))
+    live: dict[str, Any] = {}
+    try:
+        live = orjson.loads((run_dir / "report.json").read_bytes())
+    except (OSError, ValueError):
+        pass
+    name = str(experiment_doc.get("name", "run"))
+    print(render_markdown(report, name, live.get("cpu") or None))
+    if live.get("verdict") not in (None, "error"):
+        same = live["verdict"] == report.verdict and live.get("totals") == dict(report.totals)
+        console.print(("[green]" if same else "[red]")
+                      + f"re-judged: {report.verdict}; the live run's verdict: "
+                      f"{live['verdict']}" + ("" if same else " (they differ)"))
     return {"pass": 0, "fail": 1}.get(report.verdict, EXIT_ERROR)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from .capacity import TRIAL_HEAL_S, CapacitySearch, TrialShape
+
+    try:
+        experiment = load_experiment(args.file)
+    except (ExperimentError, OSError) as exc:
+        console.print(f"[red]turnout: error:[/] {exc}")
+        return EXIT_ERROR
+    max_viewers = args.max_viewers or experiment.clients.count
+    out = args.out or Path("runs") / f"{_time.strftime('%Y%m%d-%H%M%S')}-{experiment.name}-capacity"
+
+    async def run_trial(trial: Any, run_dir: Path) -> dict[str, Any]:
+        import shutil
+
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted trial: run it again
+        progress = _Progress(trial.name)
+        progress.interactive = False
+        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed),
+                                      progress.on_event)
+        return dict(orjson.loads((result.run_dir / "report.json").read_bytes()))
+
+    search = CapacitySearch(experiment, out, p99_ms=args.p99_ms, max_viewers=max_viewers,
+                            resolution=args.resolution or max(500, max_viewers // 20),
+                            file=str(args.file), run_trial=run_trial,
+                            echo=lambda line: console.print(f"[bold]trial[/] {line}"),
+                            shape=TrialShape(args.steady_s, args.faults_s, TRIAL_HEAL_S,
+                                             args.settle_s))
+    answer: int | None = None
+
+    async def main() -> None:
+        nonlocal answer
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancel_on_signals, nursery.cancel_scope)
+            answer, _ = await search.run()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted; trials so far are in {out}/capacity.json[/]")
+        return 130
+    print((out / "capacity.md").read_text())
+    console.print(f"capacity: {answer:,} viewers" if answer else
+                  "capacity: no trial held", style="bold")
+    return 0 if answer else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "capacity":
+        return _capacity(args)
     if args.command == "tui":
         try:
             from tui.app import run_tui

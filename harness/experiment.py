@@ -216,6 +216,23 @@ class Addresses(_Check):
         return tuple(out)
 
 
+@dataclass(frozen=True)
+class Names(_Check):
+    """An array of names from ``options`` (each at most once)."""
+
+    options: tuple[str, ...] = ()
+
+    def expected(self) -> str:
+        return "an array of " + ", ".join(f"'{o}'" for o in self.options)
+
+    def convert(self, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or any(
+                not isinstance(v, str) or v not in self.options for v in value) \
+                or len(set(value)) != len(value):
+            raise self.fail(value)
+        return tuple(value)
+
+
 # --------------------------------------------------------------------------------------------
 # Fault targets.
 
@@ -388,6 +405,16 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "false runs the nodes with history_size 0: the negative control, which must "
             "report losses",
         ),
+        Key(
+            "proxies",
+            Choice(("auto", "all")),
+            "auto",
+            "—",
+            "client-side Toxiproxy hops: 'auto' puts clients->lb and lb->node proxies only "
+            "where a scheduled fault needs them (each costs ~19 µs of CPU per delivery); "
+            "'all' proxies every link, for interactive link faults from the TUI "
+            "(node->redis links are always proxied)",
+        ),
     ),
     "clients": (
         Key("count", Integer(1), 200, "clients", "measured websocket clients"),
@@ -443,6 +470,15 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "—",
             "local addresses the clients bind to, spread round-robin; more than ~28,000 "
             "connections to one address:port need several (e.g. 127.0.0.2)",
+        ),
+        Key(
+            "full_history",
+            Integer(0),
+            1000,
+            "clients",
+            "a seeded sample of this many clients records every delivery as a history op; "
+            "every client is also recorded compactly (positions as runs), which is what the "
+            "checker judges, and the sample must agree with it",
         ),
     ),
     "workload": (
@@ -535,6 +571,14 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "maximum p99 delivery latency (unset: not checked)",
         ),
         Key(
+            "p99_phases",
+            Names(("steady", "faults", "heal", "settle")),
+            (),
+            "—",
+            "phases whose p99 must each be within p99_ms (updates by publish time); empty: "
+            "the p99 over every delivery",
+        ),
+        Key(
             "recovery_s",
             _seconds(),
             None,
@@ -567,6 +611,7 @@ _INVARIANT_FIELDS: Final = {
     "unexpected": "max_unexpected",
     "unsubscribed": "max_unsubscribed",
     "p99_ms": "p99_ms",
+    "p99_phases": "p99_phases",
     "recovery_s": "max_recovery_s",
     "min_delivered": "min_delivered",
     "rss_slope_mb_per_h": "max_rss_slope_mb_per_h",
@@ -896,6 +941,7 @@ class Cluster:
     outbound_queue_bytes: int = 1048576
     socket_send_buffer_bytes: int = 0
     recovery: bool = True
+    proxies: str = "auto"
 
     @property
     def effective_history_size(self) -> int:
@@ -914,6 +960,7 @@ class Clients:
     ping_after_silence_s: float = 5.0
     resume: bool = True
     source_addresses: tuple[str, ...] = ()
+    full_history: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

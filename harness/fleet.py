@@ -1,49 +1,93 @@
-"""The client fleet: Pusher-protocol websocket clients in a worker process, recording history.
+"""The client fleet: one worker process, one event loop, thousands of Pusher viewers.
 
-A worker process (``python -m harness.fleet SPEC.json``) runs many clients on trio with
-trio-websocket (the user's choice; per-message cost matters little at a few messages per
-second per client). Each client connects through its lane's entry proxy from one of several
-127.0.0.x source addresses, subscribes to its channels, reconnects with exponential backoff and
-full jitter, resumes every channel from its last position, and records every step as history
-ops. The worker connects to the harness's Unix socket (``control_path``) and speaks JSON lines:
+``python -m harness.fleet SPEC.json`` runs every viewer of one worker in a single ``epoll``
+loop over raw non-blocking sockets: no task or coroutine per client, one
+:class:`harness.ws_wire.FrameReader` and one sans-IO :class:`harness.pusher_client.Viewer` per
+client, a timer sweep once a second (four times a second during the final read) that ticks
+only the viewers whose next deadline has come, and a heap of scheduled (re)connects. At the
+election's full size a worker receives ~4,000 updates a second; the loop's cost per delivery
+is measured against a bare ``epoll`` + ``recv`` loop by ``python -m bench.fleet_recv``
+(docs/benchmarks.md).
+
+Each viewer connects through its lane's entry (``entries[id % len(entries)]``) from one of
+several 127.0.0.x source addresses (``IP_BIND_ADDRESS_NO_PORT``: ports are chosen per
+destination, so every address serves ~28,000 connections per entry), with a fixed 64 KiB
+receive buffer (a stalled client's backlog then lands in the server's outbound queue, which
+the slow-consumer policy watches). At most ``handshake_limit`` connects are in flight; the
+initial ramp is paced at ``connect_rate_per_s``; reconnects wait for the viewer's backoff.
+
+The worker connects to the harness's Unix socket (``control_path``) and speaks JSON lines:
 
 commands (harness -> worker): ``{"cmd": "add_clients", "clients": [...]}`` (more measured
 clients), ``{"cmd": "storm", "count": 5000, "duration_s": 10, "channel": "c"}`` (bare
 connections opened all at once), ``{"cmd": "stall", "share": 0.2, "duration_s": 10, "seed": 1}``
-(slow consumers stop reading), ``{"cmd": "drain"}`` (final read: every client records ``drain``
-and closes).
+(slow consumers stop reading), ``{"cmd": "drain"}`` (final read: every client records
+``drain`` and closes).
 
 events (worker -> harness): ``{"type": "status", ...}`` every half second and
-``{"type": "drained"}``. If the harness goes away the worker drains and exits.
+``{"type": "drained"}`` once the record is written. If the harness goes away the worker drains
+and exits.
 """
 
 from __future__ import annotations
 
-import base64
+import errno
+import heapq
 import json
 import logging
 import os
 import random
 import resource
+import select
+import signal
+import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
-import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
-from .history import HistoryWriter, client_process
+from .history import HistoryWriter
+from .pusher_client import Backoff, Viewer
+from .recording import Recorder
+from .ws_wire import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    WireError,
+    close_payload,
+    handshake_request,
+    masked_frame,
+    parse_close,
+    parse_handshake_response,
+)
 
 log = logging.getLogger("turnout.fleet")
 
-DRAIN_QUIET_S = 1.0
-STORM_CONNECT_S = 60.0
-CLIENT_RCVBUF = 64 * 1024
+__all__ = ["ClientSpec", "FleetSpec", "Worker", "main"]
 
-__all__ = ["ClientSpec", "FleetSpec", "main"]
+CLIENT_RCVBUF: Final = 64 * 1024
+RECV_BYTES: Final = 65536
+CONNECT_TIMEOUT_S: Final = 10.0
+SWEEP_S: Final = 1.0
+SWEEP_DRAINING_S: Final = 0.25
+STATUS_S: Final = 0.5
+FINAL_READ_ATTEMPTS: Final = 20
+FINAL_READ_RETRY_S: Final = 0.5
+DRAIN_BOUND_S: Final = 120.0
+STORM_CONNECT_S: Final = 60.0
+STORM_HANDSHAKES: Final = 1000
+IP_BIND_ADDRESS_NO_PORT: Final = 24
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_EPOLLERR = select.EPOLLERR | select.EPOLLHUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +111,9 @@ class FleetSpec:
     silence_ping_s: float = 5.0
     pong_timeout_s: float = 5.0
     seed: int = 0
+    #: ids of the viewers whose every delivery is recorded as an op (the seeded sample)
+    full_history: tuple[int, ...] = ()
+    handshake_limit: int = 256
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> FleetSpec:
@@ -75,570 +122,635 @@ class FleetSpec:
         data["source_addresses"] = tuple(data.get("source_addresses") or ("127.0.0.1",))
         data["clients"] = tuple(ClientSpec(c["id"], tuple(c["channels"]))
                                 for c in data.get("clients", ()))
+        data["full_history"] = tuple(data.get("full_history", ()))
         return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps({
-            **{k: getattr(self, k) for k in self.__dataclass_fields__ if k != "clients"},
+            **{k: getattr(self, k) for k in self.__dataclass_fields__
+               if k not in ("clients", "full_history")},
             "clients": [{"id": c.id, "channels": list(c.channels)} for c in self.clients],
+            "full_history": list(self.full_history),
         })
 
 
-@dataclass
-class FleetStats:
-    clients: int = 0
-    connected: int = 0
-    subscribed: int = 0
-    delivered: int = 0
-    reconnects: int = 0
-    drained: int = 0
-    finished: int = 0
-    stalled: int = 0
-    storm_open: int = 0
-    storm_opened: int = 0
-    storm_failed: int = 0
-    live_duplicates: int = 0
-    live_reorders: int = 0
-    storm_connect_s: float | None = None
-    storm_errors: dict[str, int] = field(default_factory=dict)
+# Connection states.
+CONNECTING, HANDSHAKE, OPEN = 0, 1, 2
 
 
-@dataclass
-class _Client:
-    spec: ClientSpec
-    positions: dict[str, tuple[int, str]] = field(default_factory=dict)
-    #: channel -> the (offset, epoch) a `recovered: true` replay promised to reach; the final
-    #: read is not complete while any is outstanding.
-    replay_until: dict[str, tuple[int, str]] = field(default_factory=dict)
-    stalled_until: float = 0.0
-    seen: dict[str, set[Any]] = field(default_factory=dict)
-    max_seq: dict[str, int] = field(default_factory=dict)
-    draining: bool = False
-    connected: bool = False
+class Conn:
+    """One socket of the loop: a viewer's connection, or a bare storm connection."""
+
+    __slots__ = ("accept", "closing", "deadline", "fd", "hbuf", "out", "reader", "reading",
+                 "request", "sock", "state", "storm", "viewer")
+
+    def __init__(self, sock: socket.socket, viewer: Viewer | None, request: bytes,
+                 accept: bytes, deadline: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.viewer = viewer
+        self.storm: _Storm | None = None
+        self.state = CONNECTING
+        self.request = request
+        self.accept = accept
+        self.hbuf = b""
+        self.reader = FrameReader()
+        self.out = b""
+        self.deadline = deadline
+        self.reading = True
+        self.closing = False
 
 
-class _Drain(Exception):
-    pass
+class _Storm:
+    def __init__(self, count: int, duration_s: float, channel: str, started: float) -> None:
+        self.count = count
+        self.duration_s = duration_s
+        self.channel = channel
+        self.started = started
+        self.pending = count  # not yet opened nor given up
+        self.conns: set[Conn] = set()
+        self.release_at = -1.0
+        self.subscribe = masked_frame(OP_TEXT, orjson.dumps(
+            {"event": "pusher:subscribe", "data": {"channel": channel}}))
 
 
-class LatencyWindow:
-    """Delivery latency (receive time - the publisher's wall-clock ``sent_at``) over the last
-    status interval, for live display only; the checker computes the real percentiles."""
+class _Target:
+    __slots__ = ("host", "path", "port")
 
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-
-    def add(self, ms: float) -> None:
-        if len(self.samples) < 20_000:
-            self.samples.append(ms)
-
-    def snapshot(self) -> dict[str, float] | None:
-        if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        self.samples = []
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-        return {"p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1),
-                "max": round(ordered[-1], 1), "n": len(ordered)}
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = parts.path + ("?" + parts.query if parts.query else "")
 
 
-async def _connect(host: str, port: int, source: str) -> trio.SocketStream:
-    """A TCP connection from ``source`` with a fixed receive buffer of CLIENT_RCVBUF.
+class Worker:
+    """The event loop of one fleet worker process."""
 
-    A fixed buffer (set before connecting, so the window is negotiated with it) is what a
-    phone on a thin link has, and it keeps a stalled client's backlog where it belongs: in
-    the server's outbound queue, which is what the slow-consumer policy watches. Autotuned
-    buffers on every hop of the proxy chain would otherwise absorb tens of megabytes.
-    """
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, CLIENT_RCVBUF)
-        await sock.bind((source, 0))
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
-
-
-def _handshake(host: str, path: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def _masked_text(payload: bytes) -> bytes:
-    """One masked client text frame (payloads under 126 bytes only: a subscribe)."""
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x81, 0x80 | len(payload))) + mask + body
-
-
-class Fleet:
-    def __init__(self, spec: FleetSpec, history: HistoryWriter) -> None:
+    def __init__(self, spec: FleetSpec, history: HistoryWriter,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self.history = history
-        self.stats = FleetStats()
-        self.clients: list[_Client] = []
+        self.clock = clock
+        self.recorder = Recorder(history, spec.worker)
+        self.stats = self.recorder.stats
         self.rng = random.Random(spec.seed * 1_000_003 + spec.worker)
-        self.latency = LatencyWindow()
-        self.drain_event = trio.Event()
-        self._connect_limiter = trio.CapacityLimiter(256)
-        self._next_connect = 0.0
+        self.targets = [_Target(u) for u in spec.entries]
+        self.ep = select.epoll()
+        self.conns: dict[int, Conn] = {}
+        self.viewers: list[Viewer] = []
+        self.by_viewer: dict[int, Conn] = {}  # viewer id -> its live connection
+        self.timers: list[tuple[float, int, int, Any]] = []  # (due, seq, kind, arg)
+        self._seq = 0
+        self.waiting: deque[Any] = deque()  # connects due, waiting for a handshake slot
+        self.inflight = 0
+        self.next_paced = 0.0
+        self.full = set(spec.full_history)
+        self.draining = False
+        self.drain_started = 0.0
+        self.final_attempts: dict[int, int] = {}
+        self.gave_up: set[int] = set()
+        self.storms: list[_Storm] = []
+        self.storm_open = 0
+        self.storm_opened = 0
+        self.storm_failed = 0
+        self.storm_connect_s: float | None = None
+        self.storm_errors: dict[str, int] = {}
+        self.storm_inflight = 0
+        self.storm_meta: dict[int, tuple[int, float]] = {}
+        self.control: socket.socket | None = None
+        self._control_buf = b""
+        self._control_out = b""
+        #: set by SIGTERM: stop at the next sweep and still write the record
+        self.stop_requested = False
 
-    # ------------------------------------------------------------------ pacing
-    async def _paced(self) -> None:
-        """Spread initial connects at ``connect_rate_per_s`` (a ramp, not a storm)."""
-        now = trio.current_time()
-        slot = max(now, self._next_connect)
-        self._next_connect = slot + 1.0 / max(self.spec.connect_rate_per_s, 1e-3)
-        await trio.sleep_until(slot)
-
-    # ------------------------------------------------------------------ one client
-    async def run_client(self, client: _Client, paced: bool) -> None:
-        try:
-            await self._run_client(client, paced)
-        finally:
-            self.stats.finished += 1
-
-    async def _run_client(self, client: _Client, paced: bool) -> None:
-        process = client_process(client.spec.id)
-        backoff = self.spec.backoff_min_s
-        entry = self.spec.entries[client.spec.id % len(self.spec.entries)]
-        source = self.spec.source_addresses[client.spec.id % len(self.spec.source_addresses)]
-        if paced:
-            await self._paced()
-        while not self.drain_event.is_set():
-            code: int | None = None
-            reason = ""
-            try:
-                await self._session(client, process, entry, source)
-                return  # drained cleanly
-            except ConnectionClosed as exc:
-                if exc.reason is not None:
-                    code, reason = exc.reason.code, exc.reason.reason or ""
-            except (HandshakeError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
-            except _Drain:
-                return
-            if client.connected:
-                client.connected = False
-                self.stats.connected -= 1
-                backoff = self.spec.backoff_min_s
-            self.history.record(process, "info", "disconnect", {"code": code, "reason": reason})
-            self.stats.reconnects += 1
-            if self.drain_event.is_set():
-                break
-            # Full jitter: spread reconnects of a whole fleet that lost its node at once.
-            await trio.sleep(self.rng.uniform(0, backoff))
-            backoff = min(backoff * 2, self.spec.backoff_max_s)
-        if not client.draining:
-            # Drain requested while disconnected: the final read still happens, on a new
-            # connection, so the client's history ends with what it could recover.
-            await self._final_read(client, process, entry, source)
-
-    async def _final_read(self, client: _Client, process: str, entry: str, source: str) -> None:
-        for _ in range(20):
-            try:
-                await self._session(client, process, entry, source, final=True)
-                return
-            except _Drain:
-                return
-            except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError,
-                    trio.TooSlowError):
-                await trio.sleep(0.5)
-        self.history.record(process, "info", "disconnect", {"code": None,
-                                                            "reason": "final read failed"})
-
-    async def _open(self, entry: str, source: str, nursery: trio.Nursery) -> WebSocketConnection:
-        url = urlsplit(entry)
-        host = url.hostname or "127.0.0.1"
-        port = url.port or 80
-        resource_path = url.path + ("?" + url.query if url.query else "")
-        # The deadline starts once a handshake slot is ours: waiting for a slot is the ramp, not
-        # a slow server, and counting it made a large fleet time out and retry in a loop.
-        async with self._connect_limiter:
-            with trio.fail_after(10):
-                stream = await _connect(host, port, source)
-                try:
-                    return await wrap_client_stream(nursery, stream, host, resource_path,
-                                                    message_queue_size=1)
-                except BaseException:
-                    await stream.aclose()
-                    raise
-
-    async def _session(self, client: _Client, process: str, entry: str, source: str,
-                       final: bool = False) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await self._open(entry, source, nursery)
-                try:
-                    await self._converse(client, process, ws, final)
-                finally:
-                    nursery.cancel_scope.cancel()
-                    with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await ws.aclose()
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-
-    async def _converse(self, client: _Client, process: str, ws: WebSocketConnection,
-                        final: bool) -> None:
-        hello = orjson.loads(await _get(ws, 10) or "{}")
-        if hello.get("event") != "pusher:connection_established":
-            raise trio.BrokenResourceError(f"unexpected first message {hello.get('event')}")
-        info = orjson.loads(hello["data"])
-        self.history.record(process, "ok", "connect", {"socket_id": info["socket_id"]})
-        client.connected = True
-        self.stats.connected += 1
-        pending = set(client.spec.channels)
-        for channel in client.spec.channels:
-            data: dict[str, Any] = {"channel": channel}
-            position = client.positions.get(channel)
-            if position is not None and self.spec.resume:
-                data["offset"], data["epoch"] = position
-            self.history.record(process, "invoke", "subscribe", {
-                "channel": channel,
-                **({"position": {"offset": position[0], "epoch": position[1]}}
-                   if position is not None and self.spec.resume else {}),
-            })
-            await ws.send_message(orjson.dumps({"event": "pusher:subscribe", "data": data})
-                                  .decode())
-        client.replay_until.clear()
-        silence_ping = min(self.spec.silence_ping_s, float(info.get("activity_timeout", 120)))
-        ping_sent: float | None = None
-        while True:
-            draining = final or self.drain_event.is_set()
-            stall = client.stalled_until - trio.current_time()
-            if stall > 0 and not draining:
-                # A slow consumer: stop reading; the kernel buffers fill and the server sees it.
-                await trio.sleep(min(stall, 1.0))
-                continue
-            # The final read is done once every subscription is in, every promised replay has
-            # arrived, and the line then stays quiet. A quiet line alone is not enough: on an
-            # overloaded machine a replay can pause longer than DRAIN_QUIET_S, and ending the
-            # read there would report updates still in flight as lost.
-            read_complete = draining and not pending and not client.replay_until
-            if read_complete:
-                wait = DRAIN_QUIET_S
-            elif ping_sent is not None:
-                wait = ping_sent + self.spec.pong_timeout_s - trio.current_time()
+    # ------------------------------------------------------------------ viewers
+    def add_clients(self, specs: list[ClientSpec], paced: bool) -> None:
+        now = self.clock()
+        rate = max(self.spec.connect_rate_per_s, 1e-3)
+        for cs in specs:
+            viewer = Viewer(cs.id, cs.channels, self.recorder, resume=self.spec.resume,
+                            backoff=Backoff(self.spec.backoff_min_s, self.spec.backoff_max_s),
+                            full=cs.id in self.full, silence_ping_s=self.spec.silence_ping_s,
+                            pong_timeout_s=self.spec.pong_timeout_s)
+            self.viewers.append(viewer)
+            self.stats.clients += 1
+            if paced:
+                slot = max(now, self.next_paced)
+                self.next_paced = slot + 1.0 / rate
+                self._at(slot, 0, viewer)
             else:
-                wait = silence_ping
-            raw = await _get(ws, max(wait, 0.01), none_on_timeout=True)
-            if raw is None:
-                if read_complete:
-                    self._finish(client, process)
-                if ping_sent is not None:
-                    raise trio.TooSlowError("no pong from server")
-                ping_sent = trio.current_time()
-                await ws.send_message('{"event":"pusher:ping","data":{}}')
-                continue
-            ping_sent = None
-            message = orjson.loads(raw)
-            event = message.get("event", "")
-            channel = message.get("channel")
-            if event == "pusher:ping":
-                await ws.send_message('{"event":"pusher:pong","data":{}}')
-            elif event == "pusher_internal:subscription_succeeded":
-                pending.discard(channel)
-                self.stats.subscribed += 1
-                recovered = message.get("recovered")
-                epoch = message.get("epoch")
-                offset = message.get("offset")
-                self.history.record(process, "ok", "subscribe", {
-                    "channel": channel, "recovered": recovered, "offset": offset,
-                    "epoch": epoch,
-                })
-                if recovered is True and isinstance(offset, int):
-                    client.replay_until[channel] = (offset, epoch or "")
-                    self._check_replay(client, channel)
-                if isinstance(offset, int) and (recovered is None or recovered is False or
-                                                channel not in client.positions):
-                    # Start from the server's position; "" = channel not yet published, so a
-                    # resume asks for everything from its first event.
-                    client.positions[channel] = (offset, epoch or "")
-            elif event in ("pusher:error", "pusher:subscription_error"):
-                self.history.record(process, "info", "error", {"message": message})
-                if event == "pusher:subscription_error":
-                    self.history.record(process, "fail", "subscribe", {
-                        "channel": channel, "error": str(message.get("data"))[:200]})
-            elif channel is not None and not event.startswith("pusher"):
-                self._on_update(client, process, channel, message)
+                self._at(now, 0, viewer)
 
-    def _on_update(self, client: _Client, process: str, channel: str,
-                   message: dict[str, Any]) -> None:
+    def _at(self, due: float, kind: int, arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self.timers, (due, self._seq, kind, arg))
+
+    def _connect(self, viewer: Viewer, now: float) -> None:
+        target = self.targets[viewer.id % len(self.targets)]
+        source = self.spec.source_addresses[viewer.id % len(self.spec.source_addresses)]
         try:
-            payload = orjson.loads(message.get("data") or "{}")
-        except orjson.JSONDecodeError:
-            payload = {}
-        # Provisional live counters for dashboards; the checker decides from the history.
-        pid, seq = payload.get("id"), payload.get("seq")
-        seen = client.seen.setdefault(channel, set())
-        if pid in seen:
-            self.stats.live_duplicates += 1
-        elif isinstance(seq, int):
-            seen.add(pid)
-            if seq < client.max_seq.get(channel, 0):
-                self.stats.live_reorders += 1
-            else:
-                client.max_seq[channel] = seq
-        offset = message.get("offset")
-        epoch = message.get("epoch")
-        value: dict[str, Any] = {"channel": channel, "id": payload.get("id"),
-                                 "seq": payload.get("seq")}
-        if isinstance(offset, int):
-            value["offset"] = offset
-            value["epoch"] = epoch
-            client.positions[channel] = (offset, epoch or "")
-            if channel in client.replay_until:
-                self._check_replay(client, channel)
-        self.history.record(process, "ok", "deliver", value)
-        self.stats.delivered += 1
-        sent_at = payload.get("sent_at")
-        if isinstance(sent_at, float):
-            self.latency.add((time.time() - sent_at) * 1000)
+            sock = _open_socket(source, target)
+        except OSError as exc:
+            self.inflight -= 1
+            viewer.lost(now, None, f"{type(exc).__name__}: {exc}"[:200])
+            self._schedule_reconnect(viewer, now)
+            return
+        request, accept = handshake_request(target.host, target.port, target.path)
+        conn = Conn(sock, viewer, request, accept, now + CONNECT_TIMEOUT_S)
+        self.conns[conn.fd] = conn
+        self.by_viewer[viewer.id] = conn
+        self.ep.register(conn.fd, _EPOLLOUT | _EPOLLIN)
 
-    @staticmethod
-    def _check_replay(client: _Client, channel: str) -> None:
-        """Forget the channel's replay target once its position has reached it (or moved to
-        another epoch: then that replay is over, and the checker judges what came of it)."""
-        target = client.replay_until[channel]
-        position = client.positions.get(channel)
-        if position is not None and (position[1] != target[1] or position[0] >= target[0]):
-            del client.replay_until[channel]
+    def _schedule_reconnect(self, viewer: Viewer, now: float) -> None:
+        if viewer.finished or viewer.id in self.gave_up:
+            return
+        if self.draining:
+            attempts = self.final_attempts.get(viewer.id, 0) + 1
+            self.final_attempts[viewer.id] = attempts
+            if attempts > FINAL_READ_ATTEMPTS:
+                self.gave_up.add(viewer.id)
+                self.recorder.op(viewer.process, "info", "disconnect",
+                                 {"code": None, "reason": "final read failed"}, now)
+                return
+            self._at(now + FINAL_READ_RETRY_S, 0, viewer)
+            return
+        self._at(now + viewer.backoff.next_delay(self.rng), 0, viewer)
 
-    def _finish(self, client: _Client, process: str) -> None:
-        client.draining = True
-        self.history.record(process, "ok", "drain", {"channels": list(client.spec.channels)})
-        self.stats.drained += 1
-        if client.connected:
-            client.connected = False
-            self.stats.connected -= 1
-        raise _Drain
+    # ------------------------------------------------------------------ socket events
+    def _on_event(self, conn: Conn, ev: int, now: float) -> None:
+        try:
+            if conn.state == OPEN:
+                if ev & _EPOLLOUT and conn.out:
+                    self._flush(conn)
+                if not conn.reading:
+                    if ev & _EPOLLERR:  # reset while stalled: nothing more can be read
+                        self._teardown(conn, now, None, "connection reset while stalled")
+                    return
+                if ev & (_EPOLLIN | _EPOLLERR):
+                    data = conn.sock.recv(RECV_BYTES)
+                    if not data:
+                        self._teardown(conn, now, None, "EOF")
+                        return
+                    self._received(conn, data, now)
+                    return
+            elif conn.state == CONNECTING:
+                err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+                conn.state = HANDSHAKE
+                conn.sock.send(conn.request)
+                self.ep.modify(conn.fd, _EPOLLIN)
+            else:  # HANDSHAKE
+                data = conn.sock.recv(RECV_BYTES)
+                if not data:
+                    raise HandshakeError("closed during handshake")
+                conn.hbuf += data
+                used = parse_handshake_response(conn.hbuf, conn.accept)
+                if used:
+                    rest = conn.hbuf[used:]
+                    conn.hbuf = b""
+                    self._opened(conn, now)
+                    if rest:
+                        self._frames(conn, rest, now)
+        except BlockingIOError:
+            pass
+        except (OSError, HandshakeError) as exc:
+            self._teardown(conn, now, None, f"{type(exc).__name__}: {exc}"[:200])
+        except WireError as exc:
+            self._send_close(conn, exc.code, exc.reason)
+            self._teardown(conn, now, None, f"protocol error: {exc.reason}")
+
+    def _received(self, conn: Conn, data: bytes, now: float) -> None:
+        """Bytes read from an open connection, through the frame reader."""
+        try:
+            self._frames(conn, data, now)
+        except WireError as exc:
+            self._send_close(conn, exc.code, exc.reason)
+            self._teardown(conn, now, None, f"protocol error: {exc.reason}")
+
+    def _opened(self, conn: Conn, now: float) -> None:
+        conn.state = OPEN
+        if conn.storm is not None:
+            self.storm_inflight -= 1
+            storm = conn.storm
+            self.storm_opened += 1
+            self.storm_open += 1
+            storm.pending -= 1
+            self._storm_check(storm, now)
+            self._send(conn, storm.subscribe)
+            return
+        self.inflight -= 1
+        viewer = conn.viewer
+        assert viewer is not None
+        viewer.opened(now)
+        self._drain_outbox(conn, viewer, now)
+
+    def _frames(self, conn: Conn, data: bytes, now: float) -> None:
+        viewer = conn.viewer
+        for opcode, payload in conn.reader.feed(data):
+            if opcode == OP_TEXT:
+                if viewer is None:
+                    continue  # storm connections read and discard
+                request = viewer.on_text(payload, now)
+                if viewer.outbox:
+                    self._drain_outbox(conn, viewer, now)
+                if request is not None:
+                    self._send_close(conn, *request)
+                    self._teardown(conn, now, *request)
+                    return
+            elif opcode == OP_PING:
+                self._send(conn, masked_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                code, reason = parse_close(payload)
+                self._send_close(conn, code or 1000, "")
+                self._teardown(conn, now, code, reason)
+                return
+
+    def _drain_outbox(self, conn: Conn, viewer: Viewer, now: float) -> None:
+        outbox = viewer.outbox
+        viewer.outbox = []
+        for text in outbox:
+            self._send(conn, masked_frame(OP_TEXT, text))
+
+    def _send(self, conn: Conn, frame: bytes) -> None:
+        if conn.closing:
+            return
+        if conn.out:
+            conn.out += frame
+            return
+        try:
+            sent = conn.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the read side will see the error
+        if sent < len(frame):
+            conn.out = frame[sent:]
+            self._interest(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            conn.out = b""
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._interest(conn)
+
+    def _interest(self, conn: Conn) -> None:
+        mask = (_EPOLLIN if conn.reading else 0) | (_EPOLLOUT if conn.out else 0)
+        try:
+            self.ep.modify(conn.fd, mask)
+        except (OSError, ValueError):
+            pass
+
+    def _send_close(self, conn: Conn, code: int, reason: str) -> None:
+        if conn.state == OPEN and not conn.closing:
+            self._send(conn, masked_frame(OP_CLOSE, close_payload(code, reason)))
+            conn.closing = True
+
+    def _teardown(self, conn: Conn, now: float, code: int | None, reason: str) -> None:
+        """Close the socket and tell its owner; schedules the viewer's reconnect."""
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        try:
+            self.ep.unregister(conn.fd)
+        except (OSError, ValueError):
+            pass
+        conn.sock.close()
+        if conn.storm is not None:
+            self._storm_closed(conn, now, reason)
+            return
+        viewer = conn.viewer
+        assert viewer is not None
+        if self.by_viewer.get(viewer.id) is conn:
+            del self.by_viewer[viewer.id]
+        if conn.state != OPEN:
+            self.inflight -= 1
+        viewer.lost(now, code, reason)
+        if not viewer.finished:
+            self._schedule_reconnect(viewer, now)
+
+    # ------------------------------------------------------------------ timers
+    def _sweep(self, now: float) -> None:
+        """Connect deadlines, and ``tick`` for the viewers whose ``due`` has come (a viewer is
+        ticked about once per silence interval, not once per sweep)."""
+        for conn in list(self.conns.values()):
+            if conn.state != OPEN:
+                if now > conn.deadline:
+                    self._teardown(conn, now, None, "TooSlowError: connect timed out")
+                continue
+            viewer = conn.viewer
+            if viewer is None or now < viewer.due:
+                continue
+            stalled = viewer.stalled_until > now
+            if stalled == conn.reading:
+                conn.reading = not stalled
+                self._interest(conn)
+            request = viewer.tick(now)
+            if viewer.outbox:
+                self._drain_outbox(conn, viewer, now)
+            if request is not None:
+                self._send_close(conn, *request)
+                self._teardown(conn, now, *request)
 
     # ------------------------------------------------------------------ control
-    def add_clients(self, specs: list[ClientSpec], nursery: trio.Nursery, paced: bool) -> None:
-        for spec in specs:
-            client = _Client(spec)
-            self.clients.append(client)
-            self.stats.clients += 1
-            nursery.start_soon(self.run_client, client, paced)
+    def stall(self, share: float, duration_s: float, seed: int) -> int:
+        rng = random.Random(seed * 7919 + self.spec.worker)
+        until = self.clock() + duration_s
+        chosen = [v for v in self.viewers if rng.random() < share]
+        for viewer in chosen:
+            viewer.stall(until)
+            conn = self.by_viewer.get(viewer.id)
+            if conn is not None and conn.state == OPEN and conn.reading:
+                conn.reading = False
+                self._interest(conn)
+        self.stats.stalled = len(chosen)
+        return len(chosen)
+
+    def drain(self) -> None:
+        if self.draining:
+            return
+        now = self.clock()
+        self.draining = True
+        self.drain_started = now
+        for viewer in self.viewers:
+            if viewer.finished:
+                continue
+            viewer.begin_final_read(now)
+            if viewer.id not in self.by_viewer:
+                self._at(now, 0, viewer)  # disconnected: the final read reconnects at once
 
     def status(self) -> dict[str, Any]:
         s = self.stats
         return {"type": "status", "worker": self.spec.worker, "clients": s.clients,
                 "connected": s.connected, "subscribed": s.subscribed,
                 "delivered": s.delivered, "reconnects": s.reconnects, "drained": s.drained,
-                "stalled": s.stalled, "storm_open": s.storm_open,
-                "storm_opened": s.storm_opened, "storm_failed": s.storm_failed,
+                "stalled": s.stalled, "storm_open": self.storm_open,
+                "storm_opened": self.storm_opened, "storm_failed": self.storm_failed,
                 "live_duplicates": s.live_duplicates, "live_reorders": s.live_reorders,
-                "storm_connect_s": s.storm_connect_s, "storm_errors": dict(s.storm_errors),
-                "latency_ms": self.latency.snapshot(), "time": time.monotonic()}
+                "storm_connect_s": self.storm_connect_s,
+                "storm_errors": dict(self.storm_errors),
+                "latency_ms": s.latency_snapshot(), "time": time.monotonic()}
 
-    async def storm(self, count: int, duration_s: float, channel: str) -> None:
-        """Open ``count`` bare connections at once (each subscribes to ``channel`` and reads and
-        discards). Each one retries until it is in (within STORM_CONNECT_S); once every one is
-        in or has given up, they are all held ``duration_s`` and closed. Not measured: the
-        storm's point is what it does to the measured clients."""
-        started = trio.current_time()
-        connected = trio.Event()
-        pending = [count]
-        release = trio.Event()
-        limiter = trio.CapacityLimiter(1000)  # concurrent handshakes: the fd and SYN budget
-
-        def done_connecting() -> None:
-            pending[0] -= 1
-            if pending[0] == 0:
-                connected.set()
-
-        async with trio.open_nursery() as nursery:
-            for index in range(count):
-                entry = self.spec.entries[index % len(self.spec.entries)]
-                source = self.spec.source_addresses[index % len(self.spec.source_addresses)]
-                nursery.start_soon(self._storm_one, entry, source, channel, started, limiter,
-                                   done_connecting, release)
-            await connected.wait()
-            self.stats.storm_connect_s = round(trio.current_time() - started, 2)
-            await trio.sleep(duration_s)
-            release.set()
-
-    async def _storm_one(self, entry: str, source: str, channel: str, started: float,
-                         limiter: trio.CapacityLimiter, done_connecting: Any,
-                         release: trio.Event) -> None:
-        url = urlsplit(entry)
-        stream: trio.SocketStream | None = None
-        backoff = 0.2
-        try:
-            while True:
-                try:
-                    async with limiter:
-                        with trio.fail_after(10):
-                            stream = await self._storm_connect(url, source, channel)
-                    break
-                except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                    reason = type(exc).__name__ if not isinstance(exc, trio.BrokenResourceError) \
-                        else str(exc)
-                    self.stats.storm_errors[reason] = self.stats.storm_errors.get(reason, 0) + 1
-                    if trio.current_time() - started > STORM_CONNECT_S:
-                        self.stats.storm_failed += 1
-                        done_connecting()
-                        return
-                    await trio.sleep(self.rng.uniform(0, backoff))
-                    backoff = min(backoff * 2, 2.0)
-            self.stats.storm_opened += 1
-            self.stats.storm_open += 1
-            done_connecting()
-            try:
-                async with trio.open_nursery() as hold:
-                    async def until_released() -> None:
-                        await release.wait()
-                        hold.cancel_scope.cancel()
-                    hold.start_soon(until_released)
-                    while await stream.receive_some(65536):
-                        pass
-                    hold.cancel_scope.cancel()
-            except (OSError, trio.BrokenResourceError):
-                pass
-            finally:
-                self.stats.storm_open -= 1
-        finally:
-            if stream is not None:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-
-    async def _storm_connect(self, url: Any, source: str, channel: str) -> trio.SocketStream:
-        stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 80,
-                                            local_address=source)
-        try:
-            path = url.path + ("?" + url.query if url.query else "")
-            await stream.send_all(_handshake(url.hostname or "", path))
-            response = b""
-            while b"\r\n\r\n" not in response:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    raise trio.BrokenResourceError("closed during handshake")
-                response += chunk
-            if b" 101 " not in response.split(b"\r\n", 1)[0]:
-                raise trio.BrokenResourceError("handshake refused")
-            await stream.send_all(_masked_text(orjson.dumps(
-                {"event": "pusher:subscribe", "data": {"channel": channel}})))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
-        return stream
-
-    def stall(self, share: float, duration_s: float, seed: int) -> None:
-        rng = random.Random(seed * 7919 + self.spec.worker)
-        until = trio.current_time() + duration_s
-        chosen = [c for c in self.clients if rng.random() < share]
-        for client in chosen:
-            client.stalled_until = until
-        self.stats.stalled = len(chosen)
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The one real error of a connection's nursery (trio wraps it in an ExceptionGroup)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return group
-
-
-async def _get(ws: WebSocketConnection, timeout: float, *,
-               none_on_timeout: bool = False) -> str | None:
-    """The next text message, or None on timeout when ``none_on_timeout``."""
-    with trio.move_on_after(timeout):
-        message = await ws.get_message()
-        return message if isinstance(message, str) else message.decode()
-    if none_on_timeout:
-        return None
-    raise trio.TooSlowError("timed out waiting for a message")
-
-
-class _Channel:
-    """The JSON-lines link to the harness (a Unix socket), or stdout when there is none."""
-
-    def __init__(self, stream: trio.abc.Stream | None) -> None:
-        self.stream = stream
-        self._lock = trio.Lock()
-
-    async def emit(self, obj: dict[str, Any]) -> None:
-        line = (json.dumps(obj) + "\n").encode()
-        if self.stream is None:
+    def _emit(self, obj: dict[str, Any]) -> None:
+        line = orjson.dumps(obj) + b"\n"
+        if self.control is None:
             sys.stdout.write(line.decode())
             sys.stdout.flush()
             return
-        async with self._lock:
-            try:
-                await self.stream.send_all(line)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-
-async def _control(fleet: Fleet, channel: _Channel, nursery: trio.Nursery) -> None:
-    stream: Any = channel.stream or trio.lowlevel.FdStream(sys.stdin.fileno())
-    buffer = b""
-    while True:
+        self._control_out += line
         try:
-            data = await stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sent = self.control.send(self._control_out)
+            self._control_out = self._control_out[sent:]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._control_out = b""
+
+    def _on_control(self) -> None:
+        assert self.control is not None
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
             data = b""
         if not data:
-            fleet.drain_event.set()  # the harness went away: finish up
+            self.ep.unregister(self.control.fileno())
+            self.control.close()
+            self.control = None
+            self.drain()  # the harness went away: finish up
             return
-        buffer += data
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if not line.strip():
+        self._control_buf += data
+        while b"\n" in self._control_buf:
+            line, self._control_buf = self._control_buf.split(b"\n", 1)
+            if line.strip():
+                self.command(json.loads(line))
+
+    def command(self, command: dict[str, Any]) -> None:
+        cmd = command.get("cmd")
+        if cmd == "add_clients":
+            self.add_clients([ClientSpec(c["id"], tuple(c["channels"]))
+                              for c in command["clients"]], paced=False)
+        elif cmd == "storm":
+            self.storm(int(command["count"]), float(command["duration_s"]),
+                       str(command["channel"]))
+        elif cmd == "stall":
+            self.stall(float(command["share"]), float(command["duration_s"]),
+                       int(command.get("seed", 0)))
+        elif cmd == "drain":
+            self.drain()
+
+    # ------------------------------------------------------------------ storms
+    def storm(self, count: int, duration_s: float, channel: str) -> None:
+        """Open ``count`` bare connections at once (each subscribes to ``channel`` and reads and
+        discards). Each retries until it is in (within STORM_CONNECT_S); once every one is in
+        or has given up they are all held ``duration_s`` and closed. Not measured: the storm's
+        point is what it does to the measured clients."""
+        now = self.clock()
+        storm = _Storm(count, duration_s, channel, now)
+        self.storms.append(storm)
+        for index in range(count):
+            self._at(now, 2, (storm, index, 0.2))
+        if count == 0:
+            self._storm_check(storm, now)
+
+    def _storm_connect(self, storm: _Storm, index: int, backoff: float, now: float) -> None:
+        target = self.targets[index % len(self.targets)]
+        source = self.spec.source_addresses[index % len(self.spec.source_addresses)]
+        try:
+            sock = _open_socket(source, target)
+        except OSError as exc:
+            self._storm_error(storm, index, backoff, type(exc).__name__, now)
+            return
+        request, accept = handshake_request(target.host, target.port, target.path)
+        conn = Conn(sock, None, request, accept, now + CONNECT_TIMEOUT_S)
+        conn.storm = storm
+        storm.conns.add(conn)
+        self.storm_inflight += 1
+        self.storm_meta[conn.fd] = (index, backoff)  # how to retry this one
+        self.conns[conn.fd] = conn
+        self.ep.register(conn.fd, _EPOLLOUT | _EPOLLIN)
+
+    def _storm_error(self, storm: _Storm, index: int, backoff: float, reason: str,
+                     now: float) -> None:
+        self.storm_errors[reason] = self.storm_errors.get(reason, 0) + 1
+        if now - storm.started > STORM_CONNECT_S:
+            self.storm_failed += 1
+            storm.pending -= 1
+            self._storm_check(storm, now)
+            return
+        self._at(now + self.rng.uniform(0, backoff), 2, (storm, index, min(backoff * 2, 2.0)))
+
+    def _storm_closed(self, conn: Conn, now: float, reason: str) -> None:
+        storm = conn.storm
+        assert storm is not None
+        storm.conns.discard(conn)
+        index, backoff = self.storm_meta.pop(conn.fd, (0, 0.2))
+        if conn.state == OPEN:
+            self.storm_open -= 1
+            return
+        self.storm_inflight -= 1
+        if storm.release_at >= 0:
+            return
+        self._storm_error(storm, index, backoff, reason.split(":", 1)[0], now)
+
+    def _storm_check(self, storm: _Storm, now: float) -> None:
+        if storm.pending == 0 and storm.release_at < 0:
+            self.storm_connect_s = round(now - storm.started, 2)
+            storm.release_at = now + storm.duration_s
+            self._at(storm.release_at, 1, storm)
+
+    def _storm_release(self, storm: _Storm, now: float) -> None:
+        for conn in list(storm.conns):
+            self._teardown(conn, now, 1000, "storm over")
+        self.storms.remove(storm)
+
+    # ------------------------------------------------------------------ the loop
+    def finished(self) -> bool:
+        if self.stop_requested:
+            return True
+        if not self.draining:
+            return False
+        if self.clock() - self.drain_started > DRAIN_BOUND_S:
+            return True
+        return all(v.finished or v.id in self.gave_up for v in self.viewers)
+
+    def run(self) -> None:
+        """Until every viewer finished its final read (or the drain bound passed)."""
+        if self.spec.control_path:
+            self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.control.connect(self.spec.control_path)
+            self.control.setblocking(False)
+            self.ep.register(self.control.fileno(), _EPOLLIN)
+        self.add_clients(list(self.spec.clients), paced=True)
+        next_sweep = next_status = self.clock()
+        poll = self.ep.poll
+        conns = self.conns
+        clock = self.clock
+        control_fd = self.control.fileno() if self.control is not None else -1
+        while True:
+            now = clock()
+            timeout = min(next_sweep, next_status) - now
+            if self.timers:
+                timeout = min(timeout, self.timers[0][0] - now)
+            for fd, ev in poll(max(timeout, 0.0)):
+                conn = conns.get(fd)
+                if conn is None:
+                    if fd == control_fd:
+                        self._on_control()
+                        control_fd = self.control.fileno() if self.control is not None else -1
+                    continue
+                viewer = conn.viewer
+                if ev != _EPOLLIN or conn.state != OPEN or not conn.reading or viewer is None:
+                    self._on_event(conn, ev, clock())
+                    continue
+                # The hot path: one readable viewer socket. Most reads are exactly one whole
+                # unmasked text frame; its header is read here, anything else goes through
+                # the frame reader.
+                try:
+                    data = conn.sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._teardown(conn, clock(), None, f"{type(exc).__name__}: {exc}"[:200])
+                    continue
+                now = clock()
+                if not data:
+                    self._teardown(conn, now, None, "EOF")
+                    continue
+                size = len(data)
+                if data[0] == 0x81 and not conn.reader.buffer and size > 2:
+                    length = data[1]
+                    head = 2
+                    if length == 126 and size > 4:
+                        length = (data[2] << 8) | data[3]
+                        head = 4
+                    if length < 126 or head == 4:
+                        if head + length == size:
+                            request = viewer.on_text(data[head:], now)
+                            if viewer.outbox:
+                                self._drain_outbox(conn, viewer, now)
+                            if request is not None:
+                                self._send_close(conn, *request)
+                                self._teardown(conn, now, *request)
+                            continue
+                self._received(conn, data, now)
+            now = clock()
+            if self.timers or self.waiting:
+                self._run_due(now)
+            if now >= next_sweep:
+                next_sweep = now + (SWEEP_DRAINING_S if self.draining else SWEEP_S)
+                self._sweep(now)
+                if self.finished():
+                    break
+            if now >= next_status:
+                next_status = now + STATUS_S
+                self._emit(self.status())
+                self.history.flush()
+        now = clock()
+        for conn in list(conns.values()):
+            if conn.viewer is not None and not conn.viewer.finished:
+                self._teardown(conn, now, None, "worker stopped")
+            else:
+                self._teardown(conn, now, 1000, "worker stopped")
+        self.recorder.finish(self.viewers, now)
+        self._emit({**self.status(), "type": "drained"})
+
+    def _run_due(self, now: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _due, _seq, kind, arg = heapq.heappop(timers)
+            if kind == 0:
+                self.waiting.append(arg)
+            elif kind == 1:
+                self._storm_release(arg, now)
+            elif kind == 2:
+                storm, index, backoff = arg
+                if self.storm_inflight >= STORM_HANDSHAKES:
+                    self._at(now + 0.05, 2, arg)
+                else:
+                    self._storm_connect(storm, index, backoff, now)
+        limit = self.spec.handshake_limit
+        while self.waiting and self.inflight < limit:
+            viewer = self.waiting.popleft()
+            if viewer.finished or viewer.id in self.by_viewer or viewer.id in self.gave_up:
                 continue
-            command = json.loads(line)
-            cmd = command.get("cmd")
-            if cmd == "add_clients":
-                fleet.add_clients([ClientSpec(c["id"], tuple(c["channels"]))
-                                   for c in command["clients"]], nursery, paced=False)
-            elif cmd == "storm":
-                nursery.start_soon(fleet.storm, int(command["count"]),
-                                   float(command["duration_s"]), str(command["channel"]))
-            elif cmd == "stall":
-                fleet.stall(float(command["share"]), float(command["duration_s"]),
-                            int(command.get("seed", 0)))
-            elif cmd == "drain":
-                fleet.drain_event.set()
+            self.inflight += 1
+            self._connect(viewer, now)
 
 
-async def _status(fleet: Fleet, channel: _Channel) -> None:
-    while True:
-        await channel.emit(fleet.status())
-        await trio.sleep(0.5)
+def _open_socket(source: str, target: _Target) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        err = sock.connect_ex((target.host, target.port))
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-async def run_worker(spec: FleetSpec) -> None:
-    stream = await trio.open_unix_socket(spec.control_path) if spec.control_path else None
-    channel = _Channel(stream)
-    with HistoryWriter(spec.history_path) as history:
-        fleet = Fleet(spec, history)
-        async with trio.open_nursery() as outer:
-            outer.start_soon(history.autoflush)
-            outer.start_soon(_status, fleet, channel)
-            async with trio.open_nursery() as clients:
-                clients.start_soon(_control, fleet, channel, clients)
-                fleet.add_clients(list(spec.clients), clients, paced=True)
-                await fleet.drain_event.wait()
-                # Every client ends by itself after its final read; bound it anyway.
-                with trio.move_on_after(120):
-                    while fleet.stats.finished < fleet.stats.clients:
-                        await trio.sleep(0.1)
-                clients.cancel_scope.cancel()
-            history.flush()
-            await channel.emit({**fleet.status(), "type": "drained"})
-            outer.cancel_scope.cancel()
-    if stream is not None:
-        await stream.aclose()
+def run_worker(spec: FleetSpec) -> None:
+    with HistoryWriter(spec.history_path, max_buffered=4000) as history:
+        worker = Worker(spec, history)
+
+        def stop(_signum: int, _frame: object) -> None:
+            # Stopped by the harness (a run cut short): end at the next sweep, writing what
+            # was recorded; viewers without a final read stay unfinished, never lost.
+            worker.stop_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        worker.run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    trio.run(run_worker, spec)
+    run_worker(spec)
     return 0
 
 

@@ -131,11 +131,13 @@ class FleetControl:
 
     async def start_workers(self, supervisor: Supervisor, *, entries: Sequence[str],
                             clients: Sequence[ClientSpec], history_dir: Path,
-                            spec_kwargs: dict[str, Any], storm_capacity: int = 0) -> None:
+                            spec_kwargs: dict[str, Any], storm_capacity: int = 0,
+                            sources: Sequence[str] = ()) -> None:
         """Start the worker processes, ``clients`` spread round robin over them.
 
         ``spec_kwargs["connect_rate_per_s"]``, if given, is the whole fleet's ramp: each worker
-        paces its own clients at its share of it.
+        paces its own clients at its share of it. ``sources`` (the experiment's
+        ``clients.source_addresses``) overrides the computed 127.0.0.x addresses.
         """
         spec_kwargs = dict(spec_kwargs)
         if "connect_rate_per_s" in spec_kwargs:
@@ -146,7 +148,7 @@ class FleetControl:
                 f"{len(clients) + storm_capacity} connections over {self.processes} client "
                 f"processes is {per_worker} per process, above the {MAX_FDS_PER_WORKER} "
                 "open-file budget: raise clients.processes")
-        sources = source_addresses(len(clients) + storm_capacity)
+        addresses = tuple(sources) or source_addresses(len(clients) + storm_capacity)
         self._next_id = max((c.id for c in clients), default=0) + 1
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
@@ -155,7 +157,7 @@ class FleetControl:
                     worker=worker.index,
                     history_path=str(history_dir / f"history-client-w{worker.index}.jsonl"),
                     entries=tuple(entries), control_path=str(self.socket_path),
-                    source_addresses=sources, clients=mine, seed=self.seed, **spec_kwargs)
+                    source_addresses=addresses, clients=mine, seed=self.seed, **spec_kwargs)
                 spec_path = self.run_dir / f"fleet-w{worker.index}.json"
                 spec_path.write_text(spec.to_json())
                 nursery.start_soon(self._start_one, supervisor, worker, spec_path)

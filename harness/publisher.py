@@ -2,17 +2,32 @@
 
 Each channel is published serially (one request in flight per channel) every
 ``interval ± jitter`` seconds, so the per-channel ``seq`` order is the order the server was
-asked to apply them. Every attempt is one history op: ``ok`` (HTTP 200), ``fail`` (a 4xx: the
-server refused it, so it was definitely not published) or ``info`` (timeout, connection error
-or 5xx: it may or may not have been published — never guessed). A failed attempt is retried as
-a new op with a new id, up to ``retries`` times.
+asked to apply them. Every attempt is one history op: ``ok`` (HTTP 200, with the position the
+server assigned), ``fail`` (a 4xx, or a 503 that says nothing was written: definitely not
+published) or ``info`` (timeout, connection error or another 5xx: it may or may not have been
+published, never guessed). A failed attempt is retried as a new op with a new id, up to
+``retries`` times.
+
+Every update starts with ``{"id": ..., "seq": ..., "t": ...}``: ``t`` is the publish invoke
+time on CLOCK_MONOTONIC, the same float as the ``invoke`` op's time, so a viewer's receive time
+minus ``t`` is exactly the latency the checker defines (the fleet records it per update).
+
+It runs in its own process (``python -m harness.publisher SPEC.json``, started by the runner,
+see :class:`PublisherProcess`) so that its CPU is accounted apart from the harness's and its
+timing does not depend on the harness's event loop. Control is JSON lines over the run's
+``publisher.sock``: the harness sends ``{"cmd": "stop"}``; the publisher sends ``status``
+lines (ok / failed / indeterminate) twice a second and ``stopped`` once every channel's last
+request has completed.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +38,7 @@ from server.auth import sign_request
 
 from .history import PUBLISHER, HistoryWriter
 
-__all__ = ["Publisher", "PublisherSpec", "election_payload"]
+__all__ = ["Publisher", "PublisherProcess", "PublisherSpec", "election_payload"]
 
 PARTIES = ("Social Democrats", "Liberals", "Conservatives", "Greens", "Red-Green Alliance",
            "Danish People's Party", "Social Liberals", "New Right")
@@ -43,15 +58,27 @@ class PublisherSpec:
     retries: int = 3
     event_name: str = "result-update"
     seed: int = 0
+    history_path: str = ""
+    control_path: str = ""
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PublisherSpec:
+        data = json.loads(raw)
+        data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "channels": list(self.channels)})
 
 
-def election_payload(rng: random.Random, channel: str, pid: str, seq: int,
-                     size: int) -> dict[str, Any]:
-    """A realistic result update (~``size`` bytes of JSON)."""
+def election_payload(rng: random.Random, channel: str, pid: str, seq: int, size: int,
+                     t: float | None = None) -> dict[str, Any]:
+    """A realistic result update (~``size`` bytes of JSON); ``id``, ``seq`` and the invoke
+    time ``t`` come first (the fleet reads them without decoding the rest)."""
     votes = [rng.randint(1_000, 90_000) for _ in PARTIES]
     total = sum(votes)
     payload: dict[str, Any] = {
-        "id": pid, "seq": seq, "channel": channel,
+        "id": pid, "seq": seq, "t": time.monotonic() if t is None else t, "channel": channel,
         "reported_pct": round(min(100.0, seq * 0.7 + rng.random()), 1),
         "turnout_pct": round(60 + rng.random() * 25, 1),
         "parties": [{"name": p, "votes": v, "pct": round(100 * v / total, 2)}
@@ -80,9 +107,14 @@ class Publisher:
         self._seq[channel] += 1
         return f"p{self._next_id}", self._seq[channel]
 
+    def counts(self) -> dict[str, int]:
+        return {"ok": self.ok, "failed": self.failed, "indeterminate": self.indeterminate}
+
     async def run(self, stop: trio.Event) -> None:
         """Publish on every channel until ``stop`` is set (the current request completes)."""
-        async with httpx.AsyncClient(base_url=self.spec.base_url) as client:
+        limits = httpx.Limits(max_connections=len(self.spec.channels) + 4)
+        async with httpx.AsyncClient(base_url=self.spec.base_url, trust_env=False,
+                                     limits=limits) as client:
             async with trio.open_nursery() as nursery:
                 for index, channel in enumerate(self.spec.channels):
                     offset = self.spec.interval_s * index / max(1, len(self.spec.channels))
@@ -104,13 +136,14 @@ class Publisher:
 
     async def publish_once(self, client: httpx.AsyncClient, channel: str) -> bool:
         pid, seq = self._new_attempt(channel)
+        invoked = time.monotonic()
         data = orjson.dumps(election_payload(self.rng, channel, pid, seq,
-                                             self.spec.payload_bytes)).decode()
+                                             self.spec.payload_bytes, invoked)).decode()
         body = orjson.dumps({"name": self.spec.event_name, "channels": [channel], "data": data})
         path = f"/apps/{self.spec.app_id}/events"
         params = sign_request(self.spec.app_key, self.spec.app_secret, "POST", path, body)
         base = {"id": pid, "channel": channel, "seq": seq}
-        self.history.record(PUBLISHER, "invoke", "publish", base)
+        self.history.record(PUBLISHER, "invoke", "publish", base, time=invoked)
         try:
             response = await client.post(path, params=params, content=body,
                                          headers={"content-type": "application/json"},
@@ -151,3 +184,131 @@ def _not_published(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("published") is False
+
+
+# --------------------------------------------------------------------------- the process
+async def _serve(spec: PublisherSpec) -> None:
+    stream = await trio.open_unix_socket(spec.control_path)
+    stop = trio.Event()
+    with HistoryWriter(spec.history_path) as history:
+        publisher = Publisher(spec, history)
+
+        async def emit(kind: str) -> None:
+            line = orjson.dumps({"type": kind, **publisher.counts()}) + b"\n"
+            try:
+                await stream.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stop.set()
+
+        async def control() -> None:
+            buffer = b""
+            while not stop.is_set():
+                try:
+                    data = await stream.receive_some(4096)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    stop.set()  # the harness went away
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip() and json.loads(line).get("cmd") == "stop":
+                        stop.set()
+
+        async def status() -> None:
+            while True:
+                await emit("status")
+                history.flush()
+                await trio.sleep(0.5)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(history.autoflush)
+            nursery.start_soon(control)
+            nursery.start_soon(status)
+            await publisher.run(stop)
+            history.flush()
+            await emit("stopped")
+            nursery.cancel_scope.cancel()
+    await stream.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.publisher SPEC.json", file=sys.stderr)
+        return 2
+    spec = PublisherSpec.from_json(Path(args[0]).read_text())
+    trio.run(_serve, spec)
+    return 0
+
+
+class PublisherProcess:
+    """The harness side: start the publisher process, read its counts, stop it."""
+
+    def __init__(self, spec: PublisherSpec, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.socket_path = run_dir / "publisher.sock"
+        self.spec = PublisherSpec(**{**asdict(spec), "channels": spec.channels,
+                                     "control_path": str(self.socket_path)})
+        self.ok = 0
+        self.failed = 0
+        self.indeterminate = 0
+        self._stream: trio.SocketStream | None = None
+        self._connected = trio.Event()
+        self.stopped = trio.Event()
+
+    async def serve(self, supervisor: Any, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the process; ``started`` once it is connected (it publishes at once)."""
+        from .procs import ProcessSpec
+
+        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        self.socket_path.unlink(missing_ok=True)
+        await listener.bind(str(self.socket_path))
+        listener.listen(1)
+        spec_path = self.run_dir / "publisher.json"
+        spec_path.write_text(self.spec.to_json())
+        repo = Path(__file__).resolve().parent.parent
+        await supervisor.start(ProcessSpec(
+            name="publisher", argv=[sys.executable, "-m", "harness.publisher", str(spec_path)],
+            env={"PYTHONPATH": str(repo)}, ready=None, stop_grace=5.0))
+        async with trio.SocketListener(listener) as socket_listener:
+            with trio.fail_after(30):
+                self._stream = await socket_listener.accept()
+        task_status.started()
+        buffer = b""
+        async with self._stream:
+            while True:
+                try:
+                    data = await self._stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self.stopped.set()
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    message = json.loads(line)
+                    self.ok = int(message.get("ok", 0))
+                    self.failed = int(message.get("failed", 0))
+                    self.indeterminate = int(message.get("indeterminate", 0))
+                    if message.get("type") == "stopped":
+                        self.stopped.set()
+
+    async def stop(self, timeout: float) -> bool:
+        """Ask it to stop; True once every channel's last request has completed."""
+        if self._stream is not None:
+            try:
+                await self._stream.send_all(b'{"cmd": "stop"}\n')
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        with trio.move_on_after(timeout):
+            await self.stopped.wait()
+            return True
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,21 +5,30 @@ control socket), so a run started there writes the same run folder.
 Run folder (``runs/<time>-<name>/`` by default)::
 
     experiment.toml      the file as given (plus experiment.json: the parsed, scaled form)
-    history.jsonl        every op of every process, merged by time (the checker's input)
+    history.jsonl        every op of every process, merged by time (the checker's input; the
+                         fleet's deliveries are in its compact record, see harness.recording)
     parts/               the per-process history files it was merged from
     events.jsonl         the live event stream (harness.events)
-    report.json          verdict, totals, latency, faults with recovery times, violations
+    report.json          verdict, totals, latency (overall, per phase, per fault), faults with
+                         stale windows and recovery times, violations, where the CPU went
     report.md, junit.xml the same for humans and CI
-    logs/                every process's output (redis, toxiproxy, haproxy, nodes, fleet)
+    logs/                every process's output (redis, toxiproxy, haproxy, nodes, fleet,
+                         publisher)
+
+Which client-side links get a Toxiproxy hop is decided here from the experiment's faults
+(:func:`proxied_links`): every update crosses them, so a hop no fault needs is pure cost.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +38,25 @@ import trio
 
 from . import checker, leak_check
 from .control import serve_control
+from .cpu import CpuLedger
 from .events import EventLog
 from .experiment import Experiment
+from .experiment import Fault as ExperimentFault
 from .faults import FAULTS, FaultContext
 from .fleet_control import FleetControl, plan_clients
-from .history import HARNESS, HistoryWriter, merge_histories
+from .history import HARNESS, HistoryWriter
 from .nemesis import Nemesis
-from .procs import HarnessSetupError, ProcessFailed, open_supervisor
-from .publisher import Publisher, PublisherSpec
+from .procs import HarnessSetupError, ProcessFailed, Supervisor, open_supervisor
+from .publisher import PublisherProcess, PublisherSpec
+from .render import render_junit, render_markdown
 from .topology import Topology, TopologySpec, run_topology
 
 log = logging.getLogger("turnout.runner")
 
-__all__ = ["RunOptions", "RunResult", "run_experiment"]
+__all__ = ["RunOptions", "RunResult", "merge_history_files", "proxied_links", "run_experiment"]
+
+#: Fault kinds that act through Toxiproxy on the link their target names.
+LINK_FAULTS = frozenset({"latency", "bandwidth", "reset_peer", "slicer", "partition_redis"})
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -66,6 +81,55 @@ class RunResult:
     run_dir: Path
     report: checker.Report
     exit_code: int
+    cpu: dict[str, Any] | None = None
+
+
+def proxied_links(faults: Sequence[ExperimentFault], proxies: str = "auto"
+                  ) -> tuple[bool | tuple[int, ...], bool]:
+    """(clients->lb proxies, lb->node proxies) the run needs: every link with ``proxies =
+    "all"``, else only those a scheduled link fault targets. Client proxies are per lane: True
+    (every lane), False, or the lanes a ``clients->lb[i]`` target names."""
+    if proxies == "all":
+        return True, True
+    clients: bool | set[int] = False
+    lb = False
+    for fault in faults:
+        if fault.kind not in LINK_FAULTS:
+            continue
+        target = fault.target
+        if target in ("clients", "clients->lb"):
+            clients = True
+        elif target.startswith("clients->lb["):
+            if clients is not True:
+                lanes = clients if isinstance(clients, set) else set()
+                lanes.add(int(target[len("clients->lb["):-1]))
+                clients = lanes
+        elif target == "lb" or (target.startswith("lb") and "->" in target):
+            lb = True
+    if isinstance(clients, set):
+        return tuple(sorted(clients)), lb
+    return clients, lb
+
+
+def merge_history_files(paths: Sequence[Path], out: Path) -> int:
+    """Merge per-process history files into one, by time (stable: equal times keep file order
+    and, within a file, line order). Streams: each file is in time order as its one writer
+    appended it, so memory stays flat whatever the size. Returns the number of ops."""
+
+    def lines(index: int, path: Path) -> Iterator[tuple[float, int, int, bytes]]:
+        with open(path, "rb") as fh:
+            for n, line in enumerate(fh):
+                if not line.endswith(b"\n"):
+                    return  # a torn final line from a killed writer
+                if line.strip():
+                    yield float(orjson.loads(line)["time"]), index, n, line
+
+    count = 0
+    with open(out, "wb") as fh:
+        for _t, _i, _n, line in heapq.merge(*(lines(i, p) for i, p in enumerate(paths))):
+            fh.write(line)
+            count += 1
+    return count
 
 
 def _run_dir(options: RunOptions, name: str) -> Path:
@@ -106,7 +170,8 @@ async def _node_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]
               "turnout_subscriptions", "turnout_events_delivered_total",
               "turnout_slow_consumer_disconnects_total", "turnout_gaps_detected_total",
               "turnout_catchups_total", "turnout_unrecoverable_gaps_total",
-              "turnout_connections_opened_total", "turnout_redis_link_changes_total"}
+              "turnout_connections_opened_total", "turnout_redis_link_changes_total",
+              "turnout_event_loop_lag_seconds", "turnout_event_loop_lag_max_seconds"}
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#"):
@@ -120,10 +185,21 @@ async def _node_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]
     return out
 
 
+def _run_pids(topology: Topology | None, *supervisors: Supervisor) -> dict[str, int | None]:
+    pids: dict[str, int | None] = {"harness": os.getpid()}
+    if topology is not None:
+        pids.update({name: p.pid for name, p in topology.supervisor.processes.items()})
+    for supervisor in supervisors:
+        pids.update({name: p.pid for name, p in supervisor.processes.items()})
+    return pids
+
+
 async def _status_loop(events: EventLog, topology: Topology | None, fleet: FleetControl,
-                       publisher: Publisher, nemesis: Nemesis) -> None:
+                       publisher: PublisherProcess, nemesis: Nemesis, cpu: CpuLedger,
+                       supervisors: Sequence[Supervisor]) -> None:
     async with httpx.AsyncClient(trust_env=False) as client:
         while True:
+            cpu.sample(_run_pids(topology, *supervisors))
             nodes: dict[str, Any] = {}
             links: dict[str, Any] = {}
             if topology is not None:
@@ -166,13 +242,12 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
                 target=options.target_url, experiment=experiment.to_dict())
     error: str | None = None
-    nemesis_failures: list[str] = []
     # Each node's counters at the end of the run (from /metrics): evidence that a fault bit,
     # e.g. slow-consumer disconnects. A node restarted during the run counts from its restart.
     cluster_metrics: dict[str, dict[str, Any]] = {}
+    cpu = CpuLedger()
     try:
-        nemesis_failures = await _run(experiment, options, run_dir, seed, events, history,
-                                      cluster_metrics)
+        await _run(experiment, options, run_dir, seed, events, history, cluster_metrics, cpu)
     except (HarnessSetupError, ProcessFailed, OSError, TimeoutError, ValueError,
             httpx.HTTPError) as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -188,29 +263,25 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         history.close()
     events.emit("phase", phase="check")
     parts = sorted((run_dir / "parts").glob("history-*.jsonl"))
-    merged = merge_histories(parts)
-    with open(run_dir / "history.jsonl", "wb") as out:
-        for op in merged:
-            out.write(op.to_json() + b"\n")
+    merge_history_files(parts, run_dir / "history.jsonl")
     if error is not None:
         report = checker.error_report(error)
     else:
-        report = checker.check(merged, experiment.invariants)
+        report = checker.check_files([run_dir / "history.jsonl"], experiment.invariants)
         report = leak_check.apply_rss_invariant(
             report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
-        if nemesis_failures:
-            report = replace(report, verdict="fail", violations=(
-                *report.violations, *(f"fault not applied: {m}" for m in nemesis_failures)))
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
+    cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
                 "seed": seed, "target": options.target_url, "exit_code": exit_code,
-                "cluster": cluster_metrics}
+                "cluster": cluster_metrics, "cpu": cpu_table,
+                "cpu_whole_run": cpu.table("setup", "end")}
     (run_dir / "report.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    (run_dir / "report.md").write_text(checker.render_markdown(report, experiment.name))
-    (run_dir / "junit.xml").write_text(checker.render_junit(report, experiment.name))
+    (run_dir / "report.md").write_text(render_markdown(report, experiment.name, cpu_table))
+    (run_dir / "junit.xml").write_text(render_junit(report, experiment.name))
     events.emit("verdict", report=document, exit_code=exit_code)
     events.close()
-    return RunResult(run_dir, report, exit_code)
+    return RunResult(run_dir, report, exit_code, cpu_table)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -225,7 +296,7 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed: int,
                events: EventLog, history: HistoryWriter,
-               cluster_metrics: dict[str, dict[str, Any]]) -> list[str]:
+               cluster_metrics: dict[str, dict[str, Any]], cpu: CpuLedger) -> None:
     cluster, clients_cfg, workload, phases = (experiment.cluster, experiment.clients,
                                               experiment.workload, experiment.phases)
     channels = [f"{workload.channel_prefix}{i}" for i in range(1, workload.channels + 1)]
@@ -243,6 +314,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
     async with trio.open_nursery() as root:
         topology: Topology | None = None
         if options.target_url is None:
+            client_proxies, lb_proxies = proxied_links(experiment.faults, cluster.proxies)
             spec = TopologySpec(
                 nodes=cluster.nodes, clients=clients_cfg.count + storm,
                 history_size=0 if not cluster.recovery else cluster.history_size,
@@ -252,7 +324,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 outbound_queue_bytes=cluster.outbound_queue_bytes,
                 socket_send_buffer=cluster.socket_send_buffer_bytes,
                 app_id=app[0], app_key=app[1], app_secret=app[2],
-                key_prefix=f"turnout-{seed}", toxiproxy_seed=seed)
+                key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
+                client_proxies=client_proxies, lb_proxies=lb_proxies)
             events.emit("phase", phase="setup")
             topology = await root.start(run_topology, spec, run_dir)
             ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]
@@ -265,44 +338,57 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             fleet = FleetControl(run_dir, clients_cfg.processes, seed=seed)
             await root.start(fleet.serve)
             plan = plan_clients(clients_cfg.count, channels, clients_cfg.channels_per_client)
+            sample = random.Random(seed).sample(
+                [c.id for c in plan], min(clients_cfg.full_history, len(plan)))
             await fleet.start_workers(
                 fleet_supervisor, entries=ws_entries, clients=plan,
                 history_dir=run_dir / "parts", storm_capacity=storm,
+                sources=clients_cfg.source_addresses,
                 spec_kwargs={
                     "connect_rate_per_s": clients_cfg.connect_rate_per_s,
                     "backoff_min_s": clients_cfg.reconnect_backoff_min_s,
                     "backoff_max_s": clients_cfg.reconnect_backoff_max_s,
                     "resume": clients_cfg.resume,
                     "silence_ping_s": clients_cfg.ping_after_silence_s,
+                    "full_history": tuple(sorted(sample)),
                 })
             expected = sum(len(c.channels) for c in plan)
+            supervisors = [fleet_supervisor]
+
+            def sample_cpu(label: str) -> None:
+                cpu.sample(_run_pids(topology, *supervisors))
+                cpu.mark(label, trio.current_time(), fleet.totals().delivered)
+
+            sample_cpu("setup")
             # The ramp itself takes count / rate; the allowance comes on top of it.
             subscribe_within = (options.subscribe_timeout_s
                                 + clients_cfg.count / clients_cfg.connect_rate_per_s)
             if not await fleet.wait_subscribed(expected, subscribe_within):
                 raise TimeoutError(f"only {fleet.totals().subscribed} of {expected} "
                                    f"subscriptions succeeded within {subscribe_within:.0f} s")
-            publisher = Publisher(PublisherSpec(
+            publisher = PublisherProcess(PublisherSpec(
                 base_url=api_url, app_id=app[0], app_key=app[1], app_secret=app[2],
                 channels=tuple(channels), interval_s=workload.publish_interval_s,
                 jitter_s=workload.interval_jitter_s, payload_bytes=workload.payload_bytes,
                 timeout_s=workload.publish_timeout_s, retries=workload.publish_retries,
-                seed=seed), history)
+                seed=seed, history_path=str(run_dir / "parts" / "history-publisher.jsonl")),
+                run_dir)
             ctx = FaultContext(topology=topology, rng=rng,
                                stall_clients=fleet.stall,
                                storm=lambda n, d: fleet.storm(n, d, channels[0]))
             async with trio.open_nursery() as work:
                 nemesis = Nemesis(ctx, history, events, work)
-                work.start_soon(_status_loop, events, topology, fleet, publisher, nemesis)
+                work.start_soon(_status_loop, events, topology, fleet, publisher, nemesis, cpu,
+                                supervisors)
                 await work.start(serve_control, run_dir / "control.sock", nemesis, events)
-                stop_publishing = trio.Event()
 
                 def phase(name: str) -> None:
                     history.record(HARNESS, "info", "phase", {"phase": name})
                     events.emit("phase", phase=name)
+                    sample_cpu(name)
 
+                await work.start(publisher.serve, fleet_supervisor)
                 phase("steady")
-                work.start_soon(publisher.run, stop_publishing)
                 await trio.sleep(phases.steady_s)
                 phase("faults")
                 for fault in experiment.faults:
@@ -324,19 +410,22 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                     await topology.wait_lb_ready(timeout=30)
                 await trio.sleep(phases.heal_s)
                 phase("settle")
-                stop_publishing.set()
+                # Publishing goes on through settle: its latency is what a healed cluster
+                # delivers. It stops (every channel's last request completed) before the drain.
                 await trio.sleep(phases.settle_s)
+                if not await publisher.stop(workload.publish_timeout_s + 10):
+                    events.log("the publisher did not stop in time", "error")
                 phase("drain")
                 drained = await fleet.drain(timeout=180)
                 if not drained:
                     events.log("not every fleet worker finished its final read", "error")
+                sample_cpu("end")
                 if topology is not None:
                     async with httpx.AsyncClient(trust_env=False) as client:
                         for name, node in topology.nodes.items():
                             cluster_metrics[name] = await _node_metrics(client, node.url)
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
+                for message in nemesis.failures:
+                    history.record(HARNESS, "info", "nemesis_failure", {"message": message})
                 work.cancel_scope.cancel()
-            failures = list(nemesis.failures)
         root.cancel_scope.cancel()
-    return failures
-

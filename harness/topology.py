@@ -1,4 +1,5 @@
-"""One run's local cluster: Redis, N turnout nodes, Toxiproxy on every link, HAProxy lanes.
+"""One run's local cluster: Redis, N turnout nodes, HAProxy lanes, and Toxiproxy on the links
+the run's faults need.
 
 ::
 
@@ -8,14 +9,27 @@
                                                  ▼
                                               node-k ──▶ [toxiproxy backend] node-k->redis ──▶ redis
 
-Every link a fault may cut goes through its own Toxiproxy proxy, named as above in
-``Topology.proxies``.  HAProxy health-checks the nodes *through* the lb->node proxies, so cutting
-that link makes the load balancer see the node down, as a real partition would.
+A link a fault may cut goes through its own Toxiproxy proxy, named as above in
+``Topology.proxies``. Every update a viewer receives crosses the client-side links, so a
+Toxiproxy hop there costs about 19 µs of CPU per delivery, more than the node's send (python -m
+bench.hops, docs/benchmarks.md): the client-side proxies (``clients->lb[i]`` and
+``lb[i]->node-k``) exist only when ``TopologySpec.client_proxies``/``lb_proxies`` say so
+(client proxies per lane: a fault on ``clients->lb[0]`` needs only lane 0's), which the runner
+decides from the experiment's faults (``cluster.proxies``). Without them a client
+connects to its lane's HAProxy directly and HAProxy to the nodes directly. The node->redis
+proxies carry one message per publish per node and are always there. When lb->node proxies
+exist, HAProxy health-checks the nodes *through* them, so cutting that link makes the load
+balancer see the node down, as a real partition would.
 
-Lanes exist because of the 20,000 open-files cap per process: a client connection costs 4
-descriptors in its lane's Toxiproxy (client side + upstream of clients->lb, and of lb->node) and
-2 in its lane's HAProxy, so a lane carries at most 4,000 clients (16,000 fds plus slack) and a
-run has ``ceil(clients / 4000)`` lanes.  The publisher uses lane 0.
+HAProxy runs in TCP mode with one thread per lane (measured: a relayed frame costs ~30 % less
+than in HTTP mode, and a second thread saves nothing), fixed 64 KiB socket buffers, and
+connects to the nodes from a source address of its own per lane (127.0.1.<lane+1>), so lanes
+never compete for ephemeral ports towards a node.
+
+Lanes exist because of the 20,000 open-files cap per process: a client connection costs 2
+descriptors in its lane's HAProxy and 2 more in its lane's Toxiproxy per proxied hop, so a lane
+carries at most 9,000 clients, or 4,000 when both client-side hops are proxied
+(:func:`lane_capacity`); a run has ``ceil(clients / capacity)`` lanes. The publisher uses lane 0.
 
 Every listening port comes from :mod:`harness.ports` (outside the ephemeral range), so a killed
 node or a re-enabled proxy can always bind its port again, and two runs can share the machine.
@@ -58,6 +72,7 @@ from harness.procs import (
 from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
 
 __all__ = [
+    "HAPROXY_LANE_CAPACITY",
     "LANE_CAPACITY",
     "HarnessSetupError",
     "Lane",
@@ -67,15 +82,26 @@ __all__ = [
     "TopologySpec",
     "TopologyStatistics",
     "check_haproxy_config",
+    "lane_capacity",
     "redis_ready",
     "render_haproxy_config",
     "run_topology",
 ]
 
-#: Most client connections one lane may carry (see the module docstring for the fd budget).
+#: Most client connections one lane may carry when both client-side hops are proxied (4 fds per
+#: client in the lane's Toxiproxy; see the module docstring for the fd budget).
 LANE_CAPACITY: Final = 4000
+#: ... when at most one is (2 fds per client in HAProxy, 2 per proxied hop in Toxiproxy).
+HAPROXY_LANE_CAPACITY: Final = 9000
 # Connections a lane's HAProxy accepts beyond its clients: publisher, health probes, stats.
 _LANE_HEADROOM: Final = 1000
+# HAProxy needs 2 descriptors per connection plus a few of its own under the 20,000 cap.
+_HAPROXY_MAXCONN: Final = 9900
+
+
+def lane_capacity(client_proxies: bool | tuple[int, ...], lb_proxies: bool) -> int:
+    """Clients per lane under the 20,000-fd cap, given which client-side hops are proxied."""
+    return LANE_CAPACITY if client_proxies and lb_proxies else HAPROXY_LANE_CAPACITY
 
 
 @dataclass(frozen=True)
@@ -99,22 +125,42 @@ class TopologySpec:
     chaos_token: str | None = None
     #: Command that starts a node (the flags are appended); None = turnout-server.
     node_command: tuple[str, ...] | None = None
-    lane_capacity: int = LANE_CAPACITY
+    #: clients per lane; None: the most the fd cap allows (:func:`lane_capacity`)
+    lane_capacity: int | None = None
     ready_timeout_s: float = 30.0
     #: Seed of every Toxiproxy server's RNG (toxicity, jitter) for reproducible runs.
     toxiproxy_seed: int | None = None
+    #: Toxiproxy on clients->lb[i] (every client connection of lane i crosses it): True on
+    #: every lane, False on none, or the lanes listed
+    client_proxies: bool | tuple[int, ...] = True
+    #: Toxiproxy on lb[i]->node-k (every client connection crosses one)
+    lb_proxies: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError("a topology needs at least one node")
         if self.clients < 0:
             raise ValueError("clients must be >= 0")
-        if not 1 <= self.lane_capacity <= LANE_CAPACITY:
-            raise ValueError(f"lane_capacity must be within 1..{LANE_CAPACITY} (fd cap)")
+        most = lane_capacity(self.client_proxies, self.lb_proxies)
+        if self.lane_capacity is not None and not 1 <= self.lane_capacity <= most:
+            raise ValueError(f"lane_capacity must be within 1..{most} (fd cap)")
+
+    @property
+    def capacity(self) -> int:
+        """Clients per lane."""
+        if self.lane_capacity is not None:
+            return self.lane_capacity
+        return lane_capacity(self.client_proxies, self.lb_proxies)
 
     @property
     def lanes(self) -> int:
-        return max(1, math.ceil(self.clients / self.lane_capacity))
+        return max(1, math.ceil(self.clients / self.capacity))
+
+    def client_proxy(self, lane: int) -> bool:
+        """Whether lane ``lane``'s clients come in through a clients->lb proxy."""
+        if isinstance(self.client_proxies, bool):
+            return self.client_proxies
+        return lane in self.client_proxies
 
     @property
     def node_names(self) -> list[str]:
@@ -205,23 +251,30 @@ class Lane:
     """One shard of the client-facing path: a Toxiproxy process and an HAProxy process."""
 
     index: int
-    toxiproxy: ToxiproxyServer
+    toxiproxy: ToxiproxyServer | None  # None when neither client-side hop is proxied
     haproxy: ManagedProcess
     frontend_port: int
     stats_port: int
     config_path: Path
-    entry: Proxy  # clients->lb[i]
-    node_proxies: Mapping[str, Proxy] = field(repr=False)  # node name -> lb[i]->node
+    entry: Proxy | None  # clients->lb[i]; None: clients connect to HAProxy directly
+    node_proxies: Mapping[str, Proxy] = field(repr=False)  # node name -> lb[i]->node (or none)
+
+    @property
+    def entry_address(self) -> str:
+        """host:port clients of this lane connect to."""
+        if self.entry is not None:
+            return self.entry.listen
+        return f"{LOOPBACK}:{self.frontend_port}"
 
     @property
     def entry_url(self) -> str:
         """HTTP base URL clients of this lane use (Pusher HTTP API, /health)."""
-        return f"http://{self.entry.listen}"
+        return f"http://{self.entry_address}"
 
     @property
     def ws_url(self) -> str:
         """Websocket base URL; append ``/app/<key>?protocol=7...``."""
-        return f"ws://{self.entry.listen}"
+        return f"ws://{self.entry_address}"
 
     async def backend_status(self, timeout: float = 2.0) -> dict[str, tuple[str, str]]:
         """HAProxy's view of each node: name -> (status, last check status), e.g. ("UP", "L7OK")."""
@@ -284,7 +337,7 @@ class Topology:
     @property
     def toxiproxies(self) -> list[ToxiproxyServer]:
         backend = [self.backend_toxiproxy] if self.backend_toxiproxy is not None else []
-        return backend + [lane.toxiproxy for lane in self.lanes]
+        return backend + [lane.toxiproxy for lane in self.lanes if lane.toxiproxy is not None]
 
     def lane_for(self, client_index: int) -> Lane:
         """The lane client number ``client_index`` should use (round robin)."""
@@ -401,15 +454,26 @@ def render_haproxy_config(
     stats_port: int,
     backends: Mapping[str, tuple[str, int]],
     maxconn: int,
+    source: str | None = None,
+    health_checks: bool = True,
 ) -> str:
-    """HAProxy config of one lane: one ``mode http`` frontend for websockets and the HTTP API."""
+    """HAProxy config of one lane: one TCP frontend for websockets and the HTTP API.
+
+    TCP mode: the load balancer only has to pick a healthy node and relay bytes; measured per
+    relayed frame it costs ~30 % less CPU than HTTP mode (docs/benchmarks.md, "Hops"). One
+    thread: a second one saves nothing per frame and lanes already spread the load.
+    ``source`` is the address HAProxy connects to the nodes from (its own per lane).
+    """
+    check = " check" if health_checks else ""
     servers = "\n".join(
-        f"    server {name} {host}:{port} check" for name, (host, port) in backends.items()
+        f"    server {name} {host}:{port}{check}" for name, (host, port) in backends.items()
     )
+    source_line = f" source {source}" if source else ""
     return f"""\
 # Generated by turnout's harness (lane {lane}). Started as: haproxy -f <this> -db
 global
     maxconn {maxconn}
+    nbthread 1
     # Only alerts/notices (server UP/DOWN transitions), never one line per request.
     log stdout format raw local0 notice
     # Fixed socket buffers, as a load balancer in front of tens of thousands of sockets is
@@ -421,17 +485,14 @@ global
     tune.rcvbuf.server 65536
 
 defaults
-    mode http
+    mode tcp
     log global
     option dontlognull
     timeout connect 2s
     # Websockets idle for long stretches between broadcasts: keep them for an hour.
     timeout client 1h
     timeout server 1h
-    timeout tunnel 1h
     timeout client-fin 5s
-    timeout http-request 10s
-    timeout http-keep-alive 10s
     timeout queue 5s
     timeout check 1s
     retries 2
@@ -447,10 +508,15 @@ backend nodes
     option httpchk GET /health HTTP/1.1
     http-check send hdr Host turnout
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
+    # A check every 2 s while all is well (each is an HTTP request the node serves: at 6
+    # nodes x 5 lanes, every 500 ms was 60 requests a second), every 500 ms once one failed
+    # or the server is down, so a dead node is still out of rotation within ~3 s.
+    default-server inter 2s fastinter 500ms downinter 500ms fall 2 rise 2 \
+maxconn {maxconn}{source_line}
 {servers}
 
 listen stats
+    mode http
     bind {LOOPBACK}:{stats_port}
     maxconn 16
     stats enable
@@ -469,6 +535,11 @@ async def check_haproxy_config(path: Path, *, timeout: float = 10.0) -> str:
     if result.returncode != 0:
         raise HarnessSetupError(f"haproxy rejected {path}:\n{output}")
     return output
+
+
+def lane_source_address(lane: int) -> str:
+    """The address lane ``lane``'s HAProxy connects to the nodes from (127.0.1.<lane+1>)."""
+    return f"127.0.1.{lane + 1}"
 
 
 def _node_command(spec: TopologySpec) -> list[str]:
@@ -673,20 +744,29 @@ async def run_topology(
         await _concurrently([partial(start_node, n) for n in spec.node_names])
         topo.nodes = {name: topo.nodes[name] for name in spec.node_names}  # stable order
 
-        # 4. Lanes: a Toxiproxy (clients->lb + lb->node proxies) and an HAProxy each.
-        maxconn = spec.lane_capacity + _LANE_HEADROOM
+        # 4. Lanes: an HAProxy each, and a Toxiproxy for the client-side hops that need one.
+        maxconn = min(spec.capacity + _LANE_HEADROOM, _HAPROXY_MAXCONN)
         lanes: dict[int, Lane] = {}
 
         async def start_lane(index: int) -> None:
-            toxi = await start_toxiproxy(
-                supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
-            )
-            stack.push_async_callback(toxi.aclose)
-            node_proxies: dict[str, Proxy] = {}
-            for name, node in topo.nodes.items():
-                node_proxies[name] = await toxi.create_proxy(
-                    f"lane{index}.lb-{name}", f"{LOOPBACK}:{node.port}", listen_port=reserve()
+            toxi: ToxiproxyServer | None = None
+            if spec.client_proxy(index) or spec.lb_proxies:
+                toxi = await start_toxiproxy(
+                    supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
                 )
+                stack.push_async_callback(toxi.aclose)
+            node_proxies: dict[str, Proxy] = {}
+            backends: dict[str, tuple[str, int]] = {}
+            for name, node in topo.nodes.items():
+                if toxi is not None and spec.lb_proxies:
+                    proxy = await toxi.create_proxy(
+                        f"lane{index}.lb-{name}", f"{LOOPBACK}:{node.port}",
+                        listen_port=reserve()
+                    )
+                    node_proxies[name] = proxy
+                    backends[name] = (proxy.listen_host, proxy.listen_port)
+                else:
+                    backends[name] = (LOOPBACK, node.port)
             frontend_port, stats_port = reserve(), reserve()
             config_path = run_dir / f"haproxy-lane{index}.cfg"
             _write_text(
@@ -695,8 +775,9 @@ async def run_topology(
                     lane=index,
                     frontend_port=frontend_port,
                     stats_port=stats_port,
-                    backends={n: (p.listen_host, p.listen_port) for n, p in node_proxies.items()},
+                    backends=backends,
                     maxconn=maxconn,
+                    source=lane_source_address(index),
                 ),
             )
             haproxy = await supervisor.start(
@@ -708,9 +789,12 @@ async def run_topology(
                     stop_grace=2.0,
                 )
             )
-            entry = await toxi.create_proxy(
-                f"lane{index}.clients-lb", f"{LOOPBACK}:{frontend_port}", listen_port=reserve()
-            )
+            entry: Proxy | None = None
+            if toxi is not None and spec.client_proxy(index):
+                entry = await toxi.create_proxy(
+                    f"lane{index}.clients-lb", f"{LOOPBACK}:{frontend_port}",
+                    listen_port=reserve()
+                )
             lanes[index] = Lane(
                 index=index,
                 toxiproxy=toxi,
@@ -725,7 +809,8 @@ async def run_topology(
         await _concurrently([partial(start_lane, i) for i in range(spec.lanes)])
         topo.lanes = [lanes[i] for i in range(spec.lanes)]
         for lane in topo.lanes:
-            topo.proxies[f"clients->lb[{lane.index}]"] = lane.entry
+            if lane.entry is not None:
+                topo.proxies[f"clients->lb[{lane.index}]"] = lane.entry
             for name, proxy in lane.node_proxies.items():
                 topo.proxies[f"lb[{lane.index}]->{name}"] = proxy
 

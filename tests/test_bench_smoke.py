@@ -61,3 +61,51 @@ def test_redis_client_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             assert 0 < cell["min_us"] <= cell["median_us"] <= cell["max_us"] < 1_000_000, name
             assert cell["x_floor"] > 0, name
     assert result["clients"]["redis-py (blocking)"]["ping"]["x_floor"] == 1.0
+
+
+def _with_tools_path() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"}
+
+
+@pytest.mark.timeout(120)
+def test_fleet_receive_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.fleet_recv", "--connections", "300",
+                           "--messages", "3", "--rounds", "1", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=110, env=_with_tools_path())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    for kind in ("floor", "fleet"):
+        assert 0 < result["receivers"][kind]["median_us"] < 10_000, result
+    assert result["ratio"]["median"] > 0
+    assert "fleet/floor" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_hops_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "hops.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.hops", "--connections", "200",
+                           "--messages", "2", "--rounds", "1", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=110, env=_with_tools_path())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    median = json.loads(out.read_text())["median"]
+    assert set(median) == {"direct", "haproxy", "haproxy-tuned", "toxiproxy"}
+    assert all(median[c]["sink"] > 0 for c in median)
+    assert all(median[c]["hop0"] > 0 for c in median if c != "direct")
+
+
+@pytest.mark.timeout(120)
+def test_checker_benchmark_finds_exactly_what_it_planted(tmp_path: Path) -> None:
+    out = tmp_path / "checker.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.checker", "--viewers", "600",
+                           "--duration", "120", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["exact"] is True
+    assert result["found"] == result["planted"]
+    assert result["planted"]["lost"] > 0
+    assert result["check"]["seconds"] > 0
+    assert result["check"]["peak_rss_bytes"] > 0

@@ -143,3 +143,44 @@ def test_target_mode_refuses_process_faults_clearly(tmp_path: Path):
     assert result.returncode == 2, explain(result, run_dir)
     assert "kill_node" in report(run_dir)["error"]
     assert "external --target" in report(run_dir)["error"]
+
+
+def _turnout(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_run_reports_where_the_cpu_went_and_check_gives_its_verdict(tmp_path: Path):
+    """`turnout run` ends with the CPU table (also in report.json and report.md), and `turnout
+    check RUN_DIR` re-judges the folder to the live run's verdict, for a pass and a fail."""
+    extra = '[[faults]]\nat_s = 1\nkind = "kill_node"\ntarget = "node-2"\nrestart_after_s = 1\n'
+    run_dir = tmp_path / "run"
+    result = turnout_run(str(tiny(tmp_path, steady=2, faults=3, extra=extra)), "--out",
+                         str(run_dir))
+    assert result.returncode == 0, explain(result, run_dir)
+    assert "where the CPU went" in result.stderr
+    doc = report(run_dir)
+    cpu = doc["cpu"]
+    assert cpu["deliveries"] > 0
+    assert {"nodes", "fleet workers", "HAProxy", "Redis", "publisher", "harness"} <= set(
+        cpu["components"])
+    assert "proxies (Toxiproxy)" in cpu["components"]  # the node->redis proxies
+    assert all(row["cpu_s"] >= 0 for row in cpu["components"].values())
+    assert "## Where the CPU went" in (run_dir / "report.md").read_text()
+    check = _turnout("check", str(run_dir))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "re-judged: pass; the live run's verdict: pass" in check.stderr
+
+    # A failing run (an impossible latency limit), re-judged, fails the same way.
+    failed = tmp_path / "failed"
+    strict = tiny(tmp_path, steady=2, faults=0).read_text().replace(
+        "[invariants]", "[invariants]\np99_ms = 0.001")
+    (tmp_path / "strict.toml").write_text(strict)
+    result = turnout_run(str(tmp_path / "strict.toml"), "--out", str(failed))
+    assert result.returncode == 1, explain(result, failed)
+    check = _turnout("check", str(failed))
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "re-judged: fail; the live run's verdict: fail" in check.stderr
+    assert json.loads((failed / "report.json").read_text())["violations"][0].startswith(
+        "p99 latency")

@@ -46,6 +46,7 @@ from harness.topology import (
 from harness.toxiproxy import ToxiproxyStateError, start_toxiproxy
 
 PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
 SLEEPER = [PY, "-c", "import time; time.sleep(600)"]
 
 # A stand-in node: answers GET /health with 200 and takes (and ignores) turnout-server's flags,
@@ -429,10 +430,12 @@ async def test_generated_haproxy_config_is_accepted(tmp_path: Path) -> None:
         "balance leastconn",
         "option httpchk GET /health",
         "http-check expect status 200",
-        "inter 500ms fall 2 rise 2",
-        "timeout tunnel 1h",
+        "inter 2s fastinter 500ms downinter 500ms fall 2 rise 2",
+        "timeout client 1h",
         "maxconn 5000",
-        "mode http",
+        "nbthread 1",
+        "    mode tcp\n",  # the relay
+        "    mode http\n",  # the stats page only
     ):
         assert needle in text
 
@@ -504,6 +507,52 @@ async def test_topology_plumbing_with_fake_nodes(tmp_path: Path) -> None:
         await _wait_gone(pids)
     assert (tmp_path / "run" / "haproxy-lane1.cfg").exists()
     assert (tmp_path / "run" / "logs" / "redis.log").exists()
+
+
+async def test_client_side_proxies_only_where_asked(tmp_path: Path) -> None:
+    """Without client-side proxies a lane is HAProxy alone (9,000 clients under the fd cap), the
+    entry is HAProxy's frontend and HAProxy checks and reaches the nodes directly."""
+    fake = tmp_path / "fake_node.py"
+    fake.write_text(FAKE_NODE)
+    spec = TopologySpec(nodes=2, clients=9001, node_command=(PY, str(fake)), ready_timeout_s=20,
+                        client_proxies=False, lb_proxies=False)
+    assert spec.capacity == 9000
+    assert spec.lanes == 2
+    assert TopologySpec(clients=9000, client_proxies=True, lb_proxies=False).lanes == 1
+    assert TopologySpec(clients=4001).lanes == 2
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, spec, tmp_path / "run")
+            pids = _topology_pids(topo)
+            assert set(topo.proxies) == {"node-1->redis", "node-2->redis"}
+            assert [lane.toxiproxy for lane in topo.lanes] == [None, None]
+            assert topo.entry_urls == [f"http://127.0.0.1:{lane.frontend_port}"
+                                       for lane in topo.lanes]
+            config = (tmp_path / "run" / "haproxy-lane1.cfg").read_text()
+            for node in topo.nodes.values():
+                assert f"server {node.name} 127.0.0.1:{node.port} check" in config
+            assert "source 127.0.1.2" in config
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                for url in topo.entry_urls:
+                    assert (await client.get(f"{url}/health")).status_code == 200
+            await topo.nodes["node-1"].kill()
+            with trio.fail_after(10):
+                while (await topo.lanes[0].backend_status())["node-1"][0] != "DOWN":
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
+    # A client proxy on one lane only (a fault on clients->lb[1]).
+    one = TopologySpec(nodes=1, clients=9001, node_command=(PY, str(fake)), ready_timeout_s=20,
+                       client_proxies=(1,), lb_proxies=False)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, one, tmp_path / "one")
+            pids = _topology_pids(topo)
+            assert set(topo.proxies) == {"clients->lb[1]", "node-1->redis"}
+            assert topo.lanes[0].toxiproxy is None
+            assert topo.entry_urls[1] == f"http://{topo.proxy('clients->lb[1]').listen}"
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
 
 
 async def test_two_runs_coexist(tmp_path: Path) -> None:
@@ -592,3 +641,25 @@ async def test_missing_binary_is_a_clear_setup_error(
         procs.find_binary("toxiproxy-server")
     with pytest.raises(HarnessSetupError, match="redis-server not found"):
         await run_topology(TopologySpec(), tmp_path / "run")
+
+
+def test_runs_proxy_only_the_client_side_links_their_faults_need() -> None:
+    from harness.experiment import load_experiment, parse_experiment
+    from harness.runner import proxied_links
+
+    experiments = REPO / "experiments"
+
+    def links(name: str) -> tuple[object, bool]:
+        exp = load_experiment(experiments / f"{name}.toml")
+        return proxied_links(exp.faults, exp.cluster.proxies)
+
+    assert links("node-kill") == (False, False)  # process faults: no proxy on any client hop
+    assert links("rolling-deploy") == (False, False)
+    assert links("redis-partition") == (False, False)  # node->redis proxies always exist
+    assert links("latency") == (True, False)
+    assert links("flaky-network") == (True, True)  # clients toxics and lb->node-3 bandwidth
+    one_lane = parse_experiment(
+        'description = "x"\n[[faults]]\nat_s = 1\nkind = "latency"\n'
+        'target = "clients->lb[1]"\n', default_name="x")
+    assert proxied_links(one_lane.faults) == ((1,), False)
+    assert proxied_links(one_lane.faults, "all") == (True, True)
