@@ -10,11 +10,16 @@ pusher-js does: the snapshot of ``subscription_succeeded``, then ``member_added`
     ok drain   {...}                                         the final read (end of history)
 
 Judged, per presence channel, over the viewers that finished their final read (those that
-did not fail the run on their own, see :mod:`harness.checker`):
+did not fail the run on their own, see :mod:`harness.checker`). A viewer's list is judged as it
+stood at its ``drain``:
 
 connected users
-    The user each finished viewer was joined as at the end (its last snapshot's ``user``):
-    after the final read every finished viewer is connected and subscribed.
+    The user each finished viewer was joined as at the end (its last snapshot's ``user``).
+    Viewers finish one by one and each closes its connection, so a viewer still reading hears
+    ``member_removed`` for users whose viewer already finished: such a *departure* (a removal
+    of a finished viewer's user, received after that viewer's drain) keeps the user in the
+    judged list. A user that joined less than :data:`JOIN_MARGIN_S` before a viewer's drain
+    (a viewer that reconnected during the final read) is not required in its list.
 ghost
     A (viewer, user) pair: the user is in the viewer's final list but no finished viewer is
     connected as it (a dead node's member nobody removed, a leave that was lost).
@@ -37,9 +42,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["EXAMPLES", "PRESENCE_OPS", "PresenceResult", "judge_presence"]
+__all__ = ["EXAMPLES", "JOIN_MARGIN_S", "PRESENCE_OPS", "PresenceResult", "judge_presence"]
 
 EXAMPLES: Final = 5  # problems quoted per kind
+#: a join this close before a viewer's drain may not have reached it yet
+JOIN_MARGIN_S: Final = 1.0
 #: the ``f`` of every op this part reads (the checker keeps only these for it)
 PRESENCE_OPS: Final = frozenset({"members", "member", "drain"})
 #: (time, process, type, f, value), as the checker streams ops
@@ -58,6 +65,7 @@ class PresenceResult:
     inconsistent: int
     self_missing: int
     no_snapshot: int
+    departures: int = 0  # removals of finished viewers' users during the final read
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -71,27 +79,55 @@ class PresenceResult:
             "connected_users": self.connected_users, "member_events": self.member_events,
             "ghosts": self.ghosts, "missing": self.missing, "inconsistent": self.inconsistent,
             "self_missing": self.self_missing, "no_snapshot": self.no_snapshot,
+            "departures": self.departures,
             "examples": {k: list(v) for k, v in self.examples.items()},
         }
 
 
 class _View:
-    """One viewer's list on one presence channel, rebuilt from its ops."""
+    """One viewer's ops on one presence channel, in its recorded order."""
 
-    __slots__ = ("members", "user")
+    __slots__ = ("joined_at", "ops", "user")
 
     def __init__(self) -> None:
         self.user: str | None = None  # as of the last snapshot
-        self.members: set[str] | None = None  # None: no snapshot yet
+        self.joined_at = 0.0  # time of the last snapshot
+        #: (time, "snapshot" | "added" | "removed", users, the viewer's own user for a snapshot)
+        self.ops: list[tuple[float, str, tuple[str, ...], str]] = []
 
 
 def judge_presence(ops: Iterable[RawOp]) -> PresenceResult:
     """Judge every presence viewer of a history: (time, process, type, f, value) tuples, each
     process's in its recorded order (other processes' may interleave in any way)."""
     views: dict[tuple[str, str], _View] = {}  # (process, channel) -> view
-    finished: set[str] = set()
-    presence_processes: set[str] = set()
-    events = inconsistent = self_missing = 0
+    drained: dict[str, float] = {}
+    events = 0
+    for time, process, op_type, f, value in ops:
+        if f == "drain":
+            if op_type == "ok":
+                drained.setdefault(process, time)
+            continue
+        channel = str(value.get("channel"))
+        if f == "members" and op_type == "invoke":  # the presence subscribe was sent
+            views.setdefault((process, channel), _View())
+        elif f == "members" and op_type == "ok":
+            view = views.setdefault((process, channel), _View())
+            view.user, view.joined_at = str(value.get("user")), time
+            view.ops.append((time, "snapshot", tuple(str(m) for m in
+                                                      value.get("members") or ()), view.user))
+        elif f == "member" and op_type == "ok":
+            events += 1
+            change = value.get("change")
+            if change in ("added", "removed"):
+                views.setdefault((process, channel), _View()).ops.append(
+                    (time, str(change), (str(value.get("user")),), ""))
+
+    # Who is connected at the end, per channel: user -> (joined at, its viewer's drain).
+    final: dict[str, dict[str, tuple[float, float]]] = {}
+    for (process, channel), view in views.items():
+        if process in drained and view.user is not None:
+            final.setdefault(channel, {})[view.user] = (view.joined_at, drained[process])
+
     examples: dict[str, list[str]] = {}
 
     def note(kind: str, text: str) -> None:
@@ -99,59 +135,45 @@ def judge_presence(ops: Iterable[RawOp]) -> PresenceResult:
         if len(quoted) < EXAMPLES:
             quoted.append(text)
 
-    for time, process, op_type, f, value in ops:
-        if op_type == "invoke" and f == "members":  # the presence subscribe was sent
-            views.setdefault((process, str(value.get("channel"))), _View())
-            presence_processes.add(process)
-            continue
-        if op_type != "ok":
-            continue
-        if f == "drain":
-            finished.add(process)
-        elif f == "members":
-            channel, user = str(value.get("channel")), str(value.get("user"))
-            members = {str(m) for m in value.get("members") or ()}
-            view = views.setdefault((process, channel), _View())
-            presence_processes.add(process)
-            view.user, view.members = user, members
-            if user not in members:
-                self_missing += 1
-                note("self_missing", f"{process} on {channel}: snapshot without its own "
-                     f"user {user} at {time:.3f}")
-        elif f == "member":
-            channel, user = str(value.get("channel")), str(value.get("user"))
-            change = value.get("change")
-            view = views.setdefault((process, channel), _View())
-            presence_processes.add(process)
-            events += 1
-            if view.members is None:
+    ghosts = missing = inconsistent = self_missing = no_snapshot = departures = 0
+    for (process, channel), view in sorted(views.items()):
+        if process not in drained:
+            continue  # the delivery checker fails the run for it
+        connected = final.get(channel, {})
+        members: set[str] | None = None
+        for time, kind, users, own in view.ops:
+            if kind == "snapshot":
+                members = set(users)
+                if own not in members:
+                    self_missing += 1
+                    note("self_missing", f"{process} on {channel}: snapshot without its own "
+                         f"user {own} at {time:.3f}")
+                continue
+            if members is None:
                 continue  # cannot happen on a well-behaved server: events follow a snapshot
-            if change == "added":
-                if user in view.members:
+            (user,) = users
+            if kind == "added":
+                if user in members:
                     inconsistent += 1
                     note("inconsistent", f"{process} on {channel}: member_added {user} "
                          f"already a member at {time:.3f}")
-                view.members.add(user)
-            elif change == "removed":
-                if user not in view.members:
-                    inconsistent += 1
-                    note("inconsistent", f"{process} on {channel}: member_removed {user} "
-                         f"not a member at {time:.3f}")
-                view.members.discard(user)
-
-    judged = {key: view for key, view in views.items() if key[0] in finished}
-    connected: dict[str, set[str]] = {}
-    for (_, channel), view in judged.items():
-        if view.user is not None:
-            connected.setdefault(channel, set()).add(view.user)
-    ghosts = missing = no_snapshot = 0
-    for (process, channel), view in sorted(judged.items()):
-        if view.members is None:
+                members.add(user)
+                continue
+            if user not in members:
+                inconsistent += 1
+                note("inconsistent", f"{process} on {channel}: member_removed {user} not a "
+                     f"member at {time:.3f}")
+            elif user in connected and connected[user][1] < time:
+                departures += 1  # its viewer finished and closed: still judged as present
+                continue
+            members.discard(user)
+        if members is None:
             no_snapshot += 1
             note("no_snapshot", f"{process} on {channel}: never subscribed")
             continue
-        truth = connected.get(channel, set())
-        extra, absent = view.members - truth, truth - view.members
+        drain = drained[process]
+        required = {u for u, (joined, _) in connected.items() if joined < drain - JOIN_MARGIN_S}
+        extra, absent = members - set(connected), required - members
         ghosts += len(extra)
         missing += len(absent)
         if extra:
@@ -160,11 +182,12 @@ def judge_presence(ops: Iterable[RawOp]) -> PresenceResult:
             note("missing", f"{process} on {channel}: {_ids(absent)} connected, not listed")
     return PresenceResult(
         channels=len({channel for _, channel in views}),
-        viewers=len(presence_processes),
-        finished=len(presence_processes & finished),
-        connected_users=sum(len(users) for users in connected.values()),
+        viewers=len({process for process, _ in views}),
+        finished=len({process for process, _ in views if process in drained}),
+        connected_users=sum(len(users) for users in final.values()),
         member_events=events, ghosts=ghosts, missing=missing, inconsistent=inconsistent,
-        self_missing=self_missing, no_snapshot=no_snapshot, examples=examples)
+        self_missing=self_missing, no_snapshot=no_snapshot, departures=departures,
+        examples=examples)
 
 
 def _ids(users: set[str]) -> str:

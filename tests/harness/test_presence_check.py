@@ -35,6 +35,7 @@ class History:
                                                      "user": user})
 
     def drain(self, *viewers: int) -> History:
+        self.t += 5.0  # the final read comes well after the last join
         for viewer in viewers:
             self.op(f"client-{viewer}", "drain", {})
         return self
@@ -107,4 +108,35 @@ def test_viewers_that_did_not_finish_are_not_judged():
     result = judge_presence(h.ops)
     assert (result.viewers, result.finished) == (2, 1)
     assert result.ghosts == 0  # u1 in no judged list; viewer 0 never heard of it
+    assert result.problems == 0
+
+
+def test_departures_during_the_final_read_are_not_missing_members():
+    """Viewer 0 finishes first and closes; viewer 1, still reading, hears u0 leave. u0 still
+    counts as connected for viewer 1, and nothing is reported."""
+    h = History()
+    h.join(0, "u0", ["u0"])
+    h.join(1, "u1", ["u0", "u1"]).change(0, "added", "u1")
+    h.drain(0)
+    h.change(1, "removed", "u0")  # after viewer 0's drain: a departure
+    h.drain(1)
+    result = judge_presence(h.ops)
+    assert (result.problems, result.departures) == (0, 1)
+    # The same removal before viewer 0's drain is a real leave: u0 goes missing.
+    h = History()
+    h.join(0, "u0", ["u0"])
+    h.join(1, "u1", ["u0", "u1"]).change(0, "added", "u1")
+    h.change(1, "removed", "u0")
+    h.drain(0, 1)
+    assert judge_presence(h.ops).missing == 1
+
+
+def test_a_join_just_before_a_viewers_drain_is_not_required_in_its_list():
+    h = History()
+    h.join(0, "u0", ["u0"])
+    h.drain()
+    h.join(1, "u1", ["u0", "u1"])  # reconnected during the final read
+    h.op("client-0", "drain", {})  # 0.01 s later: u1's member_added may not have arrived
+    h.op("client-1", "drain", {})
+    result = judge_presence(h.ops)
     assert result.problems == 0
