@@ -37,7 +37,7 @@ import hmac
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -101,7 +101,7 @@ class PresenceJoin:
     channel: str
     user: str
     key: str
-    secret: str
+    secret: str = field(repr=False)  # never in a log line
     fresh: bool = False
 
     def user_on(self, connection: int) -> str:
