@@ -121,6 +121,9 @@ class TopologySpec:
     app_key: str = "turnout-key"
     app_secret: str = "turnout-secret"
     key_prefix: str = "turnout"
+    #: False: the nodes run without the reaper (--no-reap-dead-nodes), the presence
+    #: negative control
+    reap_dead_nodes: bool = True
     #: Token of the nodes' chaos endpoints; None picks a random one per run.
     chaos_token: str | None = None
     #: Command that starts a node (the flags are appended); None = turnout-server.
@@ -636,6 +639,7 @@ def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy,
         "--key-prefix", spec.key_prefix,
         "--chaos",
         "--chaos-port", str(chaos_port),
+        *(() if spec.reap_dead_nodes else ("--no-reap-dead-nodes",)),
     ]  # fmt: skip
 
 
