@@ -112,7 +112,12 @@ class Publisher:
 
     async def run(self, stop: trio.Event) -> None:
         """Publish on every channel until ``stop`` is set (the current request completes)."""
-        limits = httpx.Limits(max_connections=len(self.spec.channels) + 4)
+        # No keep-alive: each publish is a new connection, so the lane's HAProxy (TCP mode,
+        # leastconn) picks a healthy node per publish. A pooled connection stays pinned to
+        # one node: while that node's Redis link is cut every publish would fail there and
+        # nothing would be published that the partitioned node's viewers could miss.
+        limits = httpx.Limits(max_connections=len(self.spec.channels) + 4,
+                              max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=self.spec.base_url, trust_env=False,
                                      limits=limits) as client:
             async with trio.open_nursery() as nursery:
