@@ -87,14 +87,15 @@ async def test_slash_filters_the_run_list(fixtures: Path, runs_dir: Path) -> Non
     async with app.run_test(size=(120, 36)) as pilot:
         browser = app.screen
         assert isinstance(browser, BrowserScreen)
+        # waits rather than fixed pauses: on a loaded machine a keystroke can take a while
         await pilot.press("2", "slash", *"stopped")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: browser.filter == "stopped", what="the filter typed")
         assert [r.name for r in browser.runs] == ["20250601-123000-tiny-stopped"]
         await pilot.press("enter", "escape")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: not browser.filter, what="the filter cleared")
         assert len(browser.runs) == 4
         await pilot.press("1", "slash", *"kill")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: browser.filter == "kill", what="the filter typed")
         assert [e.name for e in browser.experiments] == ["node-kill", "tiny"]
 
 
