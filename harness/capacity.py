@@ -106,8 +106,8 @@ def render_capacity(file: str, p99_ms: float, max_viewers: int, trials: list[Tri
             return "—" if value is None else f"{value:.0f}"
         lines.append(
             f"| {t.viewers:,} | {'holds' if t.holds else 'fails'} | {ms('steady')} | "
-            f"{ms('settle')} | {t.lost} | {t.cpu.get('deliveries_per_s', 0):,.0f} | "
-            f"{t.cpu.get('run_cores', 0):.2f} | {'; '.join(t.reasons)[:200] or '—'} | "
+            f"{ms('settle')} | {t.lost} | {t.cpu.get('deliveries_per_s') or 0:,.0f} | "
+            f"{t.cpu.get('run_cores') or 0:.2f} | {'; '.join(t.reasons)[:200] or '—'} | "
             f"{t.run_dir} |")
     return "\n".join(lines) + "\n"
 

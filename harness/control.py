@@ -3,10 +3,16 @@
 Clients (the TUI, or ``socat``) send one JSON object per line and get one JSON reply per line:
 
 - ``{"cmd": "inject", "kind": "kill_node", "target": "node-2", "params": {...},
-  "duration_s": 10}`` → ``{"ok": true, "fault_id": "i1"}`` (interactive faults are recorded in
-  the history like scheduled ones; without a duration they hold until healed)
+  "duration_s": 10}`` → ``{"ok": true, "fault_id": "i1", "target": ..., "params": {...},
+  "duration_s": ...}`` (what will run, defaults filled in). The request is checked by the
+  experiment schema, as a ``[[faults]]`` entry of a file would be, and against the cluster's
+  nodes and links (harness.fault_request): an unknown kind, key or target, or a value out of
+  range, is refused with the reason, never replaced. No ``duration_s`` key: the kind's default;
+  ``"duration_s": null``: held until healed, or until the faults phase ends. Interactive faults
+  are recorded in the history like scheduled ones. Accepted during the steady and faults
+  phases only.
 - ``{"cmd": "heal", "fault_id": "i1"}``, ``{"cmd": "heal_all"}`` → ``{"ok": true}``
-- ``{"cmd": "faults"}`` → ``{"ok": true, "active": [...]}``
+- ``{"cmd": "faults"}`` → ``{"ok": true, "accepting": true, "active": [...]}``
 - ``{"cmd": "ping"}`` → ``{"ok": true}``
 
 Errors answer ``{"ok": false, "error": "..."}`` and change nothing.
@@ -22,10 +28,19 @@ import trio
 
 from .events import EventLog
 from .experiment import FAULT_KINDS
+from .fault_request import ClusterNames, FaultRequestError, check_fault
 from .faults import FaultError
 from .nemesis import Nemesis
 
-__all__ = ["handle_command", "serve_control"]
+__all__ = ["cluster_names", "handle_command", "serve_control"]
+
+
+def cluster_names(nemesis: Nemesis) -> ClusterNames | None:
+    """The nodes and links of the run's cluster (None against an external --target)."""
+    topology = nemesis.ctx.topology
+    if topology is None:
+        return None
+    return ClusterNames(tuple(topology.nodes), tuple(sorted(topology.proxies)))
 
 
 def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str, Any]:
@@ -35,7 +50,7 @@ def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str
     if cmd == "ping":
         return {"ok": True}
     if cmd == "faults":
-        return {"ok": True, "active": [
+        return {"ok": True, "accepting": nemesis.closed is None, "active": [
             {"fault_id": f.fault_id, "kind": f.kind, "target": f.target, "source": f.source}
             for f in nemesis.active.values()]}
     if cmd == "heal":
@@ -45,22 +60,23 @@ def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str
         nemesis.heal_all()
         return {"ok": True}
     if cmd == "inject":
+        if nemesis.closed is not None:
+            return {"ok": False, "error": nemesis.closed}
         kind = command.get("kind")
-        if kind not in FAULT_KINDS:
-            return {"ok": False, "error": f"unknown fault kind {kind!r}"}
-        spec = FAULT_KINDS[kind]
-        target = str(command.get("target") or spec.default_target)
-        params = {k.name: k.default for k in spec.params}
-        params.update(command.get("params") or {})
-        duration = command.get("duration_s", spec.duration_s)
+        spec = FAULT_KINDS.get(kind) if isinstance(kind, str) else None
+        # No duration_s key: the kind's default; an explicit null: held until healed.
+        duration = command.get("duration_s", spec.duration_s if spec is not None else None)
         try:
-            fault_id = nemesis.start("", kind, target, params,
-                                     float(duration) if duration is not None else None,
-                                     source="interactive")
-        except (FaultError, ValueError, TypeError) as exc:
+            fault = check_fault(kind, command.get("target"), command.get("params"), duration,
+                                cluster_names(nemesis))
+            fault_id = nemesis.start("", fault.kind, fault.target, fault.params,
+                                     fault.duration_s, source="interactive")
+        except (FaultRequestError, FaultError) as exc:
+            events.log(f"interactive fault refused: {exc}", level="warning")
             return {"ok": False, "error": str(exc)}
-        events.log(f"interactive fault {fault_id}: {kind} on {target}")
-        return {"ok": True, "fault_id": fault_id}
+        events.log(f"interactive fault {fault_id}: {fault.kind} on {fault.target}")
+        return {"ok": True, "fault_id": fault_id, "target": fault.target,
+                "params": fault.params, "duration_s": fault.duration_s}
     return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

@@ -97,6 +97,13 @@ class CpuLedger:
             self._total += total - self._machine[1]
         self._machine = (busy, total)
 
+    def so_far(self) -> dict[str, Any]:
+        """CPU seconds per component since the run started, and the machine's cores (the
+        status events carry it: a live view takes differences between two of them)."""
+        return {"cores": self.cores,
+                "components": {c: round(self.totals[c], 3) for c in COMPONENTS
+                               if c in self.totals}}
+
     def mark(self, label: str, wall: float, deliveries: int) -> None:
         """Remember the totals at a phase boundary (after a fresh sample)."""
         self.marks.append(_Mark(label, dict(self.totals), self._busy, self._total, wall,

@@ -1,19 +1,34 @@
 """The run's event stream: what the TUI (and anyone tailing the run folder) watches.
 
-``events.jsonl`` in the run folder, one JSON object per line, always with ``t`` (seconds since
-the run started) and ``type``:
+``events.jsonl`` in the run folder, one JSON object per line, always with ``t`` and ``type``.
+``t`` is the run's one time base: seconds since the run started (``EventLog.t0``, a
+CLOCK_MONOTONIC reading). The harness records a ``run`` op at the same instant as the first op
+of the history, so report.json's times (``injected_at``, ``healed_at``, ``phases``) count from
+the same zero. Events:
 
-- ``run``: the run started: ``name``, ``experiment`` (its dict), ``run_dir``, ``target``.
-- ``phase``: ``phase`` entered (steady, faults, heal, settle, drain, check).
+- ``run``: the run started: ``name``, ``experiment`` (its dict), ``run_dir``, ``target``,
+  ``seed``.
+- ``phase``: ``phase`` entered (setup, steady, faults, heal, settle, drain, check), with
+  ``duration_s`` (how long the phase lasts by the experiment, when it is a fixed time),
+  ``waits_for`` (what the phase waits for, in words) and ``timeout_s`` (the most it waits).
+- ``wait``: within a phase, the run waits for something before going on: ``waits_for``,
+  ``timeout_s``, ``expected_s`` (when it should be over) and details (``faults``: each still
+  running fault with ``due_in_s``).
 - ``status``: every second: ``nodes`` (name -> state, pid, rss_bytes, connections, redis),
   ``links`` (name -> {"toxics": [fault kinds]}), ``fleet`` (clients, connected, subscribed,
   delivered, reconnects, stalled, storm_open, latency_p50_ms/latency_p99_ms of the last
   second, live_duplicates and live_reorders seen so far: provisional, the checker decides),
-  ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones).
+  ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones), ``cpu``
+  (``cores`` of the machine, ``components``: CPU seconds per component since the run started,
+  harness.cpu's ledger; the difference of two status events is the CPU split of that span).
 - ``fault_start`` (injection begins), ``fault`` (injected; ``resolved`` names the real
-  targets, ``hold_s``), ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
-  (schedule|interactive); ``fault_error`` when an injection or a heal failed.
+  targets, ``hold_s`` the seconds until its heal, null while held until healed), ``heal``
+  (``by_request``: healed by a heal command or the end of the faults phase):
+  ``fault_id``, ``kind``, ``target``, ``params``, ``source`` (schedule|interactive),
+  ``duration_s`` (as asked; null for kinds without one) and ``until_healed``;
+  ``fault_error`` when an injection or a heal failed.
 - ``log``: ``level``, ``message``.
+- ``stopped``: the run was cancelled (SIGTERM, SIGHUP, Ctrl-C) before its check: no verdict.
 - ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.
 
 Commands flow the other way through ``control.sock`` (see harness.control).
@@ -51,6 +66,23 @@ class EventLog:
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit("log", level=level, message=message)
+
+    def phase(self, name: str, *, duration_s: float | None = None, waits_for: str | None = None,
+              timeout_s: float | None = None) -> dict[str, Any]:
+        """A phase begins: how long it lasts and what it waits for, for the TUI's phase bar."""
+        fields: dict[str, Any] = {"phase": name}
+        if duration_s is not None:
+            fields["duration_s"] = duration_s
+        if waits_for is not None:
+            fields["waits_for"] = waits_for
+        if timeout_s is not None:
+            fields["timeout_s"] = timeout_s
+        return self.emit("phase", **fields)
+
+    def wait(self, waits_for: str, *, timeout_s: float | None = None, **details: Any
+             ) -> dict[str, Any]:
+        """The run now waits for something within its phase (at most ``timeout_s``)."""
+        return self.emit("wait", waits_for=waits_for, timeout_s=timeout_s, **details)
 
     def close(self) -> None:
         self._file.close()

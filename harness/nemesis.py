@@ -4,6 +4,11 @@ Each fault run is ``inject`` → record ``fault`` ok → hold (``hold_s``, or un
 heal command for interactive faults) → ``heal`` → record ``heal`` ok, as Jepsen's nemesis
 records ``:start``/``:stop`` ops. A fault whose injection fails is recorded as ``fault`` info
 with the error (the checker then fails the run: a schedule that did not happen proves nothing).
+
+The faults phase ends with :meth:`Nemesis.end_faults_phase`: interactive faults stop being
+accepted, faults held "until healed" are healed, and the run waits only for what still has a
+known end (a scheduled fault's duration, an interactive fault's own ``duration_s``), saying in
+a ``wait`` event what it waits for and for how long.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import trio
 
 from .events import EventLog
+from .experiment import FAULT_KINDS
 from .faults import Fault, FaultContext, FaultError, make_fault
 from .history import NEMESIS, HistoryWriter
 
@@ -35,6 +41,17 @@ class ActiveFault:
     fault: Fault
     heal_now: trio.Event = field(default_factory=trio.Event)
     injected: bool = False
+    #: trio time at which the fault is due to start (after its delay) and to heal (set when
+    #: its hold begins; inf while held until healed).
+    starts_at: float = 0.0
+    heal_due: float | None = None
+
+    @property
+    def until_healed(self) -> bool:
+        """An interactive fault of a kind with a duration, sent without one."""
+        spec = FAULT_KINDS.get(self.kind)
+        return (self.source == "interactive" and spec is not None
+                and spec.duration_s is not None and not self.fault.duration_s)
 
 
 class Nemesis:
@@ -46,8 +63,10 @@ class Nemesis:
         self.nursery = nursery
         self.active: dict[str, ActiveFault] = {}
         self.failures: list[str] = []
+        #: Why interactive faults are refused now (None: they are accepted).
+        self.closed: str | None = None
         self._interactive = 0
-        self._running = 0
+        self._running: dict[str, ActiveFault] = {}
         self._idle = trio.Event()
         self._idle.set()
 
@@ -55,16 +74,22 @@ class Nemesis:
               duration_s: float | None, *, source: str = "schedule",
               delay_s: float = 0.0) -> str:
         """Run one fault in the background (after ``delay_s``); returns its fault id."""
-        if source == "interactive":
-            self._interactive += 1
-            fault_id = f"i{self._interactive}"
+        if source == "interactive" and self.closed is not None:
+            raise FaultError(self.closed)
         fault = make_fault(kind, target, params, duration_s)
         if fault.needs_cluster and self.ctx.topology is None:
             raise FaultError(f"{kind} needs the local cluster's processes and proxies: it is "
                              "refused against an external --target")
-        entry = ActiveFault(fault_id, kind, target, dict(params), source, fault)
-        self._running += 1
-        self._idle = trio.Event()
+        if source == "interactive":
+            self._interactive += 1
+            fault_id = f"i{self._interactive}"
+        entry = ActiveFault(fault_id, kind, target, dict(params), source, fault,
+                            starts_at=trio.current_time() + delay_s)
+        # A new idle event only when going from idle to busy: a waiter holds the current
+        # one, and replacing it while faults run would leave that waiter asleep forever.
+        if not self._running:
+            self._idle = trio.Event()
+        self._running[fault_id] = entry
         self.nursery.start_soon(self._run, entry, delay_s)
         return fault_id
 
@@ -79,8 +104,57 @@ class Nemesis:
         for entry in self.active.values():
             entry.heal_now.set()
 
+    @property
+    def running(self) -> int:
+        """Faults started and not finished (waiting for their start, injected or healing)."""
+        return len(self._running)
+
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        """Return once no fault is running (faults started meanwhile are waited for too)."""
+        while self._running:
+            await self._idle.wait()
+
+    async def end_faults_phase(self, *, timeout_s: float = 180.0) -> bool:
+        """The end of the faults phase: refuse further interactive faults, heal those held
+        until healed, then wait (at most ``timeout_s``) for the rest to heal on their own,
+        announcing what is waited for in a ``wait`` event. True if every fault finished."""
+        self.closed = ("the faults phase is over: this run takes no more faults (inject them "
+                       "during the steady or faults phase)")
+        for entry in list(self.active.values()):
+            if entry.until_healed:
+                self.events.log(f"faults phase over: healing {entry.fault_id} "
+                                f"({entry.kind} on {entry.target}, held until healed)")
+                entry.heal_now.set()
+        if not self._running:
+            return True
+        now = trio.current_time()
+        waiting = []
+        for entry in sorted(self._running.values(), key=lambda e: e.fault_id):
+            due = entry.heal_due if entry.heal_due is not None else (
+                max(entry.starts_at, now) + entry.fault.hold_s)
+            if entry.until_healed and entry.heal_now.is_set():
+                due = now
+            waiting.append({"fault_id": entry.fault_id, "kind": entry.kind,
+                            "target": entry.target,
+                            "due_in_s": round(max(0.0, due - now), 1) if math.isfinite(due)
+                            else None})
+        longest = max((w["due_in_s"] or 0.0 for w in waiting), default=0.0)
+
+        def when(w: dict[str, Any]) -> str:
+            due = w["due_in_s"]
+            return "healing now" if due == 0 else f"heals in {due:g} s" if due else "held"
+
+        names = ", ".join(f"{w['fault_id']} ({w['kind']} on {w['target']}, {when(w)})"
+                          for w in waiting)
+        self.events.wait(f"running faults to heal: {names}", timeout_s=timeout_s,
+                         expected_s=longest, faults=waiting)
+        with trio.move_on_after(timeout_s):
+            await self.wait_idle()
+            return True
+        left = ", ".join(sorted(self._running))
+        self.events.log(f"faults {left} did not finish within {timeout_s:g} s after the "
+                        "faults phase; healing them now", level="warning")
+        return False
 
     async def _run(self, entry: ActiveFault, delay_s: float) -> None:
         try:
@@ -88,16 +162,20 @@ class Nemesis:
                 await trio.sleep(delay_s)
             await self._run_fault(entry)
         finally:
-            self._running -= 1
-            if self._running == 0:
+            self._running.pop(entry.fault_id, None)
+            if not self._running:
                 self._idle.set()
 
     async def _run_fault(self, entry: ActiveFault) -> None:
         fault = entry.fault
         value = {"fault_id": entry.fault_id, "fault": entry.kind, "target": entry.target,
                  "params": entry.params}
+        # The duration as asked (None: the kind has none, or held until healed), so a replay
+        # or an attached TUI shows what was asked rather than a guess.
+        shown = {"kind": entry.kind, "source": entry.source, "duration_s": fault.duration_s,
+                 "until_healed": entry.until_healed}
         self.history.record(NEMESIS, "invoke", "fault", value)
-        self.events.emit("fault_start", **value, kind=entry.kind, source=entry.source)
+        self.events.emit("fault_start", **value, **shown)
         self.active[entry.fault_id] = entry
         try:
             with trio.fail_after(120):
@@ -107,17 +185,15 @@ class Nemesis:
             log.error(message)
             self.failures.append(message)
             self.history.record(NEMESIS, "info", "fault", {**value, "error": str(exc)[:300]})
-            self.events.emit("fault_error", **value, kind=entry.kind, error=str(exc),
-                             source=entry.source)
+            self.events.emit("fault_error", **value, **shown, error=str(exc))
             self.active.pop(entry.fault_id, None)
             return
         entry.injected = True
+        hold = math.inf if entry.until_healed else fault.hold_s
+        entry.heal_due = trio.current_time() + hold
         self.history.record(NEMESIS, "ok", "fault", {**value, "resolved": fault.resolved})
-        self.events.emit("fault", **value, kind=entry.kind, resolved=fault.resolved,
-                         source=entry.source, hold_s=fault.hold_s)
-        hold = fault.hold_s
-        if entry.source == "interactive" and not fault.duration_s and hold == 0:
-            hold = math.inf  # an interactive fault with no duration waits for its heal
+        self.events.emit("fault", **value, **shown, resolved=fault.resolved,
+                         hold_s=None if math.isinf(hold) else hold)
         with trio.move_on_after(hold):
             await entry.heal_now.wait()
         try:
@@ -127,11 +203,10 @@ class Nemesis:
             message = f"healing {entry.kind} on {entry.target} failed: {exc}"
             log.error(message)
             self.failures.append(message)
-            self.events.emit("fault_error", **value, kind=entry.kind, error=f"heal: {exc}",
-                             source=entry.source)
+            self.events.emit("fault_error", **value, **shown, error=f"heal: {exc}")
         finally:
             self.active.pop(entry.fault_id, None)
             self.history.record(NEMESIS, "ok", "heal",
                                 {"fault_id": entry.fault_id, "observed": fault.observed})
             self.events.emit("heal", fault_id=entry.fault_id, kind=entry.kind,
-                             target=entry.target)
+                             target=entry.target, by_request=entry.heal_now.is_set())

@@ -224,7 +224,8 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
                         publisher={"ok": publisher.ok, "failed": publisher.failed,
                                    "indeterminate": publisher.indeterminate},
                         faults=[{"fault_id": f.fault_id, "kind": f.kind, "target": f.target}
-                                for f in nemesis.active.values()])
+                                for f in nemesis.active.values()],
+                        cpu=cpu.so_far())
             await trio.sleep(1.0)
 
 
@@ -242,17 +243,23 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment.to_dict(), default=str,
                                                            option=orjson.OPT_INDENT_2))
     history = HistoryWriter(run_dir / "parts" / "history-harness.jsonl")
+    # One time base: the history's first op is the events' zero, so report.json's times and
+    # events.jsonl's t both count seconds since the run started.
+    history.record(HARNESS, "info", "run", {"name": experiment.name}, time=events.t0)
     events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
                 target=options.target_url, experiment=experiment.to_dict())
     error: str | None = None
     # Each node's counters at the end of the run (from /metrics): evidence that a fault bit,
     # e.g. slow-consumer disconnects. A node restarted during the run counts from its restart.
     cluster_metrics: dict[str, dict[str, Any]] = {}
+    stopped = True  # until _run returns or fails: a cancel (signal) leaves it set
     cpu = CpuLedger()
     try:
         await _run(experiment, options, run_dir, seed, events, history, cluster_metrics, cpu)
+        stopped = False
     except (HarnessSetupError, ProcessFailed, OSError, TimeoutError, ValueError,
             httpx.HTTPError) as exc:
+        stopped = False
         error = f"{type(exc).__name__}: {exc}"
         log.error("run could not complete: %s", error)
         events.log(error, level="error")
@@ -260,11 +267,16 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         error = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(group))[:2000]
         if not error:
             raise
+        stopped = False
         log.error("run could not complete: %s", error)
         events.log(error, level="error")
     finally:
         history.close()
-    events.emit("phase", phase="check")
+        if stopped:
+            events.emit("stopped", reason="the run was cancelled (signal or Ctrl-C) before "
+                                          "its check: no verdict")
+            events.close()
+    events.phase("check", waits_for="the checker reading the merged history")
     parts = sorted((run_dir / "parts").glob("history-*.jsonl"))
     merge_history_files(parts, run_dir / "history.jsonl")
     if error is not None:
@@ -330,7 +342,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
                 reap_dead_nodes=cluster.reaper,
                 client_proxies=client_proxies, lb_proxies=lb_proxies)
-            events.emit("phase", phase="setup")
+            events.phase("setup", waits_for=f"Redis, Toxiproxy, HAProxy and {cluster.nodes} "
+                                             "nodes to be ready")
             topology = await root.start(run_topology, spec, run_dir)
             ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]
             api_url = topology.http_api_url
@@ -369,6 +382,9 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             # The ramp itself takes count / rate; the allowance comes on top of it.
             subscribe_within = (options.subscribe_timeout_s
                                 + clients_cfg.count / clients_cfg.connect_rate_per_s)
+            events.wait(f"{clients_cfg.count} clients to connect and make {expected} "
+                        "subscriptions", timeout_s=round(subscribe_within, 1),
+                        expected_s=round(clients_cfg.count / clients_cfg.connect_rate_per_s, 1))
             if not await fleet.wait_subscribed(expected, subscribe_within):
                 raise TimeoutError(f"only {fleet.totals().subscribed} of {expected} "
                                    f"subscriptions succeeded within {subscribe_within:.0f} s")
@@ -388,22 +404,27 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                                 supervisors)
                 await work.start(serve_control, run_dir / "control.sock", nemesis, events)
 
-                def phase(name: str) -> None:
+                def phase(name: str, duration_s: float | None = None, waits_for: str = "",
+                          timeout_s: float | None = None) -> None:
                     history.record(HARNESS, "info", "phase", {"phase": name})
-                    events.emit("phase", phase=name)
+                    events.phase(name, duration_s=duration_s, waits_for=waits_for or None,
+                                 timeout_s=timeout_s)
                     sample_cpu(name)
 
                 await work.start(publisher.serve, fleet_supervisor)
-                phase("steady")
+                phase("steady", phases.steady_s, "publishing with every client subscribed")
                 await trio.sleep(phases.steady_s)
-                phase("faults")
+                scheduled = len(experiment.faults)
+                phase("faults", phases.faults_s,
+                      (f"{scheduled} scheduled faults" if scheduled else "no scheduled faults")
+                      + " and faults sent by hand; then running faults to heal")
                 for fault in experiment.faults:
                     nemesis.start(fault.fault_id, fault.kind, fault.target, fault.params,
                                   fault.duration_s, delay_s=fault.at_s)
                 await trio.sleep(phases.faults_s)
-                with trio.move_on_after(180):
-                    await nemesis.wait_idle()
-                phase("heal")
+                await nemesis.end_faults_phase(timeout_s=180)
+                phase("heal", phases.heal_s, "every fault healed, every node up and in the "
+                      "load balancer; then heal_s of publishing", timeout_s=60 + 30)
                 nemesis.heal_all()
                 with trio.move_on_after(60):
                     await nemesis.wait_idle()
@@ -415,13 +436,15 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                             await node.restart()
                     await topology.wait_lb_ready(timeout=30)
                 await trio.sleep(phases.heal_s)
-                phase("settle")
+                phase("settle", phases.settle_s, "publishing goes on: the latency a healed "
+                      "cluster delivers")
                 # Publishing goes on through settle: its latency is what a healed cluster
                 # delivers. It stops (every channel's last request completed) before the drain.
                 await trio.sleep(phases.settle_s)
                 if not await publisher.stop(workload.publish_timeout_s + 10):
                     events.log("the publisher did not stop in time", "error")
-                phase("drain")
+                phase("drain", None, "publishing stopped; every client's final read of what it "
+                      "is owed", timeout_s=180)
                 drained = await fleet.drain(timeout=180)
                 if not drained:
                     events.log("not every fleet worker finished its final read", "error")

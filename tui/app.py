@@ -8,15 +8,21 @@ harness/events.py and harness/control.py define both, docs/tui.md explains them.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
+from rich.text import Text
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 
-from .catalog import default_experiments_dir, new_run_dir, read_run
+from .catalog import ExperimentEntry, default_experiments_dir, new_run_dir, read_run
 from .launcher import HarnessProcess
 from .screens.browser import BrowserScreen
+from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .screens.live import LiveRunScreen
 
@@ -44,8 +50,29 @@ class TurnoutApp(App[int]):
         return BrowserScreen(self.experiments_dir, self.runs_dir)
 
     def on_mount(self) -> None:
+        # A closed terminal (SIGHUP) must not leave a cluster running: stop the runs started
+        # here and leave. (Each also gets SIGTERM from the kernel if this process dies
+        # without a word: tui.launcher sets their parent-death signal.)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
         if self.path is not None:
             self.open_path(self.path)
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def hang_up(self) -> None:
+        """The terminal is gone: SIGTERM every run started here (each tears its cluster
+        down by itself, in order) and exit at once; there is nobody left to ask."""
+        for process in self.launched:
+            process.terminate()
+        self.exit(129, return_code=129)
+
+    @property
+    def running(self) -> list[HarnessProcess]:
+        """The runs started here that are still running."""
+        return [p for p in self.launched if p.running]
 
     def open_path(self, path: Path) -> None:
         """A run folder (replayed if finished, else attached) or an experiment file (run)."""
@@ -53,12 +80,18 @@ class TurnoutApp(App[int]):
             from harness.experiment import ExperimentError, load_experiment
 
             try:
-                name = load_experiment(path).name
+                experiment = load_experiment(path)
             except ExperimentError as exc:
                 self.notify(str(exc), title="Cannot run", severity="error")
                 return
-            self.push_screen(LiveRunScreen(new_run_dir(self.runs_dir, name), "run",
-                                           experiment_file=path))
+            # Through the browser: the same question before a second or a big run.
+            browser = self.screen_stack[0]
+            entry = ExperimentEntry(path, experiment.name, experiment)
+            if isinstance(browser, BrowserScreen):
+                browser.run_experiment(entry)
+            else:
+                self.push_screen(LiveRunScreen(new_run_dir(self.runs_dir, experiment.name),
+                                               "run", experiment_file=path))
             return
         run = read_run(path)
         if run.finished or run.verdict == "stopped":
@@ -71,11 +104,29 @@ class TurnoutApp(App[int]):
             self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        running = [p for p in self.launched if p.running]
-        if running:
-            self.notify(f"stopping {len(running)} run(s) started here…")
-            for process in running:
-                await process.stop()
+        running = self.running
+        if not running:
+            self.exit(0)
+            return
+        names = ", ".join(p.run_dir.name for p in running)
+        body = Text.assemble(
+            (f"{len(running)} run{'s' if len(running) > 1 else ''} started here "
+             f"{'are' if len(running) > 1 else 'is'} still running: ", ""), (names, "bold"),
+            "\n\nQuitting stops "
+            f"{'them' if len(running) > 1 else 'it'} (the harness tears the cluster down; "
+            "the run ends without a verdict).")
+        self.push_screen(ConfirmScreen("Quit and stop the running experiment?", body,
+                                       yes="Stop and quit"), callback=self._quit_answered)
+
+    def _quit_answered(self, stop: bool | None) -> None:
+        if stop:
+            self._stop_and_exit()
+
+    @work(group="quit", exclusive=True)
+    async def _stop_and_exit(self) -> None:
+        running = self.running
+        self.notify(f"stopping {len(running)} run(s) started here…")
+        await asyncio.gather(*(process.stop() for process in running))
         self.exit(0)
 
 

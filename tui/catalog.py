@@ -12,7 +12,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,19 @@ from harness.experiment import (
     FAULT_KINDS,
     Experiment,
     ExperimentError,
-    FaultKind,
     Key,
     load_experiment,
 )
+from harness.fault_request import ClusterNames, FaultRequestError, check_fault, valid_targets
 
 __all__ = [
+    "DESTRUCTIVE",
     "FAULT_KINDS",
     "ExperimentEntry",
     "FaultRequest",
+    "PhraseError",
     "RunEntry",
+    "confirmation",
     "default_experiments_dir",
     "default_request",
     "describe_fault",
@@ -202,7 +205,8 @@ def list_runs(runs_dir: Path) -> list[RunEntry]:
 
 @dataclass(frozen=True)
 class FaultRequest:
-    """One interactive fault, as sent over control.sock (``{"cmd": "inject", ...}``)."""
+    """One interactive fault, as sent over control.sock (``{"cmd": "inject", ...}``).
+    ``duration_s`` None: the kind takes none, or held until healed."""
 
     kind: str
     target: str
@@ -216,6 +220,13 @@ class FaultRequest:
     def describe(self) -> str:
         return describe_fault(self.kind, self.target, self.params, self.duration_s)
 
+    def checked(self, topology: Topology | None) -> FaultRequest:
+        """The request as the harness will check it (the experiment schema, the cluster's
+        names), defaults filled in; FaultRequestError saying why it is refused."""
+        fault = check_fault(self.kind, self.target, dict(self.params), self.duration_s,
+                            topology)
+        return FaultRequest(fault.kind, fault.target, fault.params, fault.duration_s)
+
 
 def param_keys(kind: str) -> tuple[Key, ...]:
     return FAULT_KINDS[kind].params
@@ -227,18 +238,9 @@ def default_request(kind: str, target: str | None = None) -> FaultRequest:
                         {k.name: k.default for k in spec.params}, spec.duration_s)
 
 
-@dataclass(frozen=True)
-class Topology:
-    """The names a fault can target in one cluster: nodes and Toxiproxy links."""
-
-    nodes: tuple[str, ...]
-    links: tuple[str, ...]
-
-    @property
-    def lanes(self) -> tuple[str, ...]:
-        found = sorted({m.group(1) for link in self.links
-                        if (m := re.match(r"(lb\[\d+\])", link.split("->")[-1]))})
-        return tuple(found)
+# The names a fault can target in one cluster: nodes and Toxiproxy links (the harness's own
+# type, so the TUI and the control socket check targets alike).
+Topology = ClusterNames
 
 
 def topology_from_experiment(doc: Mapping[str, Any] | None) -> Topology:
@@ -251,26 +253,33 @@ def topology_from_experiment(doc: Mapping[str, Any] | None) -> Topology:
 
 def targets_for(kind: str, topology: Topology) -> list[str]:
     """The targets ``kind`` accepts in this cluster, the kind's default first."""
-    spec: FaultKind = FAULT_KINDS[kind]
-    out: list[str] = []
-    for cls in spec.targets:
-        if cls == "node":
-            out += topology.nodes
-        elif cls in ("random", "all", "redis", "clients"):
-            out.append(cls)
-        elif cls == "lb":
-            out += ["lb", *topology.lanes]
-        elif cls == "client_link":
-            out += [link for link in topology.links if link.startswith("clients->")]
-        elif cls == "lb_link":
-            out += [link for link in topology.links if link.startswith("lb")]
-        elif cls == "redis_link":
-            out += [link for link in topology.links if link.endswith("->redis")]
-    unique = list(dict.fromkeys(out))
-    if spec.default_target in unique:
-        unique.remove(spec.default_target)
-        unique.insert(0, spec.default_target)
-    return unique
+    return valid_targets(kind, topology)
+
+
+# Faults that take a process down or lose data: the TUI asks before sending them, as it does
+# for a fault on every node or on one picked at random.
+DESTRUCTIVE = {
+    "kill_node": "SIGKILLs a server process: its clients reconnect elsewhere and resume",
+    "stop_node": "drains and stops a server process",
+    "restart_redis": "stops Redis: every node loses its link and catches up after",
+    "rolling_restart": "restarts every node in turn",
+}
+
+
+def confirmation(request: FaultRequest) -> str | None:
+    """Why ``request`` should be confirmed before it is sent; None if it need not be."""
+    reasons = []
+    if request.kind in DESTRUCTIVE:
+        reasons.append(f"it {DESTRUCTIVE[request.kind]}")
+    if request.kind == "restart_redis" and request.params.get("flush"):
+        reasons.append("Redis restarts EMPTY: updates published before cannot be recovered "
+                       "(the checker counts them as lost)")
+    parts = set(request.target.split("->"))
+    if "all" in parts and request.kind != "rolling_restart":
+        reasons.append("it hits every node at once")
+    if "random" in parts:
+        reasons.append("the harness picks the node at random")
+    return "; ".join(reasons) if reasons else None
 
 
 def _num(value: Any) -> str:
@@ -346,14 +355,85 @@ def describe_fault(kind: str, target: str, params: Mapping[str, Any],
     return text
 
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
+class PhraseError(ValueError):
+    """A typed fault the harness would refuse; ``str()`` says why, ``suggestions`` are
+    requests that would be valid readings of it (never sent without being chosen)."""
+
+    def __init__(self, message: str, suggestions: Sequence[FaultRequest] = ()) -> None:
+        super().__init__(message)
+        self.suggestions = tuple(suggestions)
 
 
-def _find_target(text: str, candidates: Iterable[str]) -> str | None:
-    """The longest candidate target written in ``text`` (``node-1->redis`` over ``node-1``)."""
-    found = [c for c in candidates if re.search(rf"(?<![\w\[-]){re.escape(c.lower())}(?![\w\]])",
-                                                text)]
-    return max(found, key=len) if found else None
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+# A target as the experiment schema writes it (harness.experiment's target forms), longest
+# first so that node-1->redis is one target, not node-1.
+_TARGET = re.compile(
+    r"(?<![\w\[>-])("
+    r"clients->lb(?:\[\d+\])?"
+    r"|lb(?:\[\d+\])?->(?:node-\d+|random|all)"
+    r"|(?:node-\d+|random|all)->redis"
+    r"|node-\d+|lb\[\d+\]|lb|clients|redis|random|all"
+    r")(?![\w\]-])")
+_INTEGER_KEYS = {key.name for kind in FAULT_KINDS.values() for key in kind.params
+                 if type(key.check).__name__ == "Integer"}
+
+
+def _normalize(text: str) -> str:
+    t = " ".join(text.lower().split())
+    t = re.sub(r"\bnode[\s-]?(\d+)\b", r"node-\1", t)        # node 2, node2 → node-2
+    t = re.sub(r"\blb\s*(\d+)\b", r"lb[\1]", t)                # lb 0 → lb[0]
+    t = re.sub(r"\s*->\s*", "->", t)
+    t = re.sub(r"\b(?:every|each) nodes?\b|\ball (?:the )?nodes\b", "all", t)
+    t = re.sub(r"\b(?:a |one )?random node\b", "random", t)
+    t = re.sub(r"\bthe clients?\b", "clients", t)
+    return t
+
+
+def _kind_of(t: str) -> str | None:
+    for pattern, kind in (
+        (r"\brolling\b", "rolling_restart"),
+        (r"\brestart\s+redis\b|\bredis\s+restart\b", "restart_redis"),
+        (r"\bpartition\b|\bcut\b.*\bfrom\s+redis\b", "partition_redis"),
+        (r"\bkill\b|\bsigkill\b", "kill_node"),
+        (r"\b(?:stop|drain|sigterm)\b", "stop_node"),
+        (r"\b(?:pause|freeze|sigstop)\b", "pause_node"),
+        (r"\bleak\b", "leak_memory"),
+        (r"\b(?:latency|delay|lag)\b", "latency"),
+        (r"\b(?:throttle|bandwidth)\b", "bandwidth"),
+        (r"\breset\b", "reset_peer"),
+        (r"\bslic", "slicer"),
+        (r"\bslow\b", "slow_consumers"),
+        (r"\bstorm\b", "connection_storm"),
+    ):
+        if re.search(pattern, t):
+            return kind
+    return None
+
+
+def _number(value: str) -> float:
+    return float(value)
+
+
+def _target_of(kind: str, t: str, tokens: list[str]) -> str | None:
+    """The target the phrase names for ``kind``, as written (checked later), or None."""
+    if kind == "restart_redis":
+        return "redis"
+    if kind == "partition_redis":
+        for token in tokens:
+            if token.endswith("->redis") or (token == "redis" and len(tokens) == 1):
+                return token
+            if re.fullmatch(r"node-\d+|random|all", token):
+                return f"{token}->redis"
+        return None
+    if kind in _LINK_KINDS:
+        # "between node-1 and redis", "node-1 to redis": the node's Redis link
+        m = re.search(r"\b(node-\d+|random|all)\s+(?:and|to|from)\s+redis\b", t)
+        if m:
+            return f"{m.group(1)}->redis"
+    return tokens[0] if tokens else None
+
+
+_LINK_KINDS = ("latency", "bandwidth", "reset_peer", "slicer")
 
 
 def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
@@ -361,74 +441,94 @@ def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
 
     ``kill node-2``, ``partition node-1 from redis for 10 s``, ``add 300 ms latency to
     node-1->redis``, ``leak 50 MB/s on node-1``, ``pause node-3 for 5s``, ``throttle clients to
-    16 KB/s``, ``restart redis``, ``rolling restart``. None when it names no fault.
+    16 KB/s``, ``restart redis``, ``rolling restart``. None when it names no fault kind.
+
+    What the phrase says is what is sent, or nothing: a target the cluster does not have, a
+    target the kind cannot take, a negative or out-of-range number raise PhraseError with the
+    reason (through the same checks as the control socket, harness.fault_request); a phrase
+    without a target gets the kind's default target, which the palette then names.
     """
-    t = " ".join(text.lower().split())
-    kind: str | None = None
-    params: dict[str, Any] = {}
-    if re.search(r"\brolling\b", t):
-        kind = "rolling_restart"
-    elif re.search(r"\brestart\s+redis\b", t):
-        kind = "restart_redis"
-    elif re.search(r"\bpartition\b", t):
-        kind = "partition_redis"
-    elif re.search(r"\bkill\b", t):
-        kind = "kill_node"
-    elif re.search(r"\b(stop|drain)\b", t):
-        kind = "stop_node"
-    elif re.search(r"\b(pause|freeze|sigstop)\b", t):
-        kind = "pause_node"
-    elif m := re.search(rf"\bleak\b(?:\D*?{_NUMBER}\s*mb)?", t):
-        kind = "leak_memory"
-        if m.group(1):
-            params["mb_per_s"] = float(m.group(1))
-    elif m := re.search(rf"(?:{_NUMBER}\s*ms\s+(?:of\s+)?)?\b(latency|delay)\b", t):
-        kind = "latency"
-        m2 = re.search(rf"{_NUMBER}\s*ms\b", t)
-        if m2:
-            params["latency_ms"] = float(m2.group(1))
-    elif re.search(r"\b(throttle|bandwidth)\b", t):
-        kind = "bandwidth"
-        m2 = re.search(rf"{_NUMBER}\s*kb", t)
-        if m2:
-            params["rate_kbps"] = float(m2.group(1))
-    elif re.search(r"\breset\b", t):
-        kind = "reset_peer"
-    elif re.search(r"\bslic", t):
-        kind = "slicer"
-    elif re.search(r"\bslow\b", t):
-        kind = "slow_consumers"
-        m2 = re.search(rf"{_NUMBER}\s*%", t)
-        if m2:
-            params["share"] = min(1.0, float(m2.group(1)) / 100)
-    elif re.search(r"\bstorm\b", t):
-        kind = "connection_storm"
-        m2 = re.search(r"\bstorm\D*?(\d+)", t)
-        if m2:
-            params["clients"] = int(m2.group(1))
+    t = _normalize(text)
+    kind = _kind_of(t)
     if kind is None:
         return None
+    spec = FAULT_KINDS[kind]
+    tokens = _TARGET.findall(t)
+    target = _target_of(kind, t, tokens)
+    # Numbers are read with the targets taken out (lb[0]->node-2 holds no "-2").
+    rest = _TARGET.sub(" ", t)
+    params: dict[str, Any] = {}
+    duration: float | None = spec.duration_s
+    m = re.search(rf"\bfor\s+{_NUMBER}\s*(s|sec|secs|seconds?|m|min|mins|minutes?)?\b", rest)
+    if m:
+        value = _number(m.group(1)) * (60 if (m.group(2) or "s").startswith("m") else 1)
+        rest = rest[:m.start()] + " " + rest[m.end():]
+        if spec.duration_s is not None:
+            duration = value
+        elif kind in ("kill_node", "stop_node", "restart_redis"):
+            params["restart_after_s"] = value
+        else:
+            raise PhraseError(f"{kind} takes no duration; it heals at {spec.heal}")
+    m = re.search(rf"\bafter\s+{_NUMBER}\s*(?:s|sec|secs|seconds?)?\b", rest)
+    if m and kind in ("kill_node", "stop_node", "restart_redis"):
+        params["restart_after_s"] = _number(m.group(1))
+    if spec.duration_s is not None and re.search(r"\buntil heal", t):
+        duration = None
+    if kind == "rolling_restart":
+        m = re.search(rf"{_NUMBER}\s*(?:s|sec|secs|seconds?)\s+apart\b", rest)
+        if m:
+            params["interval_s"] = _number(m.group(1))
     if kind in ("kill_node", "stop_node") and re.search(r"\bno restart\b|\bfor good\b", t):
         params["restart"] = False
-    spec = FAULT_KINDS[kind]
-    candidates = targets_for(kind, topology)
-    target = None
-    if kind == "partition_redis":
-        node = _find_target(t, [*topology.nodes, "all", "random"])
-        target = f"{node}->redis" if node else "redis"
-    else:
-        target = _find_target(t, candidates)
-    if target is None:
-        target = spec.default_target
-    duration = spec.duration_s
-    m3 = re.search(rf"\bfor\s+{_NUMBER}\s*(?:s|sec|secs|seconds)?\b", t)
-    if m3 and spec.duration_s is not None:
-        duration = float(m3.group(1))
-    elif m3 and kind in ("kill_node", "stop_node"):
-        params["restart_after_s"] = float(m3.group(1))
-    full = {k.name: k.default for k in spec.params}
-    full.update(params)
-    return FaultRequest(kind, target, full, duration)
+    if kind == "restart_redis" and re.search(r"\bflush", t):
+        params["flush"] = True
+    if kind == "partition_redis" and re.search(r"\bcut\b", t):
+        params["mode"] = "cut"
+    if kind == "leak_memory" and (m := re.search(rf"{_NUMBER}\s*mb", rest)):
+        params["mb_per_s"] = _number(m.group(1))
+    if kind == "latency":
+        m = re.search(rf"{_NUMBER}\s*ms\b", rest)
+        if m:
+            params["latency_ms"] = _number(m.group(1))
+        m = re.search(rf"(?:±|\+-|\+/-|jitter)\s*{_NUMBER}\s*(?:ms)?", rest)
+        if m:
+            params["jitter_ms"] = _number(m.group(1))
+    if kind == "bandwidth" and (m := re.search(rf"{_NUMBER}\s*kb", rest)):
+        params["rate_kbps"] = _number(m.group(1))
+    if kind == "reset_peer" and (m := re.search(rf"{_NUMBER}\s*ms\b", rest)):
+        params["timeout_ms"] = _number(m.group(1))
+    if kind == "slow_consumers" and (m := re.search(rf"{_NUMBER}\s*%", rest)):
+        params["share"] = _number(m.group(1)) / 100
+    if kind == "connection_storm":
+        m = re.search(rf"\bstorm\D*?{_NUMBER}", rest) or re.search(
+            rf"{_NUMBER}\s*(?:connections|clients)", rest)
+        if m:
+            params["clients"] = _number(m.group(1))
+    if kind in _LINK_KINDS and (m := re.search(r"\b(upstream|downstream)\b", t)):
+        params["direction"] = m.group(1)
+    for key in list(params):
+        value = params[key]
+        if key in _INTEGER_KEYS and isinstance(value, float) and value.is_integer():
+            params[key] = int(value)
+    request = FaultRequest(kind, target or spec.default_target, params, duration)
+    try:
+        return request.checked(topology)
+    except FaultRequestError as exc:
+        raise PhraseError(str(exc), _suggest(request, topology)) from None
+
+
+def _suggest(request: FaultRequest, topology: Topology) -> list[FaultRequest]:
+    """Valid readings of a refused request: a link fault named on a node → that node's links."""
+    out = []
+    if request.kind in _LINK_KINDS and re.fullmatch(r"node-\d+", request.target):
+        for link in topology.links:
+            if link.endswith(f"->{request.target}") or link.startswith(f"{request.target}->"):
+                try:
+                    out.append(FaultRequest(request.kind, link, request.params,
+                                            request.duration_s).checked(topology))
+                except FaultRequestError:
+                    pass
+    return out
 
 
 def convert_param(key: Key, raw: str | bool) -> Any:

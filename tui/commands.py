@@ -5,6 +5,12 @@ cluster with its default parameters ("kill node-2 (restart after 2 s)", "add 200
 node-1->redis for 10 s"), a phrase typed with its own numbers ("partition node-1 from redis for
 10 s", "leak 50 MB/s on node-1"), "Fault dialog: <kind>…" to fill one in, and the heals. On the
 browser (``BrowserCommands``): run an experiment, replay or attach to a run folder.
+
+A typed phrase is read literally (tui.catalog.parse_fault_phrase) and its reading is always
+the first hit: what it says is what is sent, or, when the harness would refuse it (a node the
+cluster lacks, a node given to a link fault, a negative number), the first hit says why and
+sends nothing, with valid readings after it to pick from. Fuzzy matches of the listed
+commands come below both.
 """
 
 from __future__ import annotations
@@ -15,7 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from .catalog import FAULT_KINDS, default_request, parse_fault_phrase, targets_for
+from .catalog import (
+    FAULT_KINDS,
+    PhraseError,
+    confirmation,
+    default_request,
+    parse_fault_phrase,
+    targets_for,
+)
+
+# Scores: the literal reading of the phrase above every fuzzy match (whose scores Textual's
+# matcher leaves unbounded: they are squashed below LITERAL here).
+LITERAL = 1000.0
 
 if TYPE_CHECKING:
     from .screens.browser import BrowserScreen
@@ -31,7 +48,7 @@ class FaultCommands(Provider):
         from .screens.live import LiveRunScreen
 
         if isinstance(screen, LiveRunScreen) and screen.mode != "replay" \
-                and not screen.state.finished:
+                and screen.state.accepts_faults:
             return screen
         return None
 
@@ -46,7 +63,8 @@ class FaultCommands(Provider):
                 request = default_request(kind, target)
                 text = request.describe()
                 yield (text[0].upper() + text[1:], partial(live.inject, request),
-                       f"inject {kind} on {target} now (defaults)")
+                       f"inject {kind} on {target} now (defaults)"
+                       + (" · asks to confirm" if confirmation(request) else ""))
             yield (f"Fault dialog: {kind}…", partial(live.open_fault_dialog, kind=kind),
                    FAULT_KINDS[kind].summary)
 
@@ -58,24 +76,45 @@ class FaultCommands(Provider):
             if text.startswith(("Heal", "Fault dialog")):
                 yield DiscoveryHit(text, command, help=help_text)
 
+    def _literal(self, live: LiveRunScreen, query: str) -> Iterator[Hit]:
+        try:
+            request = parse_fault_phrase(query, live.state.topology())
+        except PhraseError as exc:
+            yield Hit(LITERAL, f"Refused: {exc}", partial(self._refused, str(exc)),
+                      text=f"Refused: {exc}", help="nothing is sent; pick a reading below or "
+                                                  "change the phrase")
+            for rank, suggestion in enumerate(exc.suggestions, start=1):
+                text = suggestion.describe()
+                yield Hit(LITERAL - rank, f"Did you mean: {text}",
+                          partial(live.inject, suggestion), text=text,
+                          help="send this fault instead")
+            return
+        if request is None:
+            return
+        text = request.describe()
+        why = confirmation(request)
+        yield Hit(LITERAL, f"Inject: {text}", partial(live.inject, request), text=text,
+                  help=("asks to confirm: " + why) if why else
+                  "send this fault to the run's control.sock now")
+        yield Hit(LITERAL - 0.5, f"Edit in the fault dialog: {text}…",
+                  partial(live.open_fault_dialog, preset=request), text=text,
+                  help="open the fault dialog filled in with it")
+
+    def _refused(self, message: str) -> None:
+        self.app.notify(message, title="Fault refused", severity="error")
+
     async def search(self, query: str) -> Hits:
         live = self.live
         if live is None:
             return
-        request = parse_fault_phrase(query, live.state.topology())
-        if request is not None:
-            text = request.describe()
-            yield Hit(1.0, f"Inject: {text}", partial(live.inject, request), text=text,
-                      help="send this fault to the run's control.sock now")
-            yield Hit(0.99, f"Edit in the fault dialog: {text}…",
-                      partial(live.open_fault_dialog, preset=request), text=text,
-                      help="open the fault dialog filled in with it")
+        for hit in self._literal(live, query):
+            yield hit
         matcher = self.matcher(query)
         for text, command, help_text in self._commands(live):
             score = matcher.match(text)
             if score > 0:
-                yield Hit(score * 0.9, matcher.highlight(text), command, text=text,
-                          help=help_text)
+                yield Hit(LITERAL / 2 * score / (score + 1), matcher.highlight(text), command,
+                          text=text, help=help_text)
 
 
 class BrowserCommands(Provider):

@@ -1,8 +1,9 @@
 """Reading a run's ``events.jsonl``: tail it while the run writes it, or replay a finished one.
 
-Both are async generators of event dicts; the live screen runs them in a worker and posts one
-message per event (tui.messages). The harness writes one JSON object per line and flushes
-every event, so a tail only has to keep an incomplete last line for the next read.
+``EventTail`` is an async generator of event dicts; the live screen runs it in a worker and
+folds every event into the run's state as it comes (tui.model). The harness writes one JSON
+object per line and flushes every event, so a tail only has to keep an incomplete last line
+for the next read. ``Replay`` holds a whole recording under a play head.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EventTail", "read_events", "replay_events"]
+from .model import RunState
+
+__all__ = ["EventTail", "Replay", "read_events"]
 
 CHUNK = 1 << 20
 
@@ -91,17 +94,99 @@ class EventTail:
                     return
 
 
-async def replay_events(path: Path, speed: float | None = None, *,
-                        max_gap_s: float = 2.0) -> AsyncIterator[dict[str, Any]]:
-    """A finished run's events: as fast as the UI takes them (``speed`` None) or at ``speed``x
-    real time, with pauses longer than ``max_gap_s`` (the cluster's setup) shortened."""
-    events = await asyncio.to_thread(read_events, path)
-    last_t: float | None = None
-    for i, event in enumerate(events):
-        t = float(event.get("t") or 0.0)
-        if speed and last_t is not None and t > last_t:
-            await asyncio.sleep(min(max_gap_s, (t - last_t) / speed))
-        elif i % 50 == 49:
-            await asyncio.sleep(0)
-        last_t = t
-        yield event
+class Replay:
+    """A recorded run with a play head: every event up to ``position`` is folded into
+    ``state``; play, pause, seek and speed move the head (the live screen's replay controls).
+
+    Seeking forward folds the events in between; seeking back folds again from the first
+    event (folding is cheap: a long run has a few thousand events). ``max_gap_s``: while
+    playing, a quiet stretch longer than this (the cluster's setup) is skipped over.
+    """
+
+    SPEEDS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0)
+
+    def __init__(self, events: list[dict[str, Any]], *, speed: float = 1.0,
+                 max_gap_s: float = 2.0) -> None:
+        self.events = events
+        self.speed = speed
+        self.max_gap_s = max_gap_s
+        self.playing = False
+        self.cursor = 0  # events[:cursor] are folded into state
+        self.position = 0.0
+        self.state = RunState()
+        self.generation = 0  # bumped whenever state is rebuilt from scratch
+
+    @classmethod
+    def from_file(cls, path: Path, **kwargs: Any) -> Replay:
+        return cls(read_events(path), **kwargs)
+
+    @property
+    def duration(self) -> float:
+        return _t(self.events[-1]) if self.events else 0.0
+
+    @property
+    def at_end(self) -> bool:
+        return self.cursor >= len(self.events)
+
+    @property
+    def outcome(self) -> str:
+        """How the recorded run ended: pass / fail / error, or stopped (no verdict)."""
+        for event in reversed(self.events):
+            if event.get("type") == "verdict":
+                return str((event.get("report") or {}).get("verdict") or "error")
+        return "stopped"
+
+    def fold_to(self, position: float) -> list[dict[str, Any]]:
+        """Move the head to ``position`` (clamped to the recording); the events folded in.
+        Going back rebuilds ``state`` (``generation`` changes: redraw, not append)."""
+        position = min(max(position, 0.0), self.duration)
+        applied: list[dict[str, Any]] = []
+        if position < self.position or (self.cursor and position < _t(
+                self.events[self.cursor - 1])):
+            self.state = RunState()
+            self.cursor = 0
+            self.generation += 1
+        while self.cursor < len(self.events) and _t(self.events[self.cursor]) <= position:
+            event = self.events[self.cursor]
+            self.state.apply(event)
+            applied.append(event)
+            self.cursor += 1
+        self.position = position
+        if self.at_end:
+            self.position = self.duration
+            self.playing = False
+            if self.outcome == "stopped":
+                self.state.mark_stopped("the recording ends without a verdict: the run was "
+                                        "stopped or killed before its check")
+        return applied
+
+    def seek(self, delta_s: float) -> list[dict[str, Any]]:
+        return self.fold_to(self.position + delta_s)
+
+    def to_end(self) -> list[dict[str, Any]]:
+        return self.fold_to(self.duration)
+
+    def advance(self, wall_s: float) -> list[dict[str, Any]]:
+        """Play ``wall_s`` seconds of wall time at ``speed``; a quiet stretch longer than
+        ``max_gap_s`` ahead is skipped (played as ``max_gap_s``)."""
+        if self.at_end:
+            return []
+        target = self.position + wall_s * self.speed
+        upcoming = _t(self.events[self.cursor])
+        if upcoming - self.position > self.max_gap_s * self.speed:
+            target = max(target, upcoming - self.max_gap_s * self.speed)
+        return self.fold_to(target)
+
+    def faster(self) -> float:
+        bigger = [s for s in self.SPEEDS if s > self.speed]
+        self.speed = bigger[0] if bigger else self.speed
+        return self.speed
+
+    def slower(self) -> float:
+        smaller = [s for s in self.SPEEDS if s < self.speed]
+        self.speed = smaller[-1] if smaller else self.speed
+        return self.speed
+
+
+def _t(event: dict[str, Any]) -> float:
+    return float(event.get("t") or 0.0)

@@ -1,31 +1,15 @@
-"""Messages from the run's feed worker to the live screen (toolong's messages.py pattern)."""
+"""Messages to the live screen from its workers (toolong's messages.py pattern).
+
+The events themselves are not messages: the feed worker folds each one into the run's state
+as it reads it (every event kept), and the screen repaints on a timer (tui.screens.live)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
 
-__all__ = ["FeedEnded", "HarnessExited", "RunEvent", "StatusUpdate"]
-
-
-@dataclass
-class RunEvent(Message, bubble=False):
-    """One event of events.jsonl other than ``status``: every one of them is shown."""
-
-    event: dict[str, Any]
-
-
-@dataclass
-class StatusUpdate(Message, bubble=False):
-    """A ``status`` event (one a second). When the screen falls behind, a newer one replaces
-    a queued older one: the dashboard shows the latest numbers, not a backlog."""
-
-    event: dict[str, Any]
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, StatusUpdate)
+__all__ = ["FeedEnded", "HarnessExited"]
 
 
 @dataclass

@@ -1,27 +1,39 @@
 """The state of one run, folded from its event stream (harness/events.py), with no UI in it.
 
-``RunState.apply(event)`` takes the events in order, whether they come from a live tail, an
-attach or a replay; the widgets render from the state. Counters are provisional (the fleet's
-``live_duplicates``/``live_reorders`` in status events) until the verdict event brings the
-checker's; the fleet cannot count losses live, so ``lost`` waits for the checker.
+``RunState.apply(event)`` takes every event in order, whether it comes from a live tail, an
+attach or a replay (the screen coalesces its repaints, never the data): every status event is
+a sample of the charts, every other event a line of the event log. Times are the stream's
+``t``, seconds since the run started, the one time base of the TUI and of report.json.
+Counters are provisional (the fleet's ``live_duplicates``/``live_reorders`` in status events)
+until the verdict event brings the checker's; the fleet cannot count losses live, so ``lost``
+waits for the checker.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import Topology, describe_fault, topology_from_experiment
+from .catalog import FAULT_KINDS, Topology, describe_fault, topology_from_experiment
 
-__all__ = ["COUNTERS", "FaultView", "LogLine", "NodeView", "RunState"]
+__all__ = ["COUNTERS", "FaultView", "LogLine", "NodeView", "PhaseView", "RunState", "WaitView"]
 
-HISTORY = 240  # points kept for every sparkline (one per status event: about 4 minutes)
 COUNTERS = ("lost", "duplicated", "reordered")
 # Where a status event's fleet totals carry provisional counters.
 _LIVE_KEYS = {"lost": ("live_lost", "live_gaps"), "duplicated": ("live_duplicates",),
               "reordered": ("live_reorders",)}
+MAX_LOG = 20000  # event-log lines kept (status events are samples, not lines)
+# What each phase waits for, for runs recorded before phase events said so themselves.
+_PHASE_WAITS = {
+    "setup": "the cluster and the client fleet to be ready",
+    "steady": "publishing with every client subscribed",
+    "faults": "the fault schedule and faults sent by hand; then running faults to heal",
+    "heal": "every fault healed, every node up; then heal_s of publishing",
+    "settle": "publishing stopped: deliveries in flight arrive",
+    "drain": "every client's final read of what it is owed",
+    "check": "the checker reading the merged history",
+}
 
 
 @dataclass
@@ -33,7 +45,7 @@ class NodeView:
     connections: float | None = None
     subscriptions: float | None = None
     redis_link_up: float | None = None
-    rss_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    rss: list[tuple[float, float | None]] = field(default_factory=list)  # (t, bytes)
 
 
 @dataclass
@@ -44,8 +56,10 @@ class FaultView:
     params: dict[str, Any] = field(default_factory=dict)
     source: str = "schedule"
     duration_s: float | None = None
+    until_healed: bool = False
     planned_at: float | None = None  # seconds into the faults phase (scheduled faults)
     injected_t: float | None = None
+    heal_due_t: float | None = None  # when its hold ends (from the fault event's hold_s)
     healed_t: float | None = None
     resolved: str | None = None
     error: str | None = None
@@ -57,14 +71,34 @@ class FaultView:
 
     @property
     def description(self) -> str:
-        return describe_fault(self.kind, self.target, self.params, self.duration_s)
+        return describe_fault(self.kind, self.target, self.params,
+                              None if self.until_healed else self.duration_s)
 
 
 @dataclass(frozen=True)
 class LogLine:
     t: float
-    level: str  # info, warning, error, fault, heal, phase, verdict
+    level: str  # info, warning, error, fault, heal, phase, verdict, tui
     text: str
+
+
+@dataclass(frozen=True)
+class PhaseView:
+    name: str
+    t: float
+    duration_s: float | None = None  # how long it lasts, when a fixed time
+    waits_for: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class WaitView:
+    """The run waits for something within its phase (a ``wait`` event)."""
+
+    t: float
+    waits_for: str
+    timeout_s: float | None = None
+    expected_s: float | None = None
 
 
 class RunState:
@@ -74,6 +108,8 @@ class RunState:
         self.experiment: dict[str, Any] = {}
         self.phase = "waiting"
         self.phase_t = 0.0
+        self.phase_view: PhaseView | None = None
+        self.wait: WaitView | None = None
         self.phases: list[tuple[str, float]] = []
         self.t = 0.0
         self.nodes: dict[str, NodeView] = {}
@@ -83,14 +119,20 @@ class RunState:
         self.publisher: dict[str, Any] = {}
         self.active: list[dict[str, Any]] = []
         self.faults: dict[str, FaultView] = {}
-        self.delivered_rate: deque[float] = deque(maxlen=HISTORY)
-        self.p99: deque[float] = deque(maxlen=HISTORY)
+        # Every status event's fleet totals: (t, delivered so far), (t, p99 of the last second).
+        self.delivered: list[tuple[float, float]] = []
+        self.p99: list[tuple[float, float | None]] = []
         self.live: dict[str, int | None] | None = None
+        # Every status event's CPU ledger: (t, CPU seconds per component since the start).
+        self.cpu: list[tuple[float, dict[str, float]]] = []
+        self.cores: int | None = None
         self.report: dict[str, Any] | None = None
         self.exit_code: int | None = None
-        self.log: deque[LogLine] = deque(maxlen=2000)
+        self.stopped: str | None = None  # why the run ended without a verdict
+        self.log: list[LogLine] = []
+        self.log_total = 0  # lines ever added (the log keeps the last MAX_LOG)
         self.events = 0
-        self._last_delivered: tuple[float, float] | None = None
+        self.status_events = 0
 
     # ---------------------------------------------------------------------------------------
     # Reading.
@@ -100,8 +142,42 @@ class RunState:
         return self.report is not None
 
     @property
+    def ended(self) -> bool:
+        """A verdict, or known to have stopped without one."""
+        return self.report is not None or self.stopped is not None
+
+    @property
     def verdict(self) -> str | None:
         return None if self.report is None else str(self.report.get("verdict"))
+
+    @property
+    def outcome(self) -> str | None:
+        """pass / fail / error from the verdict, stopped, or None while the run goes on."""
+        if self.report is not None:
+            return self.verdict
+        return "stopped" if self.stopped is not None else None
+
+    @property
+    def accepts_faults(self) -> bool:
+        """Whether the run takes interactive faults now (harness/nemesis.py: steady, faults
+        until its wait for running faults)."""
+        return not self.ended and self.phase in ("steady", "faults") and self.wait is None
+
+    @property
+    def faults_phase_t(self) -> float | None:
+        return next((t for name, t in self.phases if name == "faults"), None)
+
+    def phase_duration(self) -> float | None:
+        """How long the current phase lasts by the experiment (None: not a fixed time)."""
+        if self.phase_view is not None and self.phase_view.duration_s is not None:
+            return self.phase_view.duration_s
+        value = (self.experiment.get("phases") or {}).get(f"{self.phase}_s")
+        return float(value) if isinstance(value, int | float) else None
+
+    def phase_waits_for(self) -> str | None:
+        if self.phase_view is not None and self.phase_view.waits_for:
+            return self.phase_view.waits_for
+        return _PHASE_WAITS.get(self.phase)
 
     def topology(self) -> Topology:
         if self.nodes or self.links:
@@ -125,6 +201,17 @@ class RunState:
         return [f for f in self.faults.values()
                 if f.status in ("active", "requested", "injecting")]
 
+    def invariants(self) -> list[dict[str, Any]]:
+        """The report's invariant table (name, ok, actual, limit, message)."""
+        rows = (self.report or {}).get("invariants") or []
+        return [dict(row) for row in rows if isinstance(row, Mapping)]
+
+    def violations(self) -> list[str]:
+        return [str(v) for v in (self.report or {}).get("violations") or []]
+
+    def max_rss(self) -> float:
+        return max((v for node in self.nodes.values() for _, v in node.rss if v), default=0.0)
+
     # ---------------------------------------------------------------------------------------
     # Folding events.
 
@@ -137,8 +224,14 @@ class RunState:
         handler = getattr(self, f"_on_{kind}", None)
         line = handler(t, event) if handler is not None else LogLine(t, "info", f"{kind}")
         if line is not None:
-            self.log.append(line)
+            self._add(line)
         return line
+
+    def _add(self, line: LogLine) -> None:
+        self.log.append(line)
+        self.log_total += 1
+        if len(self.log) > MAX_LOG:
+            del self.log[: len(self.log) - MAX_LOG]
 
     def _on_run(self, t: float, event: Mapping[str, Any]) -> LogLine:
         self.name = str(event.get("name", ""))
@@ -157,10 +250,28 @@ class RunState:
     def _on_phase(self, t: float, event: Mapping[str, Any]) -> LogLine:
         self.phase = str(event.get("phase"))
         self.phase_t = t
+        self.phase_view = PhaseView(self.phase, t, _num(event.get("duration_s")),
+                                    event.get("waits_for"), _num(event.get("timeout_s")))
+        self.wait = None
         self.phases.append((self.phase, t))
-        return LogLine(t, "phase", f"phase {self.phase}")
+        duration = self.phase_duration()
+        text = f"phase {self.phase}"
+        if duration is not None:
+            text += f" ({duration:g} s)"
+        return LogLine(t, "phase", text)
+
+    def _on_wait(self, t: float, event: Mapping[str, Any]) -> LogLine:
+        self.wait = WaitView(t, str(event.get("waits_for") or "?"),
+                             _num(event.get("timeout_s")), _num(event.get("expected_s")))
+        limit = f" (up to {self.wait.timeout_s:g} s)" if self.wait.timeout_s else ""
+        return LogLine(t, "phase", f"waiting for {self.wait.waits_for}{limit}")
+
+    def _on_stopped(self, t: float, event: Mapping[str, Any]) -> LogLine:
+        self.stopped = str(event.get("reason") or "the run was stopped")
+        return LogLine(t, "error", f"stopped: {self.stopped}")
 
     def _on_status(self, t: float, event: Mapping[str, Any]) -> None:
+        self.status_events += 1
         nodes = dict(event.get("nodes") or {})
         redis = nodes.pop("redis", None)
         if isinstance(redis, Mapping):
@@ -176,21 +287,23 @@ class RunState:
             node.connections = data.get("connections")
             node.subscriptions = data.get("subscriptions")
             node.redis_link_up = data.get("redis_link_up")
-            node.rss_history.append(float(node.rss_bytes or 0.0))
+            node.rss.append((t, node.rss_bytes))
         self.nodes = dict(sorted(self.nodes.items(), key=lambda kv: _node_order(kv[0])))
         self.links = {name: list((data or {}).get("toxics") or [])
                       for name, data in (event.get("links") or {}).items()}
         self.fleet = dict(event.get("fleet") or {})
         self.publisher = dict(event.get("publisher") or {})
         self.active = list(event.get("faults") or [])
-        delivered = float(self.fleet.get("delivered") or 0)
-        if self._last_delivered is not None:
-            t0, d0 = self._last_delivered
-            if t > t0:
-                self.delivered_rate.append(max(0.0, (delivered - d0) / (t - t0)))
-        self._last_delivered = (t, delivered)
-        p99 = self.fleet.get("latency_p99_ms")
-        self.p99.append(float(p99) if p99 is not None else 0.0)
+        delivered = self.fleet.get("delivered")
+        if isinstance(delivered, int | float):
+            self.delivered.append((t, float(delivered)))
+        self.p99.append((t, _num(self.fleet.get("latency_p99_ms"))))
+        cpu = event.get("cpu")
+        if isinstance(cpu, Mapping) and isinstance(cpu.get("components"), Mapping):
+            self.cpu.append((t, {str(k): float(v) for k, v in cpu["components"].items()
+                                 if isinstance(v, int | float)}))
+            if isinstance(cpu.get("cores"), int):
+                self.cores = cpu["cores"]
         if any(key in self.fleet for keys in _LIVE_KEYS.values() for key in keys):
             self.live = {}
             for counter, keys in _LIVE_KEYS.items():
@@ -205,6 +318,12 @@ class RunState:
             view = self.faults[fid] = FaultView(
                 fid, str(event.get("kind") or event.get("fault")), str(event.get("target")),
                 dict(event.get("params") or {}), str(event.get("source") or "interactive"))
+        # The duration as asked, from the event (harness/nemesis.py); older recordings only
+        # had hold_s in the fault event.
+        if "duration_s" in event:
+            view.duration_s = _num(event.get("duration_s"))
+        if event.get("until_healed"):
+            view.until_healed = True
         return view
 
     def _on_fault_start(self, t: float, event: Mapping[str, Any]) -> LogLine:
@@ -223,6 +342,13 @@ class RunState:
         view.resolved = event.get("resolved")
         if event.get("params"):
             view.params = dict(event["params"])
+        hold = _num(event.get("hold_s"))
+        if hold is not None:
+            view.heal_due_t = t + hold
+            spec = FAULT_KINDS.get(view.kind)
+            if ("duration_s" not in event and view.duration_s is None and hold > 0
+                    and spec is not None and spec.duration_s is not None):
+                view.duration_s = hold
         where = view.resolved if view.resolved and view.resolved != view.target else ""
         return LogLine(t, "fault", f"fault {view.fault_id} ({view.source}): {view.description}"
                        + (f" → {where}" if where else ""))
@@ -232,7 +358,8 @@ class RunState:
         if view.status != "failed":
             view.status = "healed"
         view.healed_t = t
-        return LogLine(t, "heal", f"heal {view.fault_id}: {view.kind} on {view.target}")
+        how = " (on request)" if event.get("by_request") else ""
+        return LogLine(t, "heal", f"heal {view.fault_id}{how}: {view.kind} on {view.target}")
 
     def _on_fault_error(self, t: float, event: Mapping[str, Any]) -> LogLine:
         view = self._fault(event)
@@ -247,6 +374,7 @@ class RunState:
         self.report = dict(event.get("report") or {})
         self.exit_code = event.get("exit_code")
         self.phase = "done"
+        self.wait = None
         for result in self.report.get("faults") or []:
             view = self.faults.get(str(result.get("fault_id")))
             if view is None:
@@ -264,20 +392,41 @@ class RunState:
         return LogLine(t, "verdict", f"verdict {verdict} (exit {self.exit_code}): {counts}")
 
     # ---------------------------------------------------------------------------------------
-    # What the TUI itself did (not from the stream).
+    # What the TUI itself saw or did (not from the stream).
 
     def note(self, level: str, text: str) -> LogLine:
         line = LogLine(self.t, level, text)
-        self.log.append(line)
+        self._add(line)
         return line
+
+    def log_since(self, total: int) -> list[LogLine]:
+        """The lines added after the ``total``-th (what a view that showed ``total`` lacks)."""
+        new = self.log_total - total
+        return self.log[-new:] if new > 0 else []
+
+    def mark_stopped(self, reason: str) -> None:
+        """The stream ended without a verdict (a replay's end, a tail that ran dry)."""
+        if self.report is None and self.stopped is None:
+            self.stopped = reason
 
     def requested(self, fault_id: str, kind: str, target: str, params: Mapping[str, Any],
                   duration_s: float | None) -> None:
-        if fault_id not in self.faults:
+        spec = FAULT_KINDS.get(kind)
+        held = duration_s is None and spec is not None and spec.duration_s is not None
+        view = self.faults.get(fault_id)
+        if view is None:
             self.faults[fault_id] = FaultView(fault_id, kind, target, dict(params),
-                                              "interactive", duration_s, status="requested")
+                                              "interactive", duration_s, until_healed=held,
+                                              status="requested")
         else:
-            self.faults[fault_id].duration_s = duration_s
+            view.duration_s = duration_s
+            view.until_healed = held
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _node_order(name: str) -> tuple[int, str]:

@@ -78,3 +78,27 @@ def test_trial_keeps_the_pattern_and_squeezes_the_faults() -> None:
     assert trial.invariants.p99_phases == ("steady", "settle")
     assert trial.invariants.max_lost == 0
     assert trial.clients.processes * 12_000 >= 25_000
+
+
+async def test_a_trial_that_could_not_run_is_a_failed_trial(tmp_path: Path) -> None:
+    """A trial whose run ended in error has no CPU table (its cpu values are None): it is
+    recorded as failing with the error, and the search goes on below it."""
+    base = load_experiment(REPO / "experiments" / "election-night-full.toml")
+    calls: list[int] = []
+
+    async def run_trial(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
+        n = experiment.clients.count
+        calls.append(n)
+        if n > 3000:
+            return {"verdict": "error", "error": "ProcessFailed: node-2 exited", "cpu": {}}
+        return {"verdict": "pass", "violations": [], "totals": {"lost": 0},
+                "latency_by_phase": {"steady": {"p99": 20.0}}, "cpu": {}}
+
+    search = CapacitySearch(base, tmp_path, p99_ms=250, max_viewers=5000, resolution=1000,
+                            file="f.toml", run_trial=run_trial, echo=lambda _: None)
+    with trio.fail_after(5):
+        answer, done = await search.run()
+    assert done
+    assert answer is not None
+    assert answer <= 3000
+    assert "error: ProcessFailed: node-2 exited" in (tmp_path / "capacity.md").read_text()

@@ -36,14 +36,17 @@ async def wait_for(pilot: Pilot[Any], predicate: Callable[[], object], timeout: 
         await pilot.pause(0.05)
 
 
-def unfinished_copy(recorded: Path, target: Path) -> Path:
-    """A run folder holding a recorded run's events minus the verdict: a run in progress."""
+def unfinished_copy(recorded: Path, target: Path, until_t: float | None = None) -> Path:
+    """A run folder holding a recorded run's events minus the verdict (and, with
+    ``until_t``, minus every event after that time): a run in progress."""
     target.mkdir(parents=True)
     for name in ("experiment.toml", "experiment.json"):
-        shutil.copy(recorded / name, target / name)
+        if (recorded / name).exists():  # a capacity trial has no experiment.toml
+            shutil.copy(recorded / name, target / name)
     lines = (recorded / "events.jsonl").read_bytes().splitlines(keepends=True)
     (target / "events.jsonl").write_bytes(b"".join(
-        line for line in lines if b'"type":"verdict"' not in line))
+        line for line in lines if b'"type":"verdict"' not in line
+        and (until_t is None or json.loads(line)["t"] <= until_t)))
     return target
 
 

@@ -11,7 +11,9 @@ import pytest
 from harness.experiment import FAULT_KINDS
 from tui.catalog import (
     FaultRequest,
+    PhraseError,
     Topology,
+    confirmation,
     convert_param,
     describe_fault,
     list_experiments,
@@ -45,11 +47,12 @@ def test_an_invalid_experiment_file_is_listed_with_its_error(tmp_path: Path) -> 
 def test_run_folders_newest_first_with_their_verdicts(runs_dir: Path) -> None:
     runs = list_runs(runs_dir)
     assert [(r.name, r.verdict) for r in runs] == [
+        ("20250601-140000-tiny-interactive", "fail"),
         ("20250601-123000-tiny-stopped", "stopped"),
         ("20250601-121500-tiny-negative-control", "fail"),
         ("20250601-120000-tiny", "pass"),
     ]
-    assert runs[1].report["totals"]["lost"] > 0
+    assert runs[2].report["totals"]["lost"] > 0
 
 
 def test_a_run_without_report_json_takes_its_verdict_from_the_event_stream(
@@ -107,6 +110,14 @@ def test_targets_follow_the_kind_and_the_live_cluster() -> None:
     ("restart redis", "restart_redis", "redis", {}, None),
     ("rolling restart", "rolling_restart", "all", {}, None),
     ("20% slow consumers", "slow_consumers", "clients", {"share": 0.2}, 15.0),
+    ("kill node 2", "kill_node", "node-2", {"restart": True}, None),
+    ("kill node2 after 5 s", "kill_node", "node-2", {"restart_after_s": 5.0}, None),
+    ("add latency to clients until healed", "latency", "clients", {}, None),
+    ("kill every node", "kill_node", "all", {}, None),
+    ("pause a random node for 3 s", "pause_node", "random", {}, 3.0),
+    ("storm 5000 on lb[0]", "connection_storm", "lb[0]", {"clients": 5000}, 10.0),
+    ("restart redis after 3 s flushed", "restart_redis", "redis",
+     {"restart_after_s": 3.0, "flush": True}, None),
 ])
 def test_palette_phrases_become_fault_requests(phrase: str, kind: str, target: str,
                                                params: dict, duration: float | None) -> None:
@@ -122,6 +133,53 @@ def test_palette_phrases_become_fault_requests(phrase: str, kind: str, target: s
 def test_a_phrase_naming_no_fault_is_none() -> None:
     assert parse_fault_phrase("heal all", TOPO) is None
     assert parse_fault_phrase("node-2", TOPO) is None
+
+
+# Typed faults never change meaning: each example of issue 14 is refused, with the reason and
+# what would be valid, where it used to be replaced by a default.
+@pytest.mark.parametrize(("phrase", "error"), [
+    ("kill node-9", "no node-9 in this cluster; its nodes are node-1, node-2, node-3 "
+                    "(or random, all)"),
+    ("add 300ms latency to node-2 for 5s",
+     "latency acts on links: node-2's are lb[0]->node-2 and node-2->redis"),
+    ("-5 ms latency on clients", "latency_ms: expected a number of milliseconds >= 0"),
+    ("add -5 ms latency to node-1->redis", "latency_ms: expected a number of milliseconds"),
+    ("pause node-1 for -5 s", "duration_s: expected a number of seconds > 0"),
+    ("make 150% slow consumers", "share: expected a fraction between 0 and 1"),
+    ("kill redis", "target: expected a target 'node-<n>', 'random' or 'all', got 'redis'"),
+    ("partition node-4 from redis", "no node-4 in this cluster"),
+    ("rolling restart for 10 s", "rolling_restart takes no duration"),
+    ("add 100 ms latency to clients->lb[2]", "no load-balancer lane lb[2]"),
+])
+def test_a_phrase_the_harness_would_refuse_is_refused_with_the_reason(
+        phrase: str, error: str) -> None:
+    with pytest.raises(PhraseError) as refused:
+        parse_fault_phrase(phrase, TOPO)
+    assert error in str(refused.value)
+
+
+def test_a_link_fault_named_on_a_node_suggests_that_nodes_links() -> None:
+    with pytest.raises(PhraseError) as refused:
+        parse_fault_phrase("add 300ms latency to node-2 for 5s", TOPO)
+    assert [(s.kind, s.target, s.params["latency_ms"], s.duration_s)
+            for s in refused.value.suggestions] == [
+        ("latency", "lb[0]->node-2", 300.0, 5.0), ("latency", "node-2->redis", 300.0, 5.0)]
+
+
+def test_destructive_faults_and_every_or_a_random_node_ask_first() -> None:
+    def ask(phrase: str) -> str | None:
+        request = parse_fault_phrase(phrase, TOPO)
+        assert request is not None
+        return confirmation(request)
+
+    assert "SIGKILLs a server process" in (ask("kill node-2") or "")
+    assert "every node at once" in (ask("pause every node for 5 s") or "")
+    assert "at random" in (ask("leak 10 MB/s on a random node") or "")
+    assert "EMPTY" in (ask("restart redis flushed") or "")
+    assert ask("rolling restart") == "it restarts every node in turn"
+    assert ask("add 300 ms latency to node-1->redis") is None
+    assert ask("partition node-1 from redis for 5 s") is None
+    assert ask("20% slow consumers") is None
 
 
 def test_descriptions_read_as_sentences() -> None:
@@ -164,3 +222,27 @@ def test_run_tui_refuses_a_path_that_is_no_run_folder(tmp_path: Path,
     assert "no such run folder" in capsys.readouterr().err
     assert run_tui(tmp_path) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+# A run whose experiment needs no proxy on the clients' side (proxies = "auto", no client link
+# in its schedule): only the node->redis links go through Toxiproxy.
+REDIS_ONLY = Topology(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
+
+
+@pytest.mark.parametrize(("phrase", "error"), [
+    ("add 300 ms latency to clients", "this run has no proxy on the clients' side"),
+    ("add 300 ms latency to lb[0]->node-2", "this run has no proxy on the clients' side"),
+])
+def test_client_link_faults_without_client_proxies_say_why(phrase: str, error: str) -> None:
+    with pytest.raises(PhraseError) as refused:
+        parse_fault_phrase(phrase, REDIS_ONLY)
+    assert error in str(refused.value)
+    assert "node-1->redis" in str(refused.value)  # what it can target instead
+
+
+def test_faults_on_the_client_fleet_need_no_proxy() -> None:
+    # slow_consumers' "clients" is the fleet, not the clients' links
+    assert "clients" in targets_for("slow_consumers", REDIS_ONLY)
+    assert "clients" not in targets_for("latency", REDIS_ONLY)
+    request = FaultRequest("slow_consumers", "clients", {"share": 0.2}).checked(REDIS_ONLY)
+    assert request.target == "clients"

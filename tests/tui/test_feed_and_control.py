@@ -11,7 +11,7 @@ import pytest
 
 from tui.catalog import FaultRequest
 from tui.control import ControlClient, ControlError
-from tui.feed import EventTail, read_events, replay_events
+from tui.feed import EventTail, Replay, read_events
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,16 +51,19 @@ async def test_the_tail_ends_when_stopped(tmp_path: Path) -> None:
     assert tail.ended_by == "the harness exited"
 
 
-async def test_replay_fast_and_at_speed(fixtures: Path) -> None:
+async def test_a_replay_plays_at_its_speed(fixtures: Path) -> None:
     path = fixtures / "recorded-runs/20250601-120000-tiny/events.jsonl"
-    fast = [e async for e in replay_events(path)]
-    assert fast == read_events(path)
-    assert fast[-1]["type"] == "verdict"
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    slow = [e async for e in replay_events(path, speed=1000.0, max_gap_s=0.001)]
-    assert slow == fast
-    assert loop.time() - start < 5
+    replay = Replay.from_file(path, speed=2.0)
+    assert replay.events == read_events(path)
+    assert replay.outcome == "pass"
+    replay.fold_to(3.0)
+    folded = replay.cursor
+    replay.advance(1.0)  # one second of wall time at 2x: two seconds of the run
+    assert replay.position == pytest.approx(5.0)
+    assert replay.cursor > folded
+    replay.to_end()
+    assert replay.at_end
+    assert replay.state.verdict == "pass"
 
 
 class FakeHarness:

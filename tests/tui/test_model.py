@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tui.feed import read_events
 from tui.model import RunState
 
 PASS = "recorded-runs/20250601-120000-tiny/events.jsonl"
 FAIL = "recorded-runs/20250601-121500-tiny-negative-control/events.jsonl"
+INTERACTIVE = "recorded-runs/20250601-140000-tiny-interactive/events.jsonl"
 
 
 def fold(path: Path) -> RunState:
@@ -31,9 +34,12 @@ def test_a_passing_run_ends_green(fixtures: Path) -> None:
     assert {f.fault_id: f.status for f in state.faults.values()} == {"f1": "healed",
                                                                        "f2": "healed"}
     assert state.faults["f1"].recovery_s is not None
-    assert max(state.delivered_rate) > 0
-    assert max(state.p99) > 0
-    assert len(state.nodes["node-1"].rss_history) > 5
+    statuses = [e for e in read_events(fixtures / PASS) if e["type"] == "status"]
+    # every status event is a sample: nothing coalesced away
+    assert len(state.delivered) == len(state.p99) == len(statuses) == state.status_events
+    assert max(d for _, d in state.delivered) > 0
+    assert max(p for _, p in state.p99 if p is not None) > 0
+    assert len(state.nodes["node-1"].rss) == len(statuses)
 
 
 def test_a_failing_run_reports_the_checkers_losses(fixtures: Path) -> None:
@@ -86,3 +92,68 @@ def test_a_failed_injection_stays_failed() -> None:
                  "target": "node-9"})
     assert state.faults["i1"].status == "failed"
     assert state.log[-2].level == "error"
+
+
+def test_durations_come_from_the_events(fixtures: Path) -> None:
+    """A fault sent "for 4 s" shows for 4 s; one sent without a duration, until healed."""
+    state = fold(fixtures / INTERACTIVE)
+    latency, partition = state.faults["i1"], state.faults["i2"]
+    assert latency.duration_s == 4.0
+    assert latency.description == "add 300 ms latency to clients->lb[0] for 4 s"
+    assert latency.heal_due_t == pytest.approx(latency.injected_t + 4.0)
+    assert partition.until_healed
+    assert partition.description == "partition node-1 from Redis until healed"
+    assert state.faults["f1"].description == "kill node-2 (restart after 2 s)"
+    assert {f.fault_id: f.status for f in state.faults.values()} == {
+        "f1": "healed", "i1": "healed", "i2": "healed"}
+    assert any("held until healed" in line.text for line in state.log)
+    assert any("no node-9" in line.text and line.level == "warning" for line in state.log)
+
+
+def test_an_old_recording_takes_an_interactive_duration_from_hold_s() -> None:
+    state = RunState()
+    state.apply({"t": 1.0, "type": "fault", "fault_id": "i1", "kind": "latency",
+                 "target": "clients", "params": {"latency_ms": 300.0}, "source": "interactive",
+                 "hold_s": 10.0})
+    assert state.faults["i1"].description == "add 300 ms latency to the clients' links for 10 s"
+
+
+def test_phases_say_what_they_wait_for_and_how_long(fixtures: Path) -> None:
+    events = read_events(fixtures / INTERACTIVE)
+    state = RunState()
+    for event in events:
+        state.apply(event)
+        if event["type"] == "phase" and event["phase"] == "faults":
+            assert state.phase_duration() == 8.0
+            assert state.accepts_faults
+        if event["type"] == "wait" and "faults" in event:
+            assert state.wait is not None
+            assert "i2 (partition_redis on node-1->redis" in state.wait.waits_for
+            assert state.wait.timeout_s == 180
+            assert not state.accepts_faults  # the nemesis takes no more faults now
+            break
+    else:
+        raise AssertionError("no wait event at the end of the faults phase")
+
+
+def test_an_old_recording_takes_phase_durations_from_the_experiment(fixtures: Path) -> None:
+    state = RunState()
+    for event in read_events(fixtures / PASS):
+        state.apply(event)
+        if event["type"] == "phase" and event["phase"] == "steady":
+            break
+    assert state.phase_duration() == 4.0
+    assert state.phase_waits_for() == "publishing with every client subscribed"
+
+
+def test_a_stopped_run_is_known_as_stopped() -> None:
+    state = RunState()
+    state.apply({"t": 0.0, "type": "phase", "phase": "steady"})
+    assert state.outcome is None
+    state.apply({"t": 3.0, "type": "stopped", "reason": "the run was cancelled"})
+    assert state.outcome == "stopped"
+    assert state.ended
+    assert not state.accepts_faults
+    other = RunState()
+    other.mark_stopped("the recording ends without a verdict")
+    assert other.outcome == "stopped"

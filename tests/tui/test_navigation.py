@@ -13,6 +13,7 @@ from textual.widgets import Input, OptionList, Select
 
 from tui.app import TurnoutApp
 from tui.screens.browser import BrowserScreen
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.fault_dialog import FaultDialog
 from tui.screens.help import HelpScreen
 from tui.screens.live import LiveRunScreen
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.asyncio
 
 PASS_RUN = "20250601-120000-tiny"
 FAIL_RUN = "20250601-121500-tiny-negative-control"
+# t of the PASS run's events when f1 and f2 are both active (faults phase)
+DURING_FAULTS = 9.5
 
 
 def make_app(fixtures: Path, runs_dir: Path, path: Path | None = None) -> TurnoutApp:
@@ -61,7 +64,7 @@ async def test_runs_tab_lists_verdicts_and_replays_a_recorded_run(
         text = screen_text(app)
         for verdict in ("STOPPED", "FAIL", "PASS"):
             assert verdict in text
-        await pilot.press("down", "down")
+        await pilot.press("down", "down", "down")
         assert browser.selected_run is not None
         assert browser.selected_run.name == PASS_RUN
         assert "delivered" in screen_text(app)
@@ -103,13 +106,14 @@ async def test_a_failing_run_opened_from_the_command_line_shows_red_counters(
 async def test_replay_at_1x_speed_plays_in_time(fixtures: Path, runs_dir: Path) -> None:
     app = make_app(fixtures, runs_dir)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2", "down", "down", "p")
+        await pilot.press("2", "down", "down", "down", "p")
         live = app.screen
         assert isinstance(live, LiveRunScreen)
         assert live.speed == 1.0
         await pilot.pause(0.5)
         assert not live.feed_done
-        assert "replay 1x" in screen_text(app)
+        assert "▶ playing" in screen_text(app)
+        assert "1x" in screen_text(app)
 
 
 async def test_help_opens_and_closes(fixtures: Path, runs_dir: Path) -> None:
@@ -135,28 +139,50 @@ async def footer_shows(pilot: Pilot[Any], app: TurnoutApp, *keys: str) -> None:
                              f"focused on {app.focused!r}") from None
 
 
-async def test_every_key_of_each_screen_is_in_the_footer_at_80x24(
+async def test_the_footer_offers_the_keys_that_work_now_at_80x24(
         fixtures: Path, runs_dir: Path, tmp_path: Path) -> None:
-    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
     async with FakeHarness(run / "control.sock"):
         app = make_app(fixtures, runs_dir)
         async with app.run_test(size=(80, 24)) as pilot:
-            await footer_shows(pilot, app, "1 Experiments", "2 Runs", "r Run", "? Help",
-                               "q Quit", "^p")
+            await footer_shows(pilot, app, "1 2 3 Tabs", "r Run", "/ Filter",
+                               "? Help", "q Quit", "^p")
+            assert "Replay" not in footer(app)  # nothing to replay on the Experiments tab
             await pilot.press("2", "down")
-            await footer_shows(pilot, app, "o Replay", "p Play 1x", "? Help", "q Quit")
+            await footer_shows(pilot, app, "o Replay", "p Play", "? Help", "q Quit")
+            assert "Attach" not in footer(app)  # a finished run cannot be attached to
             app.open_path(run)
             await pilot.pause()
             live = app.screen
             assert isinstance(live, LiveRunScreen)
             await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            # in the faults phase with two active faults: every fault key works
             await footer_shows(pilot, app, "f Fault", "h Heal", "H Heal all", "esc Back",
                                "? Help", "q Quit")
+            assert "Play" not in footer(app)  # not a replay
+            # the run moves on to its heal phase: it takes no more faults, the keys go
+            with open(run / "events.jsonl", "a") as f:
+                f.write(json.dumps({"t": 14.9, "type": "phase", "phase": "heal"}) + "\n")
+            await wait_for(pilot, lambda: live.state.phase == "heal", what="the heal phase")
+            await pilot.pause(0.4)
+            assert "Fault" not in footer(app)
+            assert "Heal" not in footer(app)
+            await footer_shows(pilot, app, "esc Back", "? Help", "q Quit")
+
+
+async def test_a_replay_offers_no_fault_keys_and_its_transport(fixtures: Path,
+                                                               runs_dir: Path) -> None:
+    app = make_app(fixtures, runs_dir, runs_dir / PASS_RUN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await footer_shows(pilot, app, "space Play/Pause", "m Report", "esc Back")
+        assert "Fault" not in footer(app)
+        assert "Heal" not in footer(app)
+        assert "Stop" not in footer(app)
 
 
 async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir: Path,
                                                        tmp_path: Path) -> None:
-    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
     async with FakeHarness(run / "control.sock") as harness:
         app = make_app(fixtures, runs_dir, run)
         async with app.run_test(size=(80, 24)) as pilot:
@@ -175,6 +201,12 @@ async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir:
             await pilot.pause()
             assert "kill node-2 (restart after 2 s)" in screen_text(app)
             await pilot.press("ctrl+s")
+            # a kill takes a process down: the TUI asks first, and sends nothing until yes
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                           what="the confirmation")
+            assert "SIGKILLs a server process" in screen_text(app)
+            assert harness.injected() == []
+            await pilot.press("y")
             await wait_for(pilot, harness.injected, what="the inject command")
             assert harness.injected() == [{
                 "cmd": "inject", "kind": "kill_node", "target": "node-2",
@@ -184,7 +216,7 @@ async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir:
             await pilot.pause(0.3)
             assert "i1" in live.query_one(FaultTimeline).rows
             # the harness reports the injection in the stream
-            event = {"t": 30.0, "type": "fault", "fault_id": "i1", "fault": "kill_node",
+            event = {"t": 9.6, "type": "fault", "fault_id": "i1", "fault": "kill_node",
                      "kind": "kill_node", "target": "node-2", "resolved": "node-2",
                      "params": {"restart": True, "restart_after_s": 2.0},
                      "source": "interactive", "hold_s": 2.0}
@@ -192,6 +224,9 @@ async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir:
                 f.write(json.dumps(event) + "\n")
             await wait_for(pilot, lambda: live.state.faults["i1"].status == "active",
                            what="i1 active")
+            timeline = live.query_one(FaultTimeline)
+            assert timeline.selected_fault == "f1"  # the first row: h heals what is selected
+            timeline.move_cursor(row=timeline.get_row_index("i1"))
             await pilot.press("h")
             await wait_for(pilot, lambda: any(c["cmd"] == "heal" for c in harness.commands),
                            what="the heal command")
@@ -203,10 +238,13 @@ async def test_fault_dialog_injects_and_heal_key_heals(fixtures: Path, runs_dir:
 
 async def test_dialog_refuses_what_the_schema_refuses(fixtures: Path, runs_dir: Path,
                                                       tmp_path: Path) -> None:
-    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
     async with FakeHarness(run / "control.sock") as harness:
         app = make_app(fixtures, runs_dir, run)
         async with app.run_test(size=(100, 40)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
             await pilot.press("f")
             dialog = app.screen
             assert isinstance(dialog, FaultDialog)
@@ -225,7 +263,7 @@ async def test_dialog_refuses_what_the_schema_refuses(fixtures: Path, runs_dir: 
 
 async def test_command_palette_injects_a_typed_fault(fixtures: Path, runs_dir: Path,
                                                      tmp_path: Path) -> None:
-    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live")
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
     async with FakeHarness(run / "control.sock") as harness:
         app = make_app(fixtures, runs_dir, run)
         async with app.run_test(size=(100, 30)) as pilot:
@@ -243,6 +281,96 @@ async def test_command_palette_injects_a_typed_fault(fixtures: Path, runs_dir: P
             assert command["target"] == "node-1"
             assert command["params"] == {"mb_per_s": 50.0}
             assert command["duration_s"] == 20.0
+
+
+def palette_hits(app: TurnoutApp) -> list[str]:
+    """The command palette's hits, top first."""
+    from textual.command import CommandList
+
+    hits = app.screen.query_one(CommandList)
+    return [str(hits.get_option_at_index(i).prompt).splitlines()[0]
+            for i in range(hits.option_count)]
+
+
+async def typed(pilot: Pilot[Any], app: TurnoutApp, phrase: str) -> list[str]:
+    await pilot.press("ctrl+p")
+    await pilot.press(*phrase)
+    await wait_for(pilot, lambda: palette_hits(app), what=f"hits for {phrase!r}")
+    await pilot.pause(0.4)
+    return palette_hits(app)
+
+
+@pytest.mark.parametrize(("phrase", "first"), [
+    ("kill node-9", "Refused: target: no node-9 in this cluster; its nodes are node-1, "
+                    "node-2 (or random, all)"),
+    ("add 300ms latency to node-2 for 5s", "Refused: target: expected a target"),
+    ("-5 ms latency on clients", "Refused: latency_ms: expected a number of milliseconds >= 0"),
+])
+async def test_the_palette_refuses_a_phrase_and_sends_nothing(
+        fixtures: Path, runs_dir: Path, tmp_path: Path, phrase: str, first: str) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(120, 30)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            hits = await typed(pilot, app, phrase)
+            assert hits[0].startswith(first), hits[:3]
+            if "node-2" in phrase:  # a link fault on a node: its links are offered next
+                assert hits[1] == "Did you mean: add 300 ms latency to lb[0]->node-2 for 5 s"
+                assert hits[2] == "Did you mean: add 300 ms latency to node-2->redis for 5 s"
+            await pilot.press("enter")
+            await pilot.pause(0.5)
+            assert harness.injected() == []
+            assert isinstance(app.screen, LiveRunScreen)
+
+
+async def test_the_palette_ranks_the_literal_reading_first_and_confirms_a_kill(
+        fixtures: Path, runs_dir: Path, tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(120, 30)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            hits = await typed(pilot, app, "kill node 2")
+            assert hits[0] == "Inject: kill node-2 (restart after 2 s)"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                           what="the confirmation")
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            assert harness.injected() == []
+            hits = await typed(pilot, app, "kill node 2")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                           what="the confirmation")
+            await pilot.press("y")
+            await wait_for(pilot, harness.injected, what="the inject command")
+            [command] = harness.injected()
+            assert (command["kind"], command["target"]) == ("kill_node", "node-2")
+
+
+async def test_a_fault_on_every_node_asks_first(fixtures: Path, runs_dir: Path,
+                                               tmp_path: Path) -> None:
+    run = unfinished_copy(runs_dir / PASS_RUN, tmp_path / "live", until_t=DURING_FAULTS)
+    async with FakeHarness(run / "control.sock") as harness:
+        app = make_app(fixtures, runs_dir, run)
+        async with app.run_test(size=(120, 30)) as pilot:
+            live = app.screen
+            assert isinstance(live, LiveRunScreen)
+            await wait_for(pilot, lambda: live.state.nodes, what="a status event")
+            hits = await typed(pilot, app, "pause every node for 2 s")
+            assert hits[0] == "Inject: pause every node for 2 s"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                           what="the confirmation")
+            assert "every node at once" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause(0.3)
+            assert harness.injected() == []
 
 
 async def test_a_harness_that_fails_to_start_is_reported(fixtures: Path, runs_dir: Path,

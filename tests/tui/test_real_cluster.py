@@ -1,11 +1,16 @@
 """The TUI against a real local cluster (Redis, Toxiproxy, HAProxy, 2 nodes, 10 clients).
 
 1. A headless ``python -m harness run`` is in progress; the TUI attaches to its folder, opens
-   the fault dialog, injects kill_node on node-2 (with restart) over control.sock, sees it in
-   the fault timeline, and the finished run's history.jsonl and report.json hold fault i1.
+   the fault dialog, injects kill_node on node-2 (with restart, confirmed) over control.sock,
+   sees it in the fault timeline, and the finished run's history.jsonl and report.json hold
+   fault i1.
 2. A run started from the TUI writes the same run folder as a headless run.
+3. ``python -m tui FILE`` in a pseudo-terminal starts a run; closing the terminal (SIGHUP)
+   stops it: the harness tears its cluster down (no node process outlives it) and writes a
+   ``stopped`` event.
 
-Each is bounded (about 45 s and 25 s) and kills what it started on teardown.
+Each is bounded (about 45 s, 25 s and 40 s) and kills what it started on teardown. Heavy:
+run them under the shared lock (``flock /work/team/heavy.lock``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +27,14 @@ import pytest
 from textual.widgets import Select
 
 from tui.app import TurnoutApp
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.fault_dialog import FaultDialog
 from tui.screens.live import LiveRunScreen
 from tui.widgets.timeline import FaultTimeline
 
 from .support import screen_text, wait_for
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,6 +80,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+@pytest.mark.asyncio
 async def test_attach_and_kill_node_2_in_a_real_cluster(tmp_path: Path,
                                                        fixtures: Path) -> None:
     experiment = tmp_path / "tiny.toml"
@@ -108,6 +116,10 @@ async def test_attach_and_kill_node_2_in_a_real_cluster(tmp_path: Path,
             await pilot.pause(0.2)
             assert dialog.query_one("#param-restart").value is True  # type: ignore[attr-defined]
             await pilot.press("ctrl+s")
+            # a kill takes a process down: the TUI asks first
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen),
+                           what="the confirmation")
+            await pilot.press("y")
             assert app.screen is live
             await wait_for(pilot, lambda: "i1" in live.state.faults
                            and live.state.faults["i1"].status in ("active", "healed"),
@@ -118,8 +130,9 @@ async def test_attach_and_kill_node_2_in_a_real_cluster(tmp_path: Path,
             await wait_for(pilot, lambda: live.state.finished, timeout=120,
                            what="the verdict")
             assert live.state.faults["i1"].status == "healed"
-            text = screen_text(app)
-            assert "kill node-2 (restart after 2 s)" in text
+            assert str(live.query_one(FaultTimeline).get_cell("i1", "fault")) == \
+                "kill node-2 (restart after 2 s)"
+            assert "PASS" in screen_text(app)
         assert await asyncio.wait_for(process.wait(), 60) in (0, 1)
     finally:
         await _stop(process)
@@ -135,6 +148,7 @@ async def test_attach_and_kill_node_2_in_a_real_cluster(tmp_path: Path,
     assert report["verdict"] == "pass", report["violations"]
 
 
+@pytest.mark.asyncio
 async def test_a_run_started_from_the_tui_writes_a_headless_run_folder(tmp_path: Path) -> None:
     experiments = tmp_path / "experiments"
     experiments.mkdir()
@@ -164,3 +178,85 @@ async def test_a_run_started_from_the_tui_writes_a_headless_run_folder(tmp_path:
         assert (run / name).exists(), name
     assert (run / "experiment.toml").read_text() == (experiments / "tiny.toml").read_text()
     assert json.loads((run / "report.json").read_text())["exit_code"] == 0
+
+
+def _drain(fd: int) -> None:
+    """Read the terminal's output until it closes (a full pty would block the TUI)."""
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:
+            return
+
+
+def _run_events(runs: Path) -> list[dict[str, object]]:
+    found = list(runs.glob("*/events.jsonl")) if runs.exists() else []
+    if not found:
+        return []
+    lines = found[0].read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def test_closing_the_terminal_stops_the_run_cleanly(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+    import time
+
+    import psutil
+
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(TINY.format(steady=60))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+
+    def controlling_tty() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color",
+           "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"}
+    tui = subprocess.Popen([sys.executable, "-m", "tui", str(experiment)], cwd=tmp_path,
+                           stdin=slave, stdout=slave, stderr=slave, env=env,
+                           start_new_session=True, preexec_fn=controlling_tty)
+    os.close(slave)
+    reader = threading.Thread(target=_drain, args=(master,), daemon=True)
+    reader.start()
+    runs = tmp_path / "runs"
+    harness: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 120
+        nodes: list[int] = []
+        while time.monotonic() < deadline:
+            assert tui.poll() is None, "the TUI exited early"
+            events = _run_events(runs)
+            statuses = [e for e in events if e.get("type") == "status"]
+            if statuses and any(e.get("phase") == "steady" for e in events):
+                nodes = [int(n["pid"]) for name, n in statuses[-1]["nodes"].items()
+                         if name.startswith("node-") and n.get("pid")]
+                break
+            time.sleep(0.2)
+        assert nodes, "the run never reached its steady phase"
+        [harness] = [p for p in psutil.Process(tui.pid).children()
+                     if "harness" in " ".join(p.cmdline())]
+        os.close(master)  # the terminal goes away: the kernel hangs up the TUI
+        master = -1
+        assert tui.wait(timeout=30) is not None
+        harness.wait(timeout=60)
+        for pid in nodes:
+            assert not psutil.pid_exists(pid) or \
+                psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"node {pid} outlived"
+        events = _run_events(runs)
+        assert events[-1]["type"] == "stopped", events[-3:]
+        assert not any(e["type"] == "verdict" for e in events)
+    finally:
+        if master != -1:
+            os.close(master)
+        if tui.poll() is None:
+            tui.kill()
+            tui.wait()
+        if harness is not None and harness.is_running():
+            harness.terminate()
+            harness.wait(30)

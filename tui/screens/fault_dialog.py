@@ -1,7 +1,8 @@
 """The fault dialog: pick a kind, a target among the live nodes and links, its parameters
-(defaults and units from ``harness.experiment.FAULT_KINDS``) and a duration; returns a
-``FaultRequest`` (or None when cancelled). Values go through the schema's own checks, so the
-dialog refuses what an experiment file would refuse, with the same words."""
+(defaults and units from ``harness.experiment.FAULT_KINDS``) and a duration (empty: until
+healed, or until the faults phase ends); returns a ``FaultRequest`` (or None when cancelled).
+Values go through the harness's own checks (harness.fault_request: the experiment schema and
+the cluster's names), so the dialog refuses what the run would refuse, with the same words."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..catalog import (
     FAULT_KINDS,
     FaultRequest,
     Topology,
+    confirmation,
     convert_param,
     default_request,
     targets_for,
@@ -152,7 +154,9 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
                         from None
                 if not duration > 0:
                     raise ValueError("duration: expected a number of seconds > 0")
-        return FaultRequest(kind, target, params, duration)
+        # The harness's own check (schema and cluster names): what it would refuse, the
+        # dialog refuses first, in the same words.
+        return FaultRequest(kind, target, params, duration).checked(self.topology)
 
     def _preview(self) -> None:
         preview = self.query_one("#preview", Static)
@@ -163,7 +167,10 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
             preview.set_class(True, "-error")
             return
         preview.set_class(False, "-error")
-        preview.update(Text.assemble(("→ ", "bold"), (request.describe(), "bold")))
+        text = Text.assemble(("→ ", "bold"), (request.describe(), "bold"))
+        if confirmation(request):
+            text.append("  (asks to confirm)", style="dim")
+        preview.update(text)
 
     # ---------------------------------------------------------------------------------------
 

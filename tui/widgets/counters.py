@@ -1,4 +1,4 @@
-"""Lost, duplicated, reordered: green while zero, red when not; then the verdict."""
+"""Lost, duplicated, reordered: green while zero, red when not; then the checker's numbers."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Counter(Static):
         self.update(Text.assemble((shown, "bold"), "\n", self.counter_name))
 
 
-class CountersPanel(Vertical):
+class CountersPanel(Vertical, can_focus=True):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="counter-row"):
             for name in COUNTERS:
@@ -40,9 +40,12 @@ class CountersPanel(Vertical):
         if state.counters_final:
             source = Text.assemble("checker ", verdict_text(state.verdict),
                                    f"  exit {state.exit_code}")
+        elif state.stopped is not None:
+            source = Text("no verdict: the run stopped before the checker ran; these are the "
+                          "clients' provisional counts", style="yellow")
         elif state.live is not None:
-            source = Text("provisional, seen by the clients so far; the checker decides at "
-                          "the end (lost: only the checker can tell)", style="italic")
+            source = Text("provisional: the clients' own counts; the checker decides at the "
+                          "end (only it can tell a loss)", style="italic")
         else:
             source = Text("counted by the checker at the end of the run", style="dim italic")
         self.query_one(".counter-source", Static).update(source)

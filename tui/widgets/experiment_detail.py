@@ -11,13 +11,30 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from harness.experiment import FAULT_KINDS, Experiment
+
 from ..catalog import ExperimentEntry, describe_fault
+
+# Fault kinds that act on a Toxiproxy link.
+LINK_FAULT_KINDS = frozenset(k for k, spec in FAULT_KINDS.items()
+                             if any(t.endswith("_link") for t in spec.targets))
 
 __all__ = ["ExperimentDetail", "render_experiment"]
 
 
 def _rel(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
+
+
+def _proxies(exp: Experiment) -> str:
+    """Which links go through Toxiproxy (harness.runner.proxied_links decides it the same
+    way): every link with ``proxies = "all"``, else node->redis and what the schedule needs."""
+    if getattr(exp.cluster, "proxies", "all") == "all":
+        return "Toxiproxy on every link"
+    client_side = sorted({f.target for f in exp.faults if f.kind in LINK_FAULT_KINDS
+                          and (f.target.startswith("clients") or f.target.startswith("lb"))})
+    return "Toxiproxy on node->redis" + (f" and {', '.join(client_side)}" if client_side
+                                         else " only (proxies = \"all\": every link)")
 
 
 def render_experiment(entry: ExperimentEntry) -> RenderableType:
@@ -32,7 +49,7 @@ def render_experiment(entry: ExperimentEntry) -> RenderableType:
     history = f"history {cl.history_size}" if cl.recovery else "recovery OFF (history 0)"
     memory = f" · max RSS {cl.max_rss_mb} MB" if cl.max_rss_mb else ""
     facts.add_row("topology", f"{cl.nodes} nodes ({history}{memory}) · Redis · HAProxy · "
-                              "Toxiproxy on every link")
+                              + _proxies(exp))
     facts.add_row("clients", f"{c.count} clients in {c.processes} processes · "
                              f"{c.channels_per_client} channels each · "
                              f"resume {'on' if c.resume else 'off'}")

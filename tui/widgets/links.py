@@ -11,7 +11,7 @@ from ..model import RunState
 __all__ = ["LinksPanel"]
 
 
-class LinksPanel(Static):
+class LinksPanel(Static, can_focus=True):
     def refresh_state(self, state: RunState) -> None:
         if not state.links:
             self.update(Text("waiting for the first status event…", style="dim"))

@@ -1,4 +1,5 @@
-"""A past run folder: verdict, totals, latency, faults with recovery times, violations."""
+"""A past run folder: verdict, totals, latency, faults with recovery times, violations and
+where its CPU went (when report.json has the ledger)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from textual.widgets import Static
 
 from ..catalog import RunEntry
 from ..format import verdict_text
+from .cpu_split import render_cpu_split
 
 __all__ = ["RunDetail", "render_run"]
 
@@ -40,14 +42,16 @@ def _totals(report: dict[str, Any]) -> Table:
 def render_run(run: RunEntry) -> RenderableType:
     title = Text.assemble(verdict_text(run.verdict), " ", (run.experiment, "bold"))
     parts: list[RenderableType] = [title, Text(f"{run.path.parent.name}/{run.path.name}",
-                                               style="dim"), Text("")]
+                                               style="dim", no_wrap=True,
+                                               overflow="ellipsis"), Text("")]
     if run.in_progress:
         parts.append(Text("In progress: press a to attach (watch it, inject faults).",
                           style="bold cyan"))
         return Group(*parts)
     if not run.finished:
-        parts.append(Text("No verdict: the run stopped before its check. Press o to replay "
-                          "what it recorded.", style="yellow"))
+        parts.append(Text("No verdict: the run stopped before its check (stopped, killed or "
+                          "interrupted). Press o to replay what it recorded, l for its logs.",
+                          style="yellow"))
         return Group(*parts)
     report = dict(run.report)
     parts += [Text.assemble(("duration ", "bold cyan"),
@@ -56,12 +60,17 @@ def render_run(run: RunEntry) -> RenderableType:
               Text(""), _totals(report)]
     faults = report.get("faults") or []
     if faults:
-        table = Table("fault", "target", "recovery", box=None, header_style="bold",
-                      padding=(0, 1))
+        table = Table(box=None, header_style="bold", padding=(0, 1))
+        table.add_column("fault", no_wrap=True, overflow="ellipsis")
+        table.add_column("target", no_wrap=True, overflow="ellipsis")
+        table.add_column("at", no_wrap=True)
+        table.add_column("recovery", no_wrap=True)
         for fault in faults:
             rec = fault.get("recovery_s")
+            at = fault.get("injected_at")
             table.add_row(f"{fault.get('fault_id')} {fault.get('fault')}",
                           str(fault.get("target")),
+                          "—" if at is None else f"{float(at):.1f}s",
                           Text("never", style="red") if rec is None else f"{rec:.1f} s")
         parts += [Text(""), table]
     violations = report.get("violations") or []
@@ -70,6 +79,9 @@ def render_run(run: RunEntry) -> RenderableType:
         parts += [Text(f"• {v}", style="red") for v in violations]
     if report.get("error"):
         parts += [Text(""), Text(f"error: {report['error']}", style="yellow")]
+    cpu = render_cpu_split(report.get("cpu"))
+    if cpu is not None:
+        parts += [Text(""), Text("where the CPU went", style="bold cyan"), cpu]
     return Group(*parts)
 
 
