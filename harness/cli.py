@@ -1,6 +1,6 @@
 """``turnout``: run experiments headless, open the TUI, re-check a run folder.
 
-    turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
+    turnout run FILE [--out DIR] [--no-recovery] [--plugin-off] [--seed N] [--scale F]
                      [--target URL --app-id ID --app-key KEY --app-secret SECRET]
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder (default runs/<time>-<name>/)")
     run.add_argument("--no-recovery", action="store_true",
                      help="negative control: nodes run with history off (drops expected)")
+    run.add_argument("--plugin-off", action="store_true",
+                     help="control of [[client_groups]]: pusher-js without @turnout/pusher-resume "
+                     "(drops expected where the plugin resumes)")
     run.add_argument("--seed", type=int, help="seed for every random choice")
     run.add_argument("--scale", type=float, default=1.0, help="multiply client counts")
     run.add_argument("--target", help="external Pusher-protocol endpoint (ws:// or http://) "
@@ -192,7 +195,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ExperimentError, OSError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
-    options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery, seed=args.seed,
+    options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery,
+                         plugin_off=args.plugin_off, seed=args.seed,
                          scale=args.scale, target_url=args.target, app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
     progress = _Progress(experiment.name)
