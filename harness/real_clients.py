@@ -65,16 +65,18 @@ class ViewerPlan:
     library: str  # "pusher-js" | "echo"
     version: str  # "newest" | "oldest"
     plugin: bool
+    event: str = "result-update"  # the publisher's event name
 
     def command(self) -> dict[str, Any]:
         return {"op": "open", "viewer": {
             "id": self.id, "client": self.library, "pusher": self.version, "echo": self.version,
-            "plugin": self.plugin, "channels": list(self.channels),
+            "plugin": self.plugin, "channels": list(self.channels), "event": self.event,
             "wsHost": self.ws_host, "wsPort": self.ws_port}}
 
 
 def plan_group(group: ClientGroup, channels: Sequence[str],
-               entries: Sequence[tuple[str, int]]) -> list[ViewerPlan]:
+               entries: Sequence[tuple[str, int]], event: str = "result-update"
+               ) -> list[ViewerPlan]:
     """The group's viewers: ``<name>-<i>``, channels round robin (viewer i starts at channel
     i), load-balancer lanes round robin, processes round robin, and for ``both`` the library
     and version alternating (so each half runs either)."""
@@ -89,7 +91,7 @@ def plan_group(group: ClientGroup, channels: Sequence[str],
             id=f"{group.name}-{i}", process_index=i % group.processes,
             channels=tuple(channels[(i + k) % len(channels)] for k in range(per)),
             ws_host=host, ws_port=port, library=library, version=version,
-            plugin=group.plugin))
+            plugin=group.plugin, event=event))
     return plans
 
 
@@ -252,7 +254,8 @@ class RealClients:
     """Every client group of a run: their tool processes, control socket and records."""
 
     def __init__(self, run_dir: Path, groups: Sequence[ClientGroup], channels: Sequence[str],
-                 entries: Sequence[tuple[str, int]], *, app_key: str, app_secret: str) -> None:
+                 entries: Sequence[tuple[str, int]], *, app_key: str, app_secret: str,
+                 event: str = "result-update") -> None:
         self.run_dir = run_dir
         self.socket_path = run_dir / "real-clients.sock"
         self.app_key = app_key
@@ -260,7 +263,7 @@ class RealClients:
         self.tools: dict[str, _Tool] = {}
         self._histories: list[HistoryWriter] = []
         for group in groups:
-            plans = plan_group(group, channels, entries)
+            plans = plan_group(group, channels, entries, event)
             for k in range(group.processes):
                 name = f"rc-{group.name}-p{k}"
                 history = HistoryWriter(run_dir / "parts" / f"history-{name}.jsonl")

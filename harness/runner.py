@@ -373,7 +373,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             supervisors = [fleet_supervisor]
             real = RealClients(run_dir, experiment.client_groups, channels,
                                [_host_port(u) for u in ws_entries],
-                               app_key=app[1], app_secret=app[2])
+                               app_key=app[1], app_secret=app[2],
+                               event=PublisherSpec.event_name)
 
             def sample_cpu(label: str) -> None:
                 cpu.sample(_run_pids(topology, *supervisors))

@@ -85,6 +85,7 @@ def test_plan_spreads_channels_lanes_processes_and_versions() -> None:
     assert command["op"] == "open"
     assert command["viewer"] == {"id": "pjs-1", "client": "echo", "pusher": "newest",
                                  "echo": "newest", "plugin": True, "channels": ["b", "c"],
+                                 "event": "result-update",
                                  "wsHost": "127.0.0.1", "wsPort": 7001}
 
 
