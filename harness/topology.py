@@ -180,10 +180,13 @@ class NodeState(enum.StrEnum):
 class NodeProcess:
     """One turnout node.  Fault code acts on it through these methods."""
 
-    def __init__(self, name: str, port: int, process: ManagedProcess, drain_grace_s: float):
+    def __init__(self, name: str, port: int, process: ManagedProcess, drain_grace_s: float,
+                 chaos_port: int = 0):
         self.name = name
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
+        #: The node's chaos endpoint: its own loopback listener, never the public port.
+        self.chaos_url = f"http://{LOOPBACK}:{chaos_port}"
         self.process = process
         self._drain_grace_s = drain_grace_s
 
@@ -573,7 +576,8 @@ def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy) -> list[str]:
+def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy,
+               chaos_port: int = 0) -> list[str]:
     """The node's command line. Secrets go in the environment (``_node_secrets``): they stay
     out of ``ps`` and of the node log's start line, and a token that begins with "-" cannot
     be mistaken for a flag."""
@@ -594,6 +598,7 @@ def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy) -> 
         "--socket-send-buffer", str(spec.socket_send_buffer),
         "--key-prefix", spec.key_prefix,
         "--chaos",
+        "--chaos-port", str(chaos_port),
     ]  # fmt: skip
 
 
@@ -711,10 +716,12 @@ async def run_topology(
 
         # 3. Nodes, concurrently (each is a Python start-up).
         node_ports = {name: reserve() for name in spec.node_names}
+        chaos_ports = {name: reserve() for name in spec.node_names}
 
         async def start_node(name: str) -> None:
             port = node_ports[name]
-            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"])
+            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"],
+                              chaos_ports[name])
             # -m server (no installed script) must find the repo whatever the cwd.
             pythonpath = os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
@@ -731,7 +738,8 @@ async def run_topology(
                     stop_grace=spec.drain_grace_s + 5,
                 )
             )
-            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s)
+            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s,
+                                           chaos_ports[name])
 
         await _concurrently([partial(start_node, n) for n in spec.node_names])
         topo.nodes = {name: topo.nodes[name] for name in spec.node_names}  # stable order
