@@ -159,6 +159,12 @@ def verdict_table(result: RunResult) -> Table:
             continue
         bad = key in ("lost", "duplicated", "reordered", "unexpected") and value
         table.add_row(key, f"[red]{value}[/]" if bad else str(value))
+    if len(report.groups) > 1:  # the fleet next to real clients: where the loss is
+        for name, group in report.groups.items():
+            lost = group["lost"]
+            text = (f"{group['clients']} clients, {lost} lost"
+                    + (f" in {group['clients_losing']}" if lost else ""))
+            table.add_row(f"group {name}", f"[red]{text}[/]" if lost else text)
     for key in ("p50", "p99", "max"):
         value = report.latency_ms.get(key) if report.latency_ms else None
         if value is not None:

@@ -14,6 +14,7 @@ from harness.checker import Invariants, check_files
 from harness.experiment import ClientGroup, ExperimentError, parse_experiment
 from harness.history import HistoryWriter, iter_history
 from harness.real_clients import FINAL_QUIET_S, GroupRecord, ViewerPlan, plan_group
+from harness.render import render_markdown
 
 BASE = 'name = "t"\ndescription = "x"\n[workload]\nchannels = 3\n'
 
@@ -236,3 +237,24 @@ def test_a_harness_stamped_op_never_goes_back_in_time(tmp_path: Path) -> None:
     ops = list(iter_history(tmp_path / "rc.jsonl"))
     assert ops[-1].f == "drain"
     assert ops[-1].time >= ops[-2].time
+
+
+def test_the_report_says_which_group_lost(tmp_path: Path) -> None:
+    """Fleet viewers (client-<n>) and real ones side by side: totals per group."""
+    _publisher(tmp_path / "pub.jsonl", 10)
+    records = (_records("pusher-js-0", [1, 2, 3, 4, 7, 8, 9, 10], False, reconnect_at=15.5)
+               + _records("pusher-js-1", list(range(1, 11)), False, reconnect_at=99.0))
+    _translate(tmp_path / "rc.jsonl", [_viewer("pusher-js-0", False),
+                                       _viewer("pusher-js-1", False)], records, 30.0)
+    _translate(tmp_path / "fleet.jsonl", [_viewer("client-1", True)],
+               _records("client-1", list(range(1, 11)), True, reconnect_at=15.5), 30.0)
+    report = check_files([tmp_path / "pub.jsonl", tmp_path / "rc.jsonl",
+                          tmp_path / "fleet.jsonl"], Invariants())
+    assert report.groups == {
+        "fleet": {"clients": 1, "unfinished": 0, "lost": 0, "clients_losing": 0,
+                  "duplicated": 0, "reordered": 0, "unexpected": 0},
+        "pusher-js": {"clients": 2, "unfinished": 0, "lost": 2, "clients_losing": 1,
+                      "duplicated": 0, "reordered": 0, "unexpected": 0},
+    }
+    assert list(report.to_dict()["groups"]) == ["fleet", "pusher-js"]
+    assert "| pusher-js | 2 | 2 | 1 |" in render_markdown(report)
