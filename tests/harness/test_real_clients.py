@@ -9,11 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from harness.checker import Invariants, check_files
 from harness.experiment import ClientGroup, ExperimentError, parse_experiment
 from harness.history import HistoryWriter, iter_history
-from harness.real_clients import FINAL_QUIET_S, GroupRecord, ViewerPlan, plan_group
+from harness.procs import open_supervisor
+from harness.real_clients import (
+    FINAL_QUIET_S,
+    GroupRecord,
+    RealClients,
+    ViewerPlan,
+    plan_group,
+)
 from harness.render import render_markdown
 
 BASE = 'name = "t"\ndescription = "x"\n[workload]\nchannels = 3\n'
@@ -258,3 +266,34 @@ def test_the_report_says_which_group_lost(tmp_path: Path) -> None:
     }
     assert list(report.to_dict()["groups"]) == ["fleet", "pusher-js"]
     assert "| pusher-js | 2 | 2 | 1 |" in render_markdown(report)
+
+
+async def test_a_tool_speaks_over_the_control_socket_with_the_secret_only_in_its_environment(
+        tmp_path: Path) -> None:
+    """The harness side of a real client group against the real tools/node-fleet.mjs (no
+    cluster: its viewers point at a closed port, so they never connect and never finish)."""
+    (tmp_path / "parts").mkdir()
+    secret = "s3cret-for-this-test"
+    group = ClientGroup(name="pjs", kind="pusher-js", count=2, connect_rate_per_s=100)
+    real = RealClients(tmp_path, [group], ["results-1"], [("127.0.0.1", 9)],
+                       app_key="k", app_secret=secret)
+    (tool,) = real.tools.values()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(real.serve)
+            async with open_supervisor(tmp_path / "logs") as supervisor:
+                await real.start(supervisor)
+                proc = supervisor.processes["rc-pjs-p0"]
+                assert secret.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+                assert f"FLEET_APP_SECRET={secret}".encode() in Path(
+                    f"/proc/{proc.pid}/environ").read_bytes()
+                while not all(v.opened for v in tool.record.viewers.values()):
+                    await trio.sleep(0.05)
+                assert await real.final_read(timeout=1.0) == ["pjs-0", "pjs-1"]
+                assert tool.record.flushed == 1  # the tool answered the flush
+                assert await proc.wait() == 0  # and exited by itself on stop
+            nursery.cancel_scope.cancel()
+    ops = list(iter_history(tmp_path / "parts" / "history-rc-pjs-p0.jsonl"))
+    assert sorted((op.process, op.type, op.f) for op in ops if op.f == "subscribe") == [
+        ("pjs-0", "invoke", "subscribe"), ("pjs-1", "invoke", "subscribe")]
+    assert "drain" not in {op.f for op in ops}  # never connected: unfinished, not passed
