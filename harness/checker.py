@@ -11,7 +11,9 @@ nowhere else:
 3. :func:`harness.checks.order.judge_order`: duplicated and reordered, on server positions;
 4. :func:`harness.checks.latency.judge_latency`: percentiles overall, per phase and per fault;
 5. :func:`harness.checks.recovery.judge_recovery`: per fault, stale windows and catch-up;
-6. :func:`judge`: the invariants and the verdict.
+6. :func:`harness.checks.presence.judge_presence`: presence viewers' member lists (only the
+   ops it reads are kept for it, as the others stream past);
+7. :func:`judge`: the invariants and the verdict.
 
 Rendering (report.md, junit.xml) is :mod:`harness.render`'s. Definitions are in each part's
 docstring and in docs/experiments.md ("How a run is judged").
@@ -28,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -40,6 +42,7 @@ from harness.checks.groups import judge_groups
 from harness.checks.latency import LatencyResult, empty_latency, judge_latency
 from harness.checks.model import RunData, accumulate
 from harness.checks.order import OrderResult, judge_order
+from harness.checks.presence import PRESENCE_OPS, PresenceResult, RawOp, judge_presence
 from harness.checks.recovery import FaultRecovery, fault_windows, judge_recovery
 from harness.history import HistoryError, Op
 
@@ -81,6 +84,9 @@ class Invariants:
     min_delivered: int = 1
     # Judged by harness.leak_check from the run's node RSS samples (not from the history).
     max_rss_slope_mb_per_h: float | None = None
+    #: judge presence (the experiment's clients join presence channels)
+    presence: bool = False
+    max_presence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,8 @@ class Report:
     recording: Mapping[str, Any] = field(default_factory=dict)
     #: per client group (the fleet, each [[client_groups]] entry): clients, lost, ...
     groups: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: the presence check (harness.checks.presence), when the clients joined presence channels
+    presence: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -196,6 +204,7 @@ class Report:
             "phases": [{"phase": p, "at_s": t} for p, t in self.phases],
             "recording": dict(self.recording),
             "groups": {name: dict(g) for name, g in self.groups.items()},
+            "presence": None if self.presence is None else dict(self.presence),
         }
 
 
@@ -255,7 +264,8 @@ def _count_check(name: str, actual: int, limit: int,
 def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[FaultResult],
           incomplete: Sequence[str], problems: Sequence[ClientProblems],
           inconsistent: Sequence[tuple[str, str, str]], inv: Invariants,
-          nemesis_failures: Sequence[str] = ()) -> tuple[InvariantResult, ...]:
+          nemesis_failures: Sequence[str] = (),
+          presence: PresenceResult | None = None) -> tuple[InvariantResult, ...]:
     """Every invariant's result (pure)."""
     ordered = sorted(problems, key=lambda c: _natural_key(c.client))
     lost_groups = [(f"{c.client} {ch}", ids) for c in ordered for ch, ids in
@@ -324,7 +334,30 @@ def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[Fa
 
     if inv.max_recovery_s is not None:
         res.append(_recovery_check(faults, inv.max_recovery_s))
+    if inv.presence:
+        res.append(_presence_check(presence, inv.max_presence))
     return tuple(res)
+
+
+def _presence_check(result: PresenceResult | None, limit: int) -> InvariantResult:
+    if result is None or result.finished == 0:
+        return InvariantResult("presence", False, None, f"<= {limit}",
+                               "presence: no client joined a presence channel and finished")
+    actual = result.problems
+    ok = actual <= limit
+    counts = (f"{result.ghosts} ghosts, {result.missing} missing, {result.inconsistent} "
+              f"inconsistent member events, {result.self_missing} snapshots without self, "
+              f"{result.no_snapshot} never joined")
+    if ok:
+        msg = (f"presence = {actual} <= {limit}: {result.finished} clients' member lists "
+               f"equal the {result.connected_users} connected users over "
+               f"{result.member_events} member events")
+    else:
+        quoted = "; ".join(e for kind in ("ghosts", "missing", "inconsistent", "self_missing",
+                                          "no_snapshot")
+                           for e in result.examples.get(kind, [])[:2])
+        msg = f"presence = {actual} > {limit} ({counts}: {quoted})"
+    return InvariantResult("presence", ok, actual, f"<= {limit}", msg)
 
 
 def _p99_check(latency: LatencyResult, inv: Invariants) -> InvariantResult:
@@ -391,7 +424,8 @@ def _recovery_check(faults: Sequence[FaultResult], limit: float) -> InvariantRes
 # Composition: the one place the parts meet.
 
 
-def _report(data: RunData, invariants: Invariants) -> Report:
+def _report(data: RunData, invariants: Invariants,
+            presence: PresenceResult | None = None) -> Report:
     t0 = data.start
     delivery: DeliveryResult = judge_delivery(data)
     order: OrderResult = judge_order(data)
@@ -442,7 +476,7 @@ def _report(data: RunData, invariants: Invariants) -> Report:
             unsubscribed=tuple(vd.unsubscribed) if vd else (),
             reconnects=viewer.disconnects if viewer else 0))
     results = judge(full_totals, latency, faults, incomplete, problems, data.inconsistent,
-                    invariants, data.nemesis_failures)
+                    invariants, data.nemesis_failures, presence)
     violations = tuple(r.message for r in results if not r.ok)
     disconnects = [v.disconnects for v in data.viewers.values()]
     reconnects = {
@@ -463,7 +497,8 @@ def _report(data: RunData, invariants: Invariants) -> Report:
         latency_by_phase=latency.by_phase,
         recording={"compact": data.compact, "sampled_subscriptions": sampled,
                    "inconsistent": len(data.inconsistent)},
-        groups=judge_groups(data, delivery.viewers, order.viewers))
+        groups=judge_groups(data, delivery.viewers, order.viewers),
+        presence=None if presence is None or presence.viewers == 0 else presence.to_dict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +507,22 @@ def _report(data: RunData, invariants: Invariants) -> Report:
 
 def check(history: Iterable[Op], invariants: Invariants = Invariants()) -> Report:
     """Score a history (see :mod:`harness.checks` for the definitions). Pure, deterministic."""
-    return _report(accumulate((op.time, op.process, op.type, op.f, op.value) for op in history),
+    return _judged(((op.time, op.process, op.type, op.f, op.value) for op in history),
                    invariants)
+
+
+def _judged(ops: Iterable[tuple[float, str, str, str, Any]], invariants: Invariants) -> Report:
+    """One pass: the model accumulates every op; the presence part keeps the few it reads."""
+    kept: list[RawOp] = []
+
+    def tap() -> Iterator[tuple[float, str, str, str, Any]]:
+        for op in ops:
+            if op[3] in PRESENCE_OPS:
+                kept.append(op)
+            yield op
+
+    data = accumulate(tap())
+    return _report(data, invariants, judge_presence(kept))
 
 
 def _file_ops(paths: Iterable[str | Path]) -> Iterable[tuple[float, str, str, str, Any]]:
@@ -502,4 +551,4 @@ def check_files(paths: Iterable[str | Path], invariants: Invariants = Invariants
     process writes to one file. Malformed lines raise :class:`harness.history.HistoryError`
     (a torn final line, from a killed writer, is skipped as in ``iter_history``).
     """
-    return _report(accumulate(_file_ops(paths)), invariants)
+    return _judged(_file_ops(paths), invariants)

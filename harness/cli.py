@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plugin-off", action="store_true",
                      help="control of [[client_groups]]: pusher-js without @turnout/pusher-resume "
                      "(drops expected where the plugin resumes)")
+    run.add_argument("--no-reaper", action="store_true",
+                     help="presence negative control: nodes run without the reaper (ghost "
+                     "members expected after a node kill)")
     run.add_argument("--seed", type=int, help="seed for every random choice")
     run.add_argument("--scale", type=float, default=1.0, help="multiply client counts")
     run.add_argument("--target", help="external Pusher-protocol endpoint (ws:// or http://) "
@@ -205,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
     options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery,
-                         plugin_off=args.plugin_off, seed=args.seed,
+                         plugin_off=args.plugin_off, no_reaper=args.no_reaper,
+                         seed=args.seed,
                          scale=args.scale, target_url=args.target, app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
     progress = _Progress(experiment.name)

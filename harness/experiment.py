@@ -408,6 +408,14 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "report losses",
         ),
         Key(
+            "reaper",
+            Boolean(),
+            True,
+            "—",
+            "false runs the nodes with --no-reap-dead-nodes (presence without node liveness): "
+            "the presence negative control, whose killed node leaves ghost members",
+        ),
+        Key(
             "proxies",
             Choice(("auto", "all")),
             "auto",
@@ -528,6 +536,16 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "retries",
             "retries of a failed or indeterminate publish, each a new update with a new id",
         ),
+        Key(
+            "presence_channels",
+            Integer(0),
+            0,
+            "channels",
+            "presence channels the clients also join as users (client i joins "
+            "presence-room-<i mod n>, even ids as one user on every connection, odd ids as a "
+            "new user per connection); their member lists are checked (invariants.presence). "
+            "At most 50 clients per channel (the app's limit is 100 users)",
+        ),
     ),
     "phases": (
         Key("steady_s", _seconds(), 10.0, "s", "steady state before any fault"),
@@ -602,6 +620,15 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "leak detector: maximum RSS growth of any node process that ran 10 min past a "
             "5 min warm-up (least squares over per-minute medians; unset: not checked)",
         ),
+        Key(
+            "presence",
+            Integer(0),
+            0,
+            "problems",
+            "maximum presence problems after the final read: ghost and missing members in a "
+            "client's list, member events that contradict it (checked when "
+            "workload.presence_channels > 0)",
+        ),
     ),
 }
 
@@ -617,6 +644,7 @@ _INVARIANT_FIELDS: Final = {
     "recovery_s": "max_recovery_s",
     "min_delivered": "min_delivered",
     "rss_slope_mb_per_h": "max_rss_slope_mb_per_h",
+    "presence": "max_presence",
 }
 
 
@@ -1010,6 +1038,7 @@ class Cluster:
     socket_send_buffer_bytes: int = 0
     recovery: bool = True
     proxies: str = "auto"
+    reaper: bool = True
 
     @property
     def effective_history_size(self) -> int:
@@ -1040,6 +1069,11 @@ class Workload:
     payload_bytes: int = 600
     publish_timeout_s: float = 5.0
     publish_retries: int = 3
+    presence_channels: int = 0
+
+    @property
+    def presence_names(self) -> tuple[str, ...]:
+        return tuple(f"presence-room-{n}" for n in range(1, self.presence_channels + 1))
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -1138,6 +1172,15 @@ class Experiment:
             for f in self.faults
         )
         return dataclasses.replace(self, clients=clients, faults=faults)
+
+    def presence_negative_control(self) -> Experiment:
+        """The same experiment with the nodes' reaper off: a killed node's presence members
+        stay, and the presence check must report them (ghosts)."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-no-reaper",
+            cluster=dataclasses.replace(self.cluster, reaper=False),
+        )
 
     def negative_control(self) -> Experiment:
         """The same experiment with recovery off: it must report losses to prove the checker."""
@@ -1269,7 +1312,8 @@ class _Loader:
         clients = Clients(**parts["clients"])
         workload = Workload(**parts["workload"])
         phases = Phases(**parts["phases"])
-        invariants = Invariants(**{_INVARIANT_FIELDS[k]: v for k, v in parts["invariants"].items()})
+        invariants = Invariants(**{_INVARIANT_FIELDS[k]: v for k, v in parts["invariants"].items()},
+                                presence=workload.presence_channels > 0)
         raw_faults = data.get("faults", [])
         if not isinstance(raw_faults, list):
             raise self.error(
@@ -1385,6 +1429,12 @@ class _Loader:
                     f"expected at most workload.channels ({w.channels}), "
                     f"got {group.channels_per_client}",
                 )
+        if w.presence_channels and c.count > 50 * w.presence_channels:
+            raise self.error(
+                "workload.presence_channels",
+                f"expected at least {math.ceil(c.count / 50)} for {c.count} clients (at most 50 "
+                f"per presence channel), got {w.presence_channels}",
+            )
         if c.channels_per_client > w.channels:
             raise self.error(
                 "clients.channels_per_client",

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .history import HistoryWriter
-from .pusher_client import Backoff, Viewer
+from .pusher_client import Backoff, PresenceJoin, Viewer
 from .recording import Recorder
 from .ws_wire import (
     OP_CLOSE,
@@ -94,6 +94,21 @@ _EPOLLERR = select.EPOLLERR | select.EPOLLHUP
 class ClientSpec:
     id: int
     channels: tuple[str, ...]
+    #: a presence channel the viewer also joins as user ``u<id>`` ("" = none); with
+    #: ``fresh_user`` as a new user on each connection (``u<id>.<n>``)
+    presence: str = ""
+    fresh_user: bool = False
+
+    @classmethod
+    def from_dict(cls, c: dict[str, Any]) -> ClientSpec:
+        return cls(c["id"], tuple(c["channels"]), c.get("presence", ""),
+                   bool(c.get("fresh_user", False)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "channels": list(self.channels)}
+        if self.presence:
+            out.update(presence=self.presence, fresh_user=self.fresh_user)
+        return out
 
 
 @dataclass(frozen=True)
@@ -114,14 +129,16 @@ class FleetSpec:
     #: ids of the viewers whose every delivery is recorded as an op (the seeded sample)
     full_history: tuple[int, ...] = ()
     handshake_limit: int = 256
+    #: the app key presence joins are signed for; the secret comes in the worker's
+    #: environment (TURNOUT_APP_SECRET), never in this file
+    app_key: str = ""
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> FleetSpec:
         data = json.loads(raw)
         data["entries"] = tuple(data["entries"])
         data["source_addresses"] = tuple(data.get("source_addresses") or ("127.0.0.1",))
-        data["clients"] = tuple(ClientSpec(c["id"], tuple(c["channels"]))
-                                for c in data.get("clients", ()))
+        data["clients"] = tuple(ClientSpec.from_dict(c) for c in data.get("clients", ()))
         data["full_history"] = tuple(data.get("full_history", ()))
         return cls(**data)
 
@@ -129,7 +146,7 @@ class FleetSpec:
         return json.dumps({
             **{k: getattr(self, k) for k in self.__dataclass_fields__
                if k not in ("clients", "full_history")},
-            "clients": [{"id": c.id, "channels": list(c.channels)} for c in self.clients],
+            "clients": [c.to_dict() for c in self.clients],
             "full_history": list(self.full_history),
         })
 
@@ -229,10 +246,15 @@ class Worker:
         now = self.clock()
         rate = max(self.spec.connect_rate_per_s, 1e-3)
         for cs in specs:
+            presence = None
+            if cs.presence:
+                presence = PresenceJoin(cs.presence, f"u{cs.id}", self.spec.app_key,
+                                        os.environ.get("TURNOUT_APP_SECRET", ""),
+                                        fresh=cs.fresh_user)
             viewer = Viewer(cs.id, cs.channels, self.recorder, resume=self.spec.resume,
                             backoff=Backoff(self.spec.backoff_min_s, self.spec.backoff_max_s),
                             full=cs.id in self.full, silence_ping_s=self.spec.silence_ping_s,
-                            pong_timeout_s=self.spec.pong_timeout_s)
+                            pong_timeout_s=self.spec.pong_timeout_s, presence=presence)
             self.viewers.append(viewer)
             self.stats.clients += 1
             if paced:
@@ -535,8 +557,7 @@ class Worker:
     def command(self, command: dict[str, Any]) -> None:
         cmd = command.get("cmd")
         if cmd == "add_clients":
-            self.add_clients([ClientSpec(c["id"], tuple(c["channels"]))
-                              for c in command["clients"]], paced=False)
+            self.add_clients([ClientSpec.from_dict(c) for c in command["clients"]], paced=False)
         elif cmd == "storm":
             self.storm(int(command["count"]), float(command["duration_s"]),
                        str(command["channel"]))

@@ -37,13 +37,17 @@ def source_addresses(connections: int) -> tuple[str, ...]:
 
 
 def plan_clients(count: int, channels: Sequence[str], per_client: int, first_id: int = 1,
-                 ) -> list[ClientSpec]:
+                 presence: Sequence[str] = ()) -> list[ClientSpec]:
     """Client i subscribes to ``per_client`` consecutive channels starting at i (round robin),
-    so every channel has about the same number of subscribers."""
+    so every channel has about the same number of subscribers. With ``presence`` channels,
+    client i also joins ``presence[i % len]``: even ids as the same user on every connection,
+    odd ids as a new user each time (so a dead node's users must leave, not just come back)."""
     per_client = min(per_client, len(channels))
     return [
         ClientSpec(first_id + i, tuple(channels[(i + k) % len(channels)]
-                                       for k in range(per_client)))
+                                       for k in range(per_client)),
+                   presence[i % len(presence)] if presence else "",
+                   fresh_user=bool(presence) and (first_id + i) % 2 == 1)
         for i in range(count)
     ]
 
@@ -132,7 +136,7 @@ class FleetControl:
     async def start_workers(self, supervisor: Supervisor, *, entries: Sequence[str],
                             clients: Sequence[ClientSpec], history_dir: Path,
                             spec_kwargs: dict[str, Any], storm_capacity: int = 0,
-                            sources: Sequence[str] = ()) -> None:
+                            sources: Sequence[str] = (), app_secret: str = "") -> None:
         """Start the worker processes, ``clients`` spread round robin over them.
 
         ``spec_kwargs["connect_rate_per_s"]``, if given, is the whole fleet's ramp: each worker
@@ -160,13 +164,17 @@ class FleetControl:
                     source_addresses=addresses, clients=mine, seed=self.seed, **spec_kwargs)
                 spec_path = self.run_dir / f"fleet-w{worker.index}.json"
                 spec_path.write_text(spec.to_json())
-                nursery.start_soon(self._start_one, supervisor, worker, spec_path)
+                nursery.start_soon(self._start_one, supervisor, worker, spec_path, app_secret)
 
-    async def _start_one(self, supervisor: Supervisor, worker: _Worker, spec_path: Path) -> None:
+    async def _start_one(self, supervisor: Supervisor, worker: _Worker, spec_path: Path,
+                         app_secret: str) -> None:
+        env = {"PYTHONPATH": str(REPO_ROOT)}
+        if app_secret:  # presence joins are signed; the secret stays out of files and ps
+            env["TURNOUT_APP_SECRET"] = app_secret
         await supervisor.start(ProcessSpec(
             name=f"fleet-w{worker.index}",
             argv=[sys.executable, "-m", "harness.fleet", str(spec_path)],
-            env={"PYTHONPATH": str(REPO_ROOT)}, ready=None, stop_grace=5.0,
+            env=env, ready=None, stop_grace=5.0,
         ))
         with trio.fail_after(30):
             await worker.connected.wait()

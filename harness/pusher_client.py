@@ -22,13 +22,22 @@ reconnects, reset after a connection was established; a ``pusher:ping`` after
 stops reading; see ``stalled_until``); and a final read that completes once every subscription
 is answered, every replay a ``recovered: true`` promised has arrived and the line has been
 quiet for :data:`DRAIN_QUIET_S`.
+
+A viewer given a :class:`PresenceJoin` also joins one presence channel as a user (signed
+channel_data, as an app's auth endpoint would sign it), on every connection and without a
+position (a member list is a snapshot), and records its member list as ops for
+:mod:`harness.checks.presence`: ``members`` invoke when it subscribes, ``members`` ok with each
+``subscription_succeeded``'s list, ``member`` ok with each ``member_added``/``member_removed``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import random
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -43,6 +52,7 @@ __all__ = [
     "ESTABLISH_TIMEOUT_S",
     "FINISHED",
     "Backoff",
+    "PresenceJoin",
     "Subscription",
     "Viewer",
     "parse_update",
@@ -81,6 +91,30 @@ def parse_update(data: Any) -> tuple[str | None, int | None, float | None]:
         seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
         float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceJoin:
+    """The presence channel a viewer joins, and as whom: ``user``, or with ``fresh`` a new user
+    per connection (``user.1``, ``user.2``, ...: an anonymous page load each time)."""
+
+    channel: str
+    user: str
+    key: str
+    secret: str = field(repr=False)  # never in a log line
+    fresh: bool = False
+
+    def user_on(self, connection: int) -> str:
+        return f"{self.user}.{connection}" if self.fresh else self.user
+
+    def subscribe(self, socket_id: str, user: str) -> bytes:
+        """The signed pusher:subscribe (the signature covers socket_id:channel:channel_data)."""
+        channel_data = orjson.dumps({"user_id": user}).decode()
+        digest = hmac.new(self.secret.encode(), f"{socket_id}:{self.channel}:{channel_data}"
+                          .encode(), hashlib.sha256).hexdigest()
+        return orjson.dumps({"event": "pusher:subscribe", "data": {
+            "channel": self.channel, "channel_data": channel_data,
+            "auth": f"{self.key}:{digest}"}})
 
 
 class Backoff:
@@ -188,6 +222,10 @@ class Viewer:
         "outbox",
         "ping_sent",
         "pong_timeout_s",
+        "presence",
+        "presence_connections",
+        "presence_pending",
+        "presence_user",
         "process",
         "quiet_since",
         "reconnected_at",
@@ -201,7 +239,8 @@ class Viewer:
 
     def __init__(self, client_id: int, channels: tuple[str, ...], recorder: Recorder, *,
                  resume: bool = True, backoff: Backoff | None = None, full: bool = False,
-                 silence_ping_s: float = 5.0, pong_timeout_s: float = 5.0) -> None:
+                 silence_ping_s: float = 5.0, pong_timeout_s: float = 5.0,
+                 presence: PresenceJoin | None = None) -> None:
         self.id = client_id
         self.process = f"client-{client_id}"
         self.channels = channels
@@ -212,6 +251,10 @@ class Viewer:
         self.full = full
         self.silence_ping_s = silence_ping_s
         self.pong_timeout_s = pong_timeout_s
+        self.presence = presence
+        self.presence_pending = False
+        self.presence_connections = 0  # connections that joined the presence channel
+        self.presence_user = ""  # the user of the current connection's join
         self.outbox: list[bytes] = []
         self.connected = False  # pusher:connection_established seen on the current connection
         self.established = False  # the websocket is open (upgrade done)
@@ -245,6 +288,7 @@ class Viewer:
         self.due = math.inf
         for sub in self.subs.values():
             sub.pending = False
+        self.presence_pending = False
         if self.finished:
             return
         if was_connected:
@@ -269,7 +313,7 @@ class Viewer:
 
     @property
     def read_complete(self) -> bool:
-        if not self.connected:
+        if not self.connected or self.presence_pending:
             return False
         for sub in self.subs.values():
             if sub.pending or sub.replay_until >= 0:
@@ -357,6 +401,9 @@ class Viewer:
         event = message.get("event")
         if not isinstance(event, str):
             return None
+        if self.presence is not None and channel == self.presence.channel:
+            self._on_presence(event, message, now)
+            return None
         if not event.startswith("pusher"):
             if isinstance(channel, str):
                 self._deliver(channel, message, now)
@@ -443,7 +490,43 @@ class Viewer:
                 sub.stale_hold = now
             self.recorder.op(self.process, "invoke", "subscribe", value, now)
             self.outbox.append(orjson.dumps({"event": "pusher:subscribe", "data": data}))
+        if self.presence is not None:
+            self.presence_connections += 1
+            self.presence_user = self.presence.user_on(self.presence_connections)
+            self.presence_pending = True
+            self.recorder.op(self.process, "invoke", "members",
+                             {"channel": self.presence.channel, "user": self.presence_user},
+                             now)
+            self.outbox.append(self.presence.subscribe(str(socket_id), self.presence_user))
         return None
+
+    def _on_presence(self, event: str, message: dict[str, Any], now: float) -> None:
+        """A message on the presence channel: the member list and its changes, recorded."""
+        assert self.presence is not None
+        channel = self.presence.channel
+        data = message.get("data")
+        if isinstance(data, str):
+            try:
+                data = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                data = None
+        if event == "pusher_internal:subscription_succeeded":
+            self.presence_pending = False
+            presence = data.get("presence") if isinstance(data, dict) else None
+            ids = presence.get("ids") if isinstance(presence, dict) else None
+            self.recorder.op(self.process, "ok", "members",
+                             {"channel": channel, "user": self.presence_user,
+                              "members": [str(i) for i in ids or ()]}, now)
+        elif event in ("pusher_internal:member_added", "pusher_internal:member_removed"):
+            user = data.get("user_id") if isinstance(data, dict) else None
+            self.recorder.op(self.process, "ok", "member",
+                             {"channel": channel, "user": str(user),
+                              "change": "added" if event.endswith("added") else "removed"},
+                             now)
+        elif event == "pusher:subscription_error":
+            self.presence_pending = False
+            self.recorder.op(self.process, "fail", "members",
+                             {"channel": channel, "error": str(data)[:200]}, now)
 
     def _subscribed(self, channel: str, message: dict[str, Any], now: float) -> None:
         sub = self.subs.get(channel)

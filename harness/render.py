@@ -142,6 +142,18 @@ def render_markdown(report: Report, title: str = "turnout run",
         lines.append("")
     if cpu:
         lines += cpu_table_markdown(cpu)
+    if report.presence:
+        p = report.presence
+        lines += ["## Presence", "",
+                  f"- {p['finished']} of {p['viewers']} presence clients judged on "
+                  f"{p['channels']} channels; {p['connected_users']} users connected at the "
+                  f"end; {p['member_events']} member events",
+                  f"- ghosts {p['ghosts']}, missing {p['missing']}, inconsistent member "
+                  f"events {p['inconsistent']}, snapshots without self {p['self_missing']}, "
+                  f"never joined {p['no_snapshot']}"]
+        lines += [f"- {example}" for kind in sorted(p.get("examples") or {})
+                  for example in p["examples"][kind]]
+        lines += [""]
     if report.recording:
         recording = report.recording
         lines += ["## Recording", "",

@@ -70,6 +70,7 @@ class RunOptions:
     no_recovery: bool = False
     #: every [[client_groups]] entry without @turnout/pusher-resume (the plugin's control)
     plugin_off: bool = False
+    no_reaper: bool = False
     seed: int | None = None
     scale: float = 1.0
     # External Pusher-protocol endpoint (--target): no local cluster.
@@ -157,6 +158,8 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.negative_control()
     if options.plugin_off:
         experiment = experiment.plugin_off()
+    if options.no_reaper:
+        experiment = experiment.presence_negative_control()
     return experiment
 
 
@@ -344,6 +347,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 socket_send_buffer=cluster.socket_send_buffer_bytes,
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
+                reap_dead_nodes=cluster.reaper,
                 client_proxies=client_proxies, lb_proxies=lb_proxies)
             events.emit("phase", phase="setup")
             topology = await root.start(run_topology, spec, run_dir)
@@ -356,14 +360,16 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
         async with open_supervisor(run_dir / "logs") as fleet_supervisor:
             fleet = FleetControl(run_dir, clients_cfg.processes, seed=seed)
             await root.start(fleet.serve)
-            plan = plan_clients(clients_cfg.count, channels, clients_cfg.channels_per_client)
+            plan = plan_clients(clients_cfg.count, channels, clients_cfg.channels_per_client,
+                                presence=workload.presence_names)
             sample = random.Random(seed).sample(
                 [c.id for c in plan], min(clients_cfg.full_history, len(plan)))
             await fleet.start_workers(
                 fleet_supervisor, entries=ws_entries, clients=plan,
                 history_dir=run_dir / "parts", storm_capacity=storm,
-                sources=clients_cfg.source_addresses,
+                sources=clients_cfg.source_addresses, app_secret=app[2],
                 spec_kwargs={
+                    "app_key": app[1],
                     "connect_rate_per_s": clients_cfg.connect_rate_per_s,
                     "backoff_min_s": clients_cfg.reconnect_backoff_min_s,
                     "backoff_max_s": clients_cfg.reconnect_backoff_max_s,

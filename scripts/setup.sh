@@ -80,9 +80,12 @@ fi
 if [ -f tests/compat/package.json ]; then
     command -v node >/dev/null 2>&1 || die "node is missing: the pusher-js compatibility test needs Node.js 18+"
     command -v npm >/dev/null 2>&1 || die "npm is missing: the pusher-js compatibility test needs npm"
-    if [ ! -d tests/compat/node_modules/pusher-js ]; then
-        say "installing npm packages for tests/compat"
-        (cd tests/compat && npm install --no-audit --no-fund --silent) || die "npm install in tests/compat failed"
+    compat_sum="$(sha256sum tests/compat/package-lock.json | cut -d' ' -f1)"
+    if [ ! -f tests/compat/node_modules/.turnout-installed ] ||
+        [ "$(cat tests/compat/node_modules/.turnout-installed)" != "$compat_sum" ]; then
+        say "installing npm packages for tests/compat (pusher-js, laravel-echo)"
+        (cd tests/compat && npm ci --no-audit --no-fund --silent) || die "npm ci in tests/compat failed"
+        echo "$compat_sum" >tests/compat/node_modules/.turnout-installed
     fi
 fi
 

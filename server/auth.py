@@ -18,8 +18,10 @@ __all__ = [
     "channel_auth",
     "sign_request",
     "string_to_sign",
+    "user_auth",
     "verify_channel_auth",
     "verify_request",
+    "verify_user_auth",
 ]
 
 TIMESTAMP_WINDOW_S = 600
@@ -55,6 +57,19 @@ def verify_channel_auth(
     if not isinstance(auth, str):
         return False
     expected = channel_auth(key, secret, socket_id, channel, channel_data)
+    return hmac.compare_digest(expected.encode(), auth.encode())
+
+
+def user_auth(key: str, secret: str, socket_id: str, user_data: str) -> str:
+    """The ``auth`` of a pusher:signin: ``key:hex(hmac(socket_id::user::user_data))``."""
+    return f"{key}:{_hmac_hex(secret, f'{socket_id}::user::{user_data}')}"
+
+
+def verify_user_auth(key: str, secret: str, socket_id: str, user_data: str,
+                     auth: object) -> bool:
+    if not isinstance(auth, str):
+        return False
+    expected = user_auth(key, secret, socket_id, user_data)
     return hmac.compare_digest(expected.encode(), auth.encode())
 
 

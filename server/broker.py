@@ -18,6 +18,8 @@ from typing import Any
 
 import trio
 
+from .interfaces import PublishItem, PublishResult
+from .lua import PUBLISH_LUA, Script
 from .redis_link import (
     RedisClient,
     RedisConnection,
@@ -27,38 +29,11 @@ from .redis_link import (
     reply_int,
     reply_str,
 )
+from .store import Cached, ClusterStore, Keys, WebhookPolicy
 
 log = logging.getLogger("turnout.broker")
 
-__all__ = ["Broker", "HistoryEntry", "PublishResult"]
-
-# KEYS: meta hash, stream, pub/sub channel.
-# ARGV: epoch candidate, history size, ttl seconds, excluded socket id, message prefix.
-PUBLISH_LUA = """
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-  redis.call('DEL', KEYS[2])
-end
-local ttl = tonumber(ARGV[3])
-redis.call('EXPIRE', KEYS[1], ttl)
-if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'm', ARGV[5], 'x', ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-local message = ARGV[5] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-redis.call('PUBLISH', KEYS[3], offset .. ':' .. epoch .. ':' .. ARGV[4] .. ':' .. message)
-return {offset, epoch}
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    offset: int
-    epoch: str
-
+__all__ = ["PUBLISH_LUA", "Broker", "HistoryEntry", "PublishResult"]
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
@@ -81,17 +56,23 @@ class Broker:
     def __init__(
         self, *, host: str, port: int, db: int, key_prefix: str, node_id: str,
         history_size: int, history_ttl: float, on_message: MessageHandler,
-        on_link: LinkHandler, command_timeout: float = 2.0,
+        on_link: LinkHandler, command_timeout: float = 2.0, cache_ttl: float = 1800.0,
+        webhooks: Callable[[str], WebhookPolicy] | None = None,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = max(1, round(history_ttl))
+        self.cache_ttl = max(1, round(cache_ttl))
         self.key_prefix = key_prefix
         self.node_id = node_id
         self._host, self._port, self._db = host, port, db
         self._on_message = on_message
         self._on_link = on_link
         self.commands = RedisClient(host, port, db, command_timeout)
-        self._sha: str | None = None
+        self.keys = Keys(key_prefix)
+        self.webhooks = webhooks or (lambda app: WebhookPolicy())
+        self.store = ClusterStore(self.commands, self.keys, history_size=history_size,
+                                  history_ttl=self.history_ttl)
+        self._publish = Script(PUBLISH_LUA)
         # Pub/sub state. `_wanted` is the set of channels the hub wants; `_acks` counts
         # SUBSCRIBE/UNSUBSCRIBE commands not yet confirmed per channel, so a stale confirmation
         # can never mark a channel subscribed.
@@ -106,6 +87,8 @@ class Broker:
         self.published = 0
 
     # ------------------------------------------------------------------ key names
+    # (Spelled out, not through self.keys: bench/fanout.py calls these on a stand-in that
+    # has only key_prefix. They are store.Keys's names.)
     def channel_key(self, app_id: str, channel: str) -> bytes:
         return f"{self.key_prefix}:{app_id}:{channel}".encode()
 
@@ -116,30 +99,28 @@ class Broker:
         return f"{self.key_prefix}:{app_id}:{channel}:s"
 
     # ------------------------------------------------------------------ publishing
-    async def publish_many(
-        self, app_id: str, items: Iterable[tuple[str, bytes, str]]
-    ) -> list[PublishResult]:
-        """Publish (channel, message prefix, excluded socket id) items in one pipeline."""
+    async def publish_many(self, app_id: str, items: Iterable[PublishItem]
+                           ) -> list[PublishResult]:
+        """Publish items in one pipeline (PUBLISH_LUA once per item)."""
         items = list(items)
         if not self.link_up:
             # Refuse up front, so the caller knows for certain nothing was published (a
             # command sent into a partition may or may not have been applied).
             raise RedisUnreachable("redis link is down on this node; nothing was published")
-        if self._sha is None:
-            self._sha = reply_str(await self.commands.execute("SCRIPT", "LOAD", PUBLISH_LUA))
-        sha = self._sha or ""
-        commands = [
-            ("EVALSHA", sha, 3, self._meta(app_id, ch), self._stream(app_id, ch),
-             self.channel_key(app_id, ch), secrets.token_hex(4), self.history_size,
-             self.history_ttl, exclude, prefix)
-            for ch, prefix, exclude in items
-        ]
-        replies = await self.commands.execute_many(commands)
-        if any(isinstance(r, RedisError) and "NOSCRIPT" in str(r) for r in replies):
-            # Redis restarted and lost its script cache: reload and retry once. EVALSHA that
-            # failed with NOSCRIPT did not run, so nothing is published twice.
-            self._sha = None
-            return await self.publish_many(app_id, items)
+        policy = self.webhooks(app_id)
+        calls = []
+        for item in items:
+            keys = [self._meta(app_id, item.channel), self._stream(app_id, item.channel),
+                    self.channel_key(app_id, item.channel)]
+            args: list[Any] = [secrets.token_hex(4), self.history_size, self.history_ttl,
+                               item.exclude, item.prefix]
+            if item.cache or item.webhook:
+                keys.append(self.keys.cache(app_id, item.channel))
+                args.append(self.cache_ttl if item.cache else 0)
+                if item.webhook and policy.queue:
+                    args += [*policy.args(), item.webhook]
+            calls.append((keys, args))
+        replies = await self._publish.run_many(self.commands, calls)
         results = []
         for reply in replies:
             if isinstance(reply, RedisError):
@@ -186,42 +167,24 @@ class Broker:
             ))
         return reply_int(reply[0]), reply_str(reply[1]), out
 
-    # ------------------------------------------------------------------ cluster counts
-    async def write_counts(self, app_id: str, counts: dict[str, int], ttl: int) -> None:
-        key = f"{self.key_prefix}:{app_id}:counts:{self.node_id}"
-        commands: list[tuple[Any, ...]] = [("DEL", key)]
-        if counts:
-            flat: list[Any] = []
-            for ch, n in counts.items():
-                flat += [ch, n]
-            commands += [("HSET", key, *flat), ("EXPIRE", key, ttl)]
-        commands.append(("SADD", f"{self.key_prefix}:{app_id}:nodes", self.node_id))
-        for reply in await self.commands.execute_many(commands):
-            if isinstance(reply, RedisError):
-                raise reply
-
+    # ------------------------------------------------------------------ cluster reads (API)
     async def read_counts(self, app_id: str) -> dict[str, int]:
-        """Subscription counts summed over every node whose count hash has not expired."""
-        nodes_key = f"{self.key_prefix}:{app_id}:nodes"
-        nodes = await self.commands.execute("SMEMBERS", nodes_key)
-        names = sorted(reply_str(n) or "" for n in nodes or [])
-        replies = await self.commands.execute_many(
-            [("HGETALL", f"{self.key_prefix}:{app_id}:counts:{n}") for n in names]
-        )
-        totals: dict[str, int] = {}
-        stale = []
-        for name, reply in zip(names, replies, strict=True):
-            if isinstance(reply, RedisError):
-                raise reply
-            if not reply:
-                stale.append(name)
-                continue
-            for ch, n in zip(reply[::2], reply[1::2], strict=True):
-                key = reply_str(ch) or ""
-                totals[key] = totals.get(key, 0) + reply_int(n)
-        if stale:
-            await self.commands.execute("SREM", nodes_key, *stale)
-        return {ch: n for ch, n in totals.items() if n > 0}
+        """Cluster-wide subscriptions per occupied channel (user channels not listed)."""
+        totals = await self.store.read_totals(app_id)
+        return {ch: n for ch, n in totals.items()
+                if n > 0 and not ch.startswith((" ", "#"))}  # not connections, not internal
+
+    async def read_members(self, app_id: str, channel: str) -> dict[str, Any]:
+        return await self.store.members(app_id, channel)
+
+    async def read_user_counts(self, app_id: str, channels: list[str]) -> list[int]:
+        return await self.store.user_counts(app_id, channels)
+
+    async def read_cache(self, app_id: str, channel: str) -> tuple[Cached | None, int]:
+        return await self.store.read_cache(app_id, channel)
+
+    async def read_online(self, app_id: str, users: list[str]) -> list[str]:
+        return await self.store.online(app_id, users)
 
     # ------------------------------------------------------------------ pub/sub
     async def wait_subscribed(self, key: bytes) -> None:

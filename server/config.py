@@ -12,6 +12,7 @@ next, then the file, then the defaults.
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import re
@@ -28,6 +29,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     create_model,
     model_validator,
@@ -44,9 +46,11 @@ __all__ = [
     "DEV_APP",
     "ENV_PREFIX",
     "SECRET_FLAGS",
+    "WEBHOOK_EVENTS",
     "AppConfig",
     "Config",
     "ConfigError",
+    "WebhookConfig",
     "build_parser",
     "load_config",
     "secret_flag_warnings",
@@ -161,8 +165,56 @@ def _setting(default: Any = ..., doc: str = "", *, flag: str | None = None,
     return Field(default, description=doc, strict=True, json_schema_extra=extra, **constraints)
 
 
+#: Webhook event kinds (Pusher's six plus subscription_count).
+WEBHOOK_EVENTS = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
+                  "client_event", "cache_miss", "subscription_count")
+
+
+def _webhook_url(v: str) -> str:
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"{v!r} is not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{v!r} is not an http:// or https:// URL")
+    return v
+
+
+def _event_types(v: tuple[str, ...]) -> tuple[str, ...]:
+    for kind in v:
+        if kind not in WEBHOOK_EVENTS:
+            close = difflib.get_close_matches(kind, WEBHOOK_EVENTS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                f" (expected one of {', '.join(WEBHOOK_EVENTS)})"
+            raise ValueError(f"unknown webhook event type {kind!r}{hint}")
+    if not v:
+        raise ValueError("must list at least one event type")
+    return v
+
+
+def _origin_pattern(v: str) -> str:
+    if not v or any(c.isspace() for c in v):
+        raise ValueError(f"{v!r} is not an origin pattern")
+    return v
+
+
+@pydantic_dataclasses.dataclass(frozen=True, slots=True, config=_SCHEMA)
+class WebhookConfig:
+    """One webhook endpoint of an app: ``[[apps.webhooks]]`` with url and event_types."""
+
+    url: Annotated[str, AfterValidator(_webhook_url)] = Field(
+        strict=True, description="Where batches are POSTed (http:// or https://).")
+    event_types: Annotated[tuple[Annotated[str, Strict()], ...],
+                           AfterValidator(_event_types)] = Field(
+        default=WEBHOOK_EVENTS, description=f"Which events to send: any of "
+        f"{', '.join(WEBHOOK_EVENTS)} (default: all).")
+
+
 @pydantic_dataclasses.dataclass(frozen=True, slots=True, config=_SCHEMA)
 class AppConfig:
+    """One app: its credentials and its own settings (``[[apps]]`` tables in the TOML file)."""
+
     # Ids and keys appear in URL paths (/app/{key}, /apps/{id}/events): no '/' or spaces.
     id: Annotated[str, _pattern(r"[A-Za-z0-9_.:-]{1,128}",
                                 "app id ([A-Za-z0-9_.:-], 1-128 characters)")] = \
@@ -172,6 +224,40 @@ class AppConfig:
         Field(strict=True)
     # Kept out of repr so logging a Config never leaks a signing secret.
     secret: Annotated[str, AfterValidator(_non_empty)] = Field(repr=False, strict=True)
+    enabled: bool = _setting(
+        True, "A disabled app refuses websockets (4003) and its HTTP API answers 403.")
+    enable_client_events: bool = _setting(
+        False, "Relay client-* events between subscribers of private and presence channels "
+        "(Pusher's 'Enable client events'); off: they are refused with pusher:error 4301.")
+    client_event_rate: float = _setting(
+        10.0, "Client events one connection may send per second (a bucket of as many); one "
+        "more closes the connection with 4301.", gt=0, le=10_000)
+    max_connections: int = _setting(
+        0, "Websocket connections of this app across the whole cluster; 0 = no limit. One "
+        "more is refused with 4004 (checked against the other nodes' counts of the last "
+        "second).", ge=0)
+    allowed_origins: tuple[Annotated[str, Strict(), AfterValidator(_origin_pattern)], ...] = \
+        Field(default=("*",), min_length=1, description="Origin header values a browser "
+        "websocket may come from: '*', a full origin "
+        "('https://app.example.com', '*' wildcards allowed: 'https://*.example.com') or a "
+        "host ('example.com', '*.example.com'). A handshake without Origin (not a browser) "
+        "is allowed; any other origin is refused with 4009.",
+        json_schema_extra={"expect": "an array of strings"})
+    max_presence_members: int = _setting(
+        100, "Members (distinct users) of one presence channel; one more user is refused "
+        "with pusher:subscription_error (status 403).", ge=1, le=100_000)
+    max_presence_user_info: Bytes = _setting(
+        1024, "Largest user_info of a presence member, in bytes of JSON.", ge=2, le=65536)
+    subscription_count_events: bool = _setting(
+        False, "Send pusher_internal:subscription_count to the subscribers of a channel when "
+        "its cluster-wide count changes (at most once a second per channel).")
+    webhooks: tuple[WebhookConfig, ...] = Field(
+        default=(), description="Webhook endpoints ([[apps.webhooks]] with url and "
+        "event_types).", json_schema_extra={"expect": "an array of tables ([[apps.webhooks]])"})
+
+    def webhook_types(self) -> frozenset[str]:
+        """Every event type some endpoint of this app wants."""
+        return frozenset(t for hook in self.webhooks for t in hook.event_types)
 
 
 #: The app a --dev node serves when none is configured. Its secret is in this file: public.
@@ -276,6 +362,17 @@ class Config:
                  "Redis.")
     position_check_interval: Seconds = _setting(
         1.0, "Seconds between checks of this node's channels' stream tops.", gt=0)
+    node_timeout: Seconds = _setting(
+        5.0, "Seconds without a heartbeat (sent every node_timeout/5) after which the "
+        "cluster counts a node dead: its presence members are removed (member_removed sent "
+        "once), its subscriptions leave the channel counts. A killed node's members are gone "
+        "within node_timeout + about 1.2 s (the reaper runs every 1 s ± 20 %).", ge=1, le=300)
+    reap_dead_nodes: bool = _setting(
+        True, "Remove a dead node's presence members and subscription counts (the reaper; "
+        "see node_timeout). Off only as the harness's negative control "
+        "(experiments/presence.toml): a killed node's members then stay as ghosts.")
+    cache_ttl: Seconds = _setting(
+        1800.0, "Seconds a cache channel keeps its last event after it was published.", gt=0)
     log_level: Annotated[str, AfterValidator(_log_level)] = _setting(
         "info", f"Log level, one of {', '.join(LOG_LEVELS)}.")
 
@@ -330,6 +427,7 @@ def _raise_setting_errors(cls: type) -> None:
 
 _raise_setting_errors(Config)
 _raise_setting_errors(AppConfig)
+_raise_setting_errors(WebhookConfig)
 
 # ----------------------------------------------------------------------------- the layers
 

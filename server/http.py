@@ -19,6 +19,7 @@ within ``body_timeout`` of the head.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import http
 import logging
 import socket
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("turnout.http")
 
-__all__ = ["MAX_BODY", "Route", "SocketHost", "serve_socket", "split_target"]
+__all__ = ["MAX_BODY", "Route", "SocketHost", "origin_allowed", "serve_socket", "split_target"]
 
 #: Answers one HTTP request: (method, path, query, headers, body, peer) -> Response.
 Route = Callable[[str, str, str, dict[str, str], bytes, str], Awaitable["Response"]]
@@ -414,9 +415,30 @@ async def _upgrade(host: SocketHost, sock: socket.socket, conn: h11.Connection,
     if "protocol" not in query:
         await _reject_ws(host, sock, peer, protocol.NO_PROTOCOL, "no protocol version supplied")
         return None
-    if query["protocol"] != str(protocol.SUPPORTED_PROTOCOL):
+    if not (query["protocol"].isascii() and query["protocol"].isdigit()):
+        await _reject_ws(host, sock, peer, protocol.INVALID_VERSION,
+                         f"invalid protocol version {clip(query['protocol'], 16)}; use 7")
+        return None
+    if query["protocol"] not in protocol.SUPPORTED_PROTOCOLS:
         await _reject_ws(host, sock, peer, protocol.UNSUPPORTED_PROTOCOL,
-                         f"unsupported protocol version {clip(query['protocol'], 16)}; use 7")
+                         f"unsupported protocol version {clip(query['protocol'], 16)}; "
+                         "use 5, 6 or 7")
+        return None
+    if not app.enabled:
+        host.context.stats.rejected_connections += 1
+        await _reject_ws(host, sock, peer, protocol.APP_DISABLED, "app is disabled")
+        return None
+    origin = headers.get("origin")
+    if origin is not None and not origin_allowed(origin, app.allowed_origins):
+        host.context.stats.rejected_connections += 1
+        await _reject_ws(host, sock, peer, protocol.UNAUTHORIZED,
+                         f"origin {clip(origin, 100)} is not allowed for this app")
+        return None
+    if app.max_connections and \
+            host.context.cluster.app_connections(app.id) >= app.max_connections:
+        host.context.stats.rejected_connections += 1
+        await _reject_ws(host, sock, peer, protocol.OVER_QUOTA,
+                         f"app is over its connection quota ({app.max_connections})")
         return None
     if host.draining:
         await _reject_ws(host, sock, peer, protocol.RECONNECT,
@@ -435,6 +457,7 @@ async def _run_websocket(host: SocketHost, sock: socket.socket, app: AppConfig, 
     ws = Connection(host.context, sock, app, peer)
     host.connections[ws] = None
     host.context.stats.connections_total += 1
+    host.context.cluster.connection_opened(app.id)
     try:
         ws.session.welcome(ws)
         await ws.run(initial)
@@ -443,5 +466,26 @@ async def _run_websocket(host: SocketHost, sock: socket.socket, app: AppConfig, 
         return ws.fail_internal()
     finally:
         host.connections.pop(ws, None)  # first: nothing below may leave it registered
+        host.context.cluster.connection_closed(app.id)
         host.context.channels.drop_connection(ws)
     return ws.reset
+
+
+def origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a handshake's Origin matches one of an app's allowed_origins: '*', a full
+    origin ('https://*.example.com'), or a host ('*.example.com'); case-insensitive."""
+    origin = origin.strip().lower()
+    try:
+        host = (urlsplit(origin).hostname or "") if "://" in origin else origin
+    except ValueError:  # a malformed origin ('http://[x') matches only '*'
+        host = ""
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern == "*":
+            return True
+        if "://" in pattern:
+            if fnmatch.fnmatchcase(origin, pattern):
+                return True
+        elif host and fnmatch.fnmatchcase(host, pattern):
+            return True
+    return False

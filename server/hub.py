@@ -14,16 +14,20 @@ seam with no hole and no duplicate.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from . import protocol
 from .broker import Broker
+from .cluster import LocalCluster
 from .frames import encode_text
-from .interfaces import Position, Subscriber, SubscribeRefused
+from .interfaces import ChannelFull, Member, Position, Subscriber, SubscribeRefused
 from .redis_link import RedisError, RedisLinkDown
+from .store import NO_WEBHOOKS, PresenceFull, WebhookPolicy
 
 log = logging.getLogger("turnout.hub")
 
@@ -35,14 +39,58 @@ MAX_PENDING = 10_000
 SETTLE_TIMEOUT = 5.0
 CATCHUP_RETRY_MIN = 0.1
 CATCHUP_RETRY_MAX = 2.0
+# Presence leaves sent per pipeline; how often a node re-checks its memberships in Redis
+# against the members it holds (anti-entropy for a join that landed after its client left).
+LEAVE_BATCH = 500
+PRESENCE_RECONCILE_INTERVAL = 30.0
+SUBSCRIPTION_COUNT_INTERVAL = 1.0
+_TERMINATE = b'{"event":"%s"' % protocol.TERMINATE_EVENT.encode()
+
+
+class _SnapshotGone(Exception):
+    """The channel's history was reset between a snapshot and the node reaching it."""
 
 
 class _Joiner:
-    __slots__ = ("conn", "frames")
+    """A subscriber between its snapshot (or replay target) and going live: what the node
+    delivers meanwhile is buffered, with the epoch it was delivered in."""
 
-    def __init__(self, conn: Subscriber) -> None:
+    __slots__ = ("conn", "epoch", "frames")
+
+    def __init__(self, conn: Subscriber, epoch: str | None) -> None:
         self.conn = conn
-        self.frames: list[tuple[int, bytes]] = []
+        self.epoch = epoch  # the node's epoch for the channel when buffering started
+        self.frames: list[tuple[int, str | None, bytes]] = []
+
+    def after(self, offset: int, epoch: str | None) -> list[bytes]:
+        """The buffered frames after position (offset, epoch), in delivery order.
+
+        Frames of an older epoch than ``epoch`` (the node was still behind when buffering
+        began) predate the position; frames of a later one (the history was reset while
+        we waited) all come after it.
+        """
+        seen = self.epoch == epoch
+        out = []
+        for frame_offset, frame_epoch, frame in self.frames:
+            if frame_epoch == epoch:
+                seen = True
+                if frame_offset > offset:
+                    out.append(frame)
+            elif seen:
+                out.append(frame)
+        return out
+
+
+class _PresenceMember:
+    """A presence membership held by this node: its user, its unique key in Redis and the
+    membership set it is in (the presence channel, or protocol.ONLINE for a sign-in)."""
+
+    __slots__ = ("channel", "key", "member")
+
+    def __init__(self, key: str, member: Member, channel: str) -> None:
+        self.key = key  # socket id + '#' + a node-wide serial: a re-join is a new membership
+        self.member = member
+        self.channel = channel
 
 
 class _Pending:
@@ -57,8 +105,8 @@ class _Pending:
 
 class ChannelState:
     __slots__ = ("app_id", "catching_up", "catchup_again", "catchup_running", "epoch",
-                 "init_lock", "joiners", "key", "last", "name", "pending", "ready", "settled",
-                 "subscribers", "suspect_top")
+                 "init_lock", "internal", "joiners", "key", "last", "last_count", "members",
+                 "name", "pending", "ready", "settled", "subscribers", "suspect_top", "user")
 
     def __init__(self, app_id: str, name: str, key: bytes) -> None:
         self.app_id = app_id
@@ -66,6 +114,13 @@ class ChannelState:
         self.key = key
         self.subscribers: dict[Subscriber, None] = {}
         self.joiners: list[_Joiner] = []
+        # Presence memberships of this node's subscribers (presence channels only).
+        self.members: dict[Subscriber, _PresenceMember] = {}
+        # A user's #server-to-user- channel: carries the terminate event.
+        self.user = protocol.is_user_channel(name)
+        # Subscribed to by the server for a connection (user, watchlist): not counted.
+        self.internal = protocol.is_internal(name)
+        self.last_count = -1  # cluster-wide count last sent as subscription_count
         self.epoch: str | None = None
         self.last = 0
         self.ready = False
@@ -88,14 +143,29 @@ class Hub:
     through). Start with ``nursery.start(hub.serve)``."""
 
     def __init__(self, broker_factory: Any, *, position_check_interval: float,
-                 history_enabled: bool) -> None:
+                 history_enabled: bool,
+                 max_members: Callable[[str], int] = lambda app: 100,
+                 webhooks: Callable[[str], WebhookPolicy] = lambda app: NO_WEBHOOKS,
+                 subscription_count_apps: Callable[[], list[str]] = lambda: []) -> None:
         self.channels: dict[bytes, ChannelState] = {}
         self.broker: Broker = broker_factory(self._on_message, self._on_link)
         self.position_check_interval = position_check_interval
         self.history_enabled = history_enabled
+        self.max_members = max_members
+        self.webhooks = webhooks
+        self.subscription_count_apps = subscription_count_apps
+        # The node's membership in the cluster (server.cluster.Cluster once wired by Node).
+        self.cluster: Any = LocalCluster()
         self._nursery: trio.Nursery | None = None
-        self._counts_dirty: set[str] = set()
-        self._counts_event = trio.Event()
+        # Presence memberships to remove from Redis (app, channel, member key): at most one
+        # per membership this node held, so bounded by them; retried until Redis takes them.
+        self._leaves: dict[tuple[str, str, str], None] = {}
+        self._leaves_event = trio.Event()
+        self._joining: set[str] = set()  # node-set entries of joins in flight
+        self._member_serial = itertools.count(1)
+        self.terminated = 0
+        self.presence_joins = 0
+        self.presence_leaves = 0
         self.delivered = 0
         self.frames_out = 0
         self.gaps_detected = 0
@@ -108,7 +178,9 @@ class Hub:
             self._nursery = nursery
             await nursery.start(self.broker.serve)
             nursery.start_soon(self._position_checker)
-            nursery.start_soon(self._count_syncer)
+            nursery.start_soon(self._leaver)
+            nursery.start_soon(self._presence_reconciler)
+            nursery.start_soon(self._subscription_counter)
             task_status.started()
 
     # ------------------------------------------------------------------ Redis → hub
@@ -153,6 +225,10 @@ class Hub:
 
     def _deliver(self, state: ChannelState, offset: int, message: bytes, exclude: str) -> None:
         """Frame once; write the same bytes to every subscriber without waiting on any."""
+        if state.user and message.startswith(_TERMINATE):
+            state.last = offset
+            self._terminate(state)
+            return
         frame = encode_text(message)
         state.last = offset
         n = 0
@@ -162,7 +238,7 @@ class Hub:
                 n += 1
         for joiner in state.joiners:
             if joiner.conn.socket_id != exclude:
-                joiner.frames.append((offset, frame))
+                joiner.frames.append((offset, state.epoch, frame))
         self.delivered += 1
         self.frames_out += n
 
@@ -277,8 +353,41 @@ class Hub:
                 return state
 
     async def subscribe(self, conn: Subscriber, app_id: str, name: str,
-                        position: Position | None) -> None:
-        """Subscribe ``conn``; replays from ``position`` when given. Raises SubscribeRefused."""
+                        position: Position | None, *, member: Member | None = None,
+                        quiet: bool = False) -> None:
+        """Subscribe ``conn``; replays from ``position`` when given. Raises SubscribeRefused,
+        ChannelFull.
+
+        Presence and cache channels start from a *snapshot* (the members, the cached event)
+        read from Redis atomically with the channel's position: the subscriber is buffered
+        as a joiner first, so every event after that position reaches it exactly once.
+        ``quiet``: no subscription_succeeded (the user channel a sign-in subscribes to).
+        """
+        previous: ChannelState | None = conn.channels.get(name)
+        if previous is not None:
+            # Subscribed again without unsubscribing: deliveries continue from the new answer
+            # only (not twice while the new subscription buffers).
+            previous.subscribers.pop(conn, None)
+        try:
+            if member is not None and protocol.is_user_channel(name):
+                await self._subscribe_plain(conn, app_id, name, position, quiet)
+                await self._join_online(conn, app_id, name, member)
+            elif member is not None or protocol.is_cache(name):
+                await self._subscribe_snapshot(conn, app_id, name, position, member, quiet)
+            else:
+                await self._subscribe_plain(conn, app_id, name, position, quiet)
+        except BaseException:
+            kept: bool = conn.channels.get(name) is previous
+            if previous is not None and kept:
+                registered: bool = self.channels.get(previous.key) is previous
+                if registered:
+                    previous.subscribers[conn] = None
+                else:
+                    conn.channels.pop(name, None)
+            raise
+
+    async def _subscribe_plain(self, conn: Subscriber, app_id: str, name: str,
+                               position: Position | None, quiet: bool) -> None:
         key = self.broker.channel_key(app_id, name)
         joiner: _Joiner | None = None
         try:
@@ -292,35 +401,17 @@ class Hub:
                 if position is not None and position[1] == (state.epoch or "") and \
                         position[0] > state.last:
                     await self._wait_until_passed(state, position[0])
-                replay: list[tuple[int, bytes]] = []
+                replay: list[bytes] = []
                 recovered: bool | None = None
-                since = state.last
+                since, epoch = state.last, state.epoch
                 if position is not None:
                     p_offset, p_epoch = position
-                    recovered = p_epoch == (state.epoch or "") and p_offset <= state.last
-                    if recovered and p_offset < state.last:
-                        if not self.history_enabled:
-                            recovered = False
-                        else:
-                            joiner = _Joiner(conn)
-                            state.joiners.append(joiner)
-                            target = state.last
-                            _, epoch, entries = await self.broker.read_history(
-                                app_id, name, p_offset + 1, target
-                            )
-                            complete = (
-                                epoch == state.epoch and len(entries) == target - p_offset
-                                and entries[0].offset == p_offset + 1
-                            )
-                            if complete:
-                                replay = [
-                                    (e.offset, encode_text(protocol.with_position(
-                                        e.prefix, e.offset, epoch or "")))
-                                    for e in entries if e.exclude != conn.socket_id
-                                ]
-                                since = target
-                            else:
-                                recovered = False
+                    recovered = p_epoch == (epoch or "") and p_offset <= since
+                    if recovered and p_offset < since:
+                        joiner = _Joiner(conn, epoch)
+                        state.joiners.append(joiner)
+                        replay, recovered = await self._replay(
+                            conn, app_id, name, p_offset, since, epoch)
                     elif recovered:
                         since = p_offset
         except (RedisLinkDown, RedisError, trio.TooSlowError) as exc:
@@ -333,17 +424,156 @@ class Hub:
         # live delivery happen atomically with respect to the fan-out.
         if joiner is not None:
             state.joiners.remove(joiner)
-        conn.send_message(protocol.subscription_succeeded(
-            name, offset=since, epoch=state.epoch, recovered=recovered))
-        for _, frame in replay:
+        if not quiet:
+            conn.send_message(protocol.subscription_succeeded(
+                name, offset=since, epoch=epoch, recovered=recovered))
+        for frame in replay:
             conn.send(frame)
         if joiner is not None:
-            for offset, frame in joiner.frames:
-                if offset > since:
-                    conn.send(frame)
+            for frame in joiner.after(since, epoch):
+                conn.send(frame)
+        self._go_live(conn, state, name)
+
+    async def _subscribe_snapshot(self, conn: Subscriber, app_id: str, name: str,
+                                  position: Position | None, member: Member | None,
+                                  quiet: bool) -> None:
+        key = self.broker.channel_key(app_id, name)
+        joiner: _Joiner | None = None
+        membership: _PresenceMember | None = None
+        entry = ""
+        try:
+            with trio.fail_after(SETTLE_TIMEOUT):
+                state = await self._ready_state(app_id, name)
+                await state.settled.wait()
+                # Buffer from before the snapshot: every event after its position that this
+                # node delivers from now on reaches the joiner.
+                joiner = _Joiner(conn, state.epoch)
+                state.joiners.append(joiner)
+                store = self.broker.store
+                if member is not None:
+                    membership = _PresenceMember(
+                        f"{conn.socket_id}#{next(self._member_serial)}", member, name)
+                    entry = store.entry(app_id, name, membership.key)
+                    self._joining.add(entry)
+                    snapshot = await store.join(
+                        app_id, name, self.cluster.incarnation, membership.key,
+                        member.user_id, member.user_info, max_members=self.max_members(app_id),
+                        webhooks=self.webhooks(app_id))
+                    self.presence_joins += 1
+                else:
+                    snapshot = await store.snapshot(app_id, name, webhooks=self.webhooks(app_id))
+                await self._wait_for_position(state, snapshot.offset, snapshot.epoch)
+                since, epoch = snapshot.offset, snapshot.epoch
+                replay: list[bytes] = []
+                recovered: bool | None = None
+                if position is not None:
+                    p_offset, p_epoch = position
+                    if p_epoch == "":
+                        p_epoch = epoch
+                    recovered = p_epoch == epoch and p_offset <= since
+                    if recovered and p_offset < since:
+                        # Member events are not replayed: the snapshot's members supersede them.
+                        replay, recovered = await self._replay(
+                            conn, app_id, name, p_offset, since, epoch,
+                            skip_members=member is not None)
+        except PresenceFull:
+            self._abandon(key, joiner, entry)
+            raise ChannelFull(f"presence channel {name} has {self.max_members(app_id)} "
+                              "members already") from None
+        except (RedisLinkDown, RedisError, trio.TooSlowError, _SnapshotGone) as exc:
+            self._abandon(key, joiner, entry, membership, app_id, name)
+            raise SubscribeRefused(f"cannot subscribe to {name} now: {exc}") from None
+        except BaseException:
+            self._abandon(key, joiner, entry, membership, app_id, name)
+            raise
+        # Atomic from here, as in subscribe().
+        state.joiners.remove(joiner)
+        self._joining.discard(entry)
+        if not quiet:
+            data = b'"{}"' if snapshot.members is None else protocol.presence_data(
+                snapshot.members)
+            conn.send_message(protocol.subscription_succeeded(
+                name, offset=since, epoch=epoch, recovered=recovered, data=data))
+        for frame in replay:
+            conn.send(frame)
+        if recovered is not True and protocol.is_cache(name):
+            if snapshot.cached is not None:
+                conn.send_message(protocol.cached_event(snapshot.cached.prefix))
+            else:
+                conn.send_message(protocol.cache_miss(name))
+        for frame in joiner.after(since, epoch):
+            conn.send(frame)
+        if membership is not None:
+            old = state.members.pop(conn, None)
+            if old is not None:  # subscribed again on the same connection: one membership
+                self._leave(app_id, old.channel, old.key)
+            state.members[conn] = membership
+        self._go_live(conn, state, name)
+
+    async def _join_online(self, conn: Subscriber, app_id: str, name: str,
+                           member: Member) -> None:
+        """The connection signed in (``name`` is its user channel): the user is online."""
+        state: ChannelState | None = conn.channels.get(name)
+        if state is None or conn in state.members:
+            return
+        membership = _PresenceMember(f"{conn.socket_id}#{next(self._member_serial)}", member,
+                                     protocol.ONLINE)
+        entry = self.broker.store.entry(app_id, protocol.ONLINE, membership.key)
+        self._joining.add(entry)
+        try:
+            with trio.fail_after(SETTLE_TIMEOUT):
+                await self.broker.store.join(app_id, protocol.ONLINE, self.cluster.incarnation,
+                                             membership.key, member.user_id, None,
+                                             max_members=2**62)
+        except (RedisLinkDown, RedisError, trio.TooSlowError) as exc:
+            self._leave(app_id, protocol.ONLINE, membership.key)
+            self.unsubscribe(conn, name)
+            raise SubscribeRefused(f"cannot sign in now: {exc}") from None
+        except BaseException:
+            self._leave(app_id, protocol.ONLINE, membership.key)
+            raise
+        finally:
+            self._joining.discard(entry)
+        if conn.channels.get(name) is state and state is not None:
+            state.members[conn] = membership
+        else:  # the connection left meanwhile
+            self._leave(app_id, protocol.ONLINE, membership.key)
+
+    async def _replay(self, conn: Subscriber, app_id: str, name: str, after: int, upto: int,
+                      epoch: str | None, *, skip_members: bool = False
+                      ) -> tuple[list[bytes], bool]:
+        """Frames of the stream's (after, upto] for ``conn``, and whether they are complete."""
+        if not self.history_enabled:
+            return [], False
+        _, stream_epoch, entries = await self.broker.read_history(app_id, name, after + 1, upto)
+        complete = (stream_epoch == epoch and len(entries) == upto - after
+                    and entries[0].offset == after + 1)
+        if not complete:
+            return [], False
+        return [encode_text(protocol.with_position(e.prefix, e.offset, epoch or ""))
+                for e in entries
+                if e.exclude != conn.socket_id and not e.prefix.startswith(_TERMINATE)
+                and not (skip_members and protocol.is_member_event(e.prefix))], True
+
+    async def _wait_for_position(self, state: ChannelState, offset: int, epoch: str) -> None:
+        """Wait until this node has delivered the channel through (offset, epoch), so no event
+        at or before a snapshot reaches its subscriber live. Raises _SnapshotGone if the
+        channel's history moved past it (its epoch was reset meanwhile)."""
+        while offset > 0 and not (state.epoch == epoch and state.last >= offset):
+            if self.history_enabled:
+                self._start_catch_up(state)
+                await state.settled.wait()
+                if state.epoch == epoch and state.last >= offset:
+                    return
+            ((top, top_epoch),) = await self.broker.read_top(state.app_id, [state.name])
+            if top_epoch != epoch or top < offset:
+                raise _SnapshotGone(f"channel {state.name} was reset during the subscription")
+            await trio.sleep(0.05)
+
+    def _go_live(self, conn: Subscriber, state: ChannelState, name: str) -> None:
         state.subscribers[conn] = None
         conn.channels[name] = state
-        self._count_changed(app_id)
+        self._count_changed(state)
 
     async def _wait_until_passed(self, state: ChannelState, offset: int) -> None:
         """Wait until this node has delivered the channel up to ``offset``.
@@ -368,10 +598,16 @@ class Hub:
                 return
             await trio.sleep(0.05)
 
-    def _abandon(self, key: bytes, joiner: _Joiner | None) -> None:
+    def _abandon(self, key: bytes, joiner: _Joiner | None, entry: str = "",
+                 membership: _PresenceMember | None = None, app_id: str = "",
+                 name: str = "") -> None:
         state = self.channels.get(key)
         if state is not None and joiner is not None and joiner in state.joiners:
             state.joiners.remove(joiner)
+        self._joining.discard(entry)
+        if membership is not None:
+            # The join may have reached Redis before the failure: leave (idempotent).
+            self._leave(app_id, membership.channel, membership.key)
         self._maybe_release(key)
 
     def unsubscribe(self, conn: Subscriber, name: str) -> None:
@@ -379,12 +615,89 @@ class Hub:
         if state is None:
             return
         state.subscribers.pop(conn, None)
-        self._count_changed(state.app_id)
+        membership = state.members.pop(conn, None)
+        if membership is not None:
+            self._leave(state.app_id, membership.channel, membership.key)
+        self._count_changed(state)
         self._maybe_release(state.key)
 
     def drop_connection(self, conn: Subscriber) -> None:
         for name in list(conn.channels):
             self.unsubscribe(conn, name)
+
+    def _terminate(self, state: ChannelState) -> None:
+        """The app ended this user's connections (POST .../terminate_connections)."""
+        for conn in list(state.subscribers):
+            self.terminated += 1
+            conn.close(protocol.UNAUTHORIZED, "connection terminated by the app")
+        for joiner in state.joiners:
+            joiner.conn.close(protocol.UNAUTHORIZED, "connection terminated by the app")
+
+    # ------------------------------------------------------------------ presence upkeep
+    def _leave(self, app_id: str, name: str, member_key: str) -> None:
+        self._leaves[(app_id, name, member_key)] = None
+        self._leaves_event.set()
+
+    async def _leaver(self) -> None:
+        """Send queued presence leaves to Redis, in batches, retrying until it takes them."""
+        while True:
+            await self._leaves_event.wait()
+            self._leaves_event = trio.Event()
+            while self._leaves:
+                batch = list(itertools.islice(self._leaves, LEAVE_BATCH))
+                try:
+                    await self.broker.store.leave_many(
+                        [(app, ch, self.cluster.incarnation, key) for app, ch, key in batch],
+                        webhooks=self.webhooks)
+                except (RedisLinkDown, RedisError) as exc:
+                    log.info("presence leaves wait for redis: %s", exc)
+                    await trio.sleep(0.5)
+                    continue
+                self.presence_leaves += len(batch)
+                for item in batch:
+                    self._leaves.pop(item, None)
+
+    async def resync_presence(self) -> None:
+        """Make Redis hold exactly this node's memberships: join those it lost (a reaper
+        took them while we were cut off), leave those it should not have (a join that
+        landed after its client had gone)."""
+        store = self.broker.store
+        registered = await store.node_entries(self.cluster.incarnation)
+        local: dict[str, tuple[ChannelState, _PresenceMember]] = {}
+        for state in list(self.channels.values()):
+            for membership in state.members.values():
+                local[store.entry(state.app_id, membership.channel, membership.key)] = (
+                    state, membership)
+        stale = registered - local.keys() - self._joining
+        for entry in stale:
+            app, channel, key = entry.split("\n", 2)
+            self._leave(app, channel, key)
+        missing = [local[entry] for entry in local.keys() - registered]
+        for start in range(0, len(missing), LEAVE_BATCH):
+            batch = [(state, m) for state, m in missing[start:start + LEAVE_BATCH]
+                     if m in state.members.values()]
+            results = await store.join_many([
+                (state.app_id, m.channel, self.cluster.incarnation, m.key, m.member.user_id,
+                 None if m.channel == protocol.ONLINE else m.member.user_info,
+                 2**62 if m.channel == protocol.ONLINE else self.max_members(state.app_id))
+                for state, m in batch], self.webhooks)
+            for (state, m), result in zip(batch, results, strict=True):
+                if result is None:
+                    log.warning("presence channel %s filled up while this node was away: %s "
+                                "is no longer a member", state.name, m.member.user_id)
+        if stale or local.keys() - registered:
+            log.info("presence resync: %d memberships re-joined, %d stale ones left",
+                     len(local.keys() - registered), len(stale))
+
+    async def _presence_reconciler(self) -> None:
+        while True:
+            await trio.sleep(PRESENCE_RECONCILE_INTERVAL)
+            if not self.broker.link_up or not any(s.members for s in self.channels.values()):
+                continue
+            try:
+                await self.resync_presence()
+            except (RedisLinkDown, RedisError) as exc:
+                log.debug("presence reconcile failed: %s", exc)
 
     def _maybe_release(self, key: bytes) -> None:
         state = self.channels.get(key)
@@ -425,37 +738,45 @@ class Hub:
                     else:
                         state.suspect_top = top if top > state.last else None
 
-    def _count_changed(self, app_id: str) -> None:
-        self._counts_dirty.add(app_id)
-        self._counts_event.set()
+    def _count_changed(self, state: ChannelState) -> None:
+        if not state.internal:
+            self.cluster.count_changed(state.app_id, state.name)
 
-    def local_counts(self, app_id: str) -> dict[str, int]:
-        return {
-            s.name: len(s.subscribers) for s in self.channels.values()
-            if s.app_id == app_id and s.subscribers
-        }
+    def local_counts(self, app_id: str, channels: set[str]) -> dict[str, int]:
+        """Local subscriptions of ``channels`` of the app (every channel if empty)."""
+        if channels:
+            out = dict.fromkeys(channels, 0)
+            out.pop(" connections", None)
+            for name in out:
+                state = self.channels.get(self.broker.channel_key(app_id, name))
+                if state is not None:
+                    out[name] = len(state.subscribers)
+            return out
+        return {s.name: len(s.subscribers) for s in self.channels.values()
+                if s.app_id == app_id and s.subscribers and not s.internal}
 
-    async def _count_syncer(self) -> None:
-        """Mirror local subscription counts into Redis (debounced), refreshing their TTL."""
-        refresh_every = 3.0
-        last_refresh = -refresh_every
-        known: set[str] = set()
+    async def _subscription_counter(self) -> None:
+        """pusher_internal:subscription_count to the local subscribers of a channel whose
+        cluster-wide count changed, for the apps that want it (once a second at most)."""
         while True:
-            with trio.move_on_after(refresh_every):
-                await self._counts_event.wait()
-            await trio.sleep(0.05)
-            self._counts_event = trio.Event()
-            dirty, self._counts_dirty = self._counts_dirty, set()
-            known |= dirty
-            now = trio.current_time()
-            if now - last_refresh >= refresh_every:
-                dirty = set(known)
-                last_refresh = now
-            for app_id in dirty:
+            await trio.sleep(SUBSCRIPTION_COUNT_INTERVAL)
+            apps = self.subscription_count_apps()
+            if not apps or not self.broker.link_up:
+                continue
+            for app_id in apps:
                 try:
-                    await self.broker.write_counts(app_id, self.local_counts(app_id), ttl=10)
+                    totals = await self.broker.store.read_totals(app_id)
                 except (RedisLinkDown, RedisError):
-                    self._counts_dirty.add(app_id)
+                    break
+                for state in list(self.channels.values()):
+                    if state.app_id != app_id or state.internal or not state.subscribers:
+                        continue
+                    count = totals.get(state.name, 0)
+                    if count != state.last_count:
+                        state.last_count = count
+                        message = protocol.subscription_count(state.name, count)
+                        for conn in state.subscribers:
+                            conn.send_message(message)
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -466,4 +787,10 @@ class Hub:
             "gaps_detected": self.gaps_detected,
             "catchups": self.catchups,
             "unrecoverable": self.unrecoverable,
+            "presence_members": sum(len(s.members) for s in self.channels.values()
+                                    if not s.user),
+            "presence_joins": self.presence_joins,
+            "presence_leaves": self.presence_leaves,
+            "presence_leaves_pending": len(self._leaves),
+            "terminated": self.terminated,
         }

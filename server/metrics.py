@@ -35,6 +35,8 @@ class NodeStats:
     auth_failures: int = 0
     http_requests: int = 0
     api_events: int = 0
+    client_events: int = 0
+    client_events_rejected: int = 0
     loop_lag: float = 0.0
     loop_lag_max: float = 0.0
 
@@ -58,6 +60,9 @@ _STAT_COUNTERS = {
     "bad_frames": ("bad_frames", "Websocket protocol violations"),
     "bad_messages": ("bad_messages", "Malformed or refused client messages"),
     "auth_failures": ("auth_failures", "Rejected signatures"),
+    "client_events": ("client_events", "Client events relayed (published) by this node"),
+    "client_events_rate_limited": (
+        "client_events_rejected", "Connections closed 4301 for the client-event rate limit"),
 }
 
 
@@ -130,6 +135,28 @@ class _NodeCollector(Collector):
                       hub["unrecoverable"])
         yield counter("redis_link_changes", "Redis link up/down transitions",
                       node.hub.broker.link_changes)
+        yield gauge("presence_members", "Presence memberships held by this node",
+                    hub["presence_members"])
+        yield gauge("presence_leaves_pending", "Presence leaves waiting for Redis",
+                    hub["presence_leaves_pending"])
+        yield counter("connections_terminated", "Connections closed by terminate_connections",
+                      hub["terminated"])
+        cluster = getattr(node, "cluster", None)
+        if cluster is not None:
+            yield counter("rejoins", "Times this node found itself presumed dead (no heartbeat "
+                          "for node_timeout) and re-registered its memberships", cluster.rejoins)
+            yield counter("dead_nodes_reaped", "Dead node incarnations this node's reaper "
+                          "cleaned up", cluster.reaped)
+        sender = getattr(node, "webhook_sender", None)
+        if sender is not None:
+            yield gauge("webhook_sender", "1 while this node holds the cluster's webhook lease",
+                        1.0 if sender.leader else 0.0)
+            yield counter("webhook_events_sent", "Webhook events delivered (2xx) by this node",
+                          sender.stats.events)
+            yield counter("webhook_failures", "Webhook POSTs that failed (retried with backoff)",
+                          sender.stats.failures)
+            yield counter("webhook_events_dropped", "Webhook events dropped from full queues",
+                          sender.stats.dropped)
 
 
 class Metrics:

@@ -19,6 +19,7 @@ import trio
 from . import api, protocol
 from .broker import Broker
 from .chaos import Chaos
+from .cluster import Cluster
 from .config import Config
 from .connection import Connection
 from .http import serve_socket
@@ -26,6 +27,8 @@ from .hub import Hub
 from .interfaces import ConnectionContext
 from .metrics import Metrics, NodeStats
 from .peerlog import ErrorLog, PeerLog
+from .store import NO_WEBHOOKS, Keys, WebhookPolicy, webhook_policies
+from .webhooks import WebhookSender
 
 log = logging.getLogger("turnout.node")
 
@@ -86,24 +89,51 @@ class Node:
         self.drain_reason = ""
         self.exit_code = 0
         self.port = 0
+        policies = webhook_policies(config.apps, Keys(config.key_prefix))
+
+        def webhooks(app_id: str) -> WebhookPolicy:
+            return policies.get(app_id, NO_WEBHOOKS)
+
+        apps = {app.id: app for app in config.apps}
         # ``hub``: a stand-in for unit tests of the parts around it (tests/server/test_fuzz.py).
         self.hub = hub or Hub(
             lambda on_message, on_link: Broker(
                 host=config.redis_host, port=config.redis_port, db=config.redis_db,
                 key_prefix=config.key_prefix, node_id=config.node_id,
                 history_size=config.history_size, history_ttl=config.history_ttl,
-                on_message=on_message, on_link=on_link,
+                cache_ttl=config.cache_ttl, on_message=on_message, on_link=on_link,
+                webhooks=webhooks,
             ),
             position_check_interval=config.position_check_interval,
             history_enabled=config.history_size > 0,
+            max_members=lambda app_id: apps[app_id].max_presence_members if app_id in apps
+            else 100,
+            webhooks=webhooks,
+            subscription_count_apps=lambda: [a.id for a in config.apps
+                                             if a.subscription_count_events],
         )
+        broker = self.hub.broker
+        self.cluster: Cluster | None = None
+        self.webhook_sender: WebhookSender | None = None
+        if hub is None:
+            self.cluster = Cluster(
+                broker.store, node_id=config.node_id, node_timeout=config.node_timeout,
+                link_up=lambda: broker.link_up, local_counts=self.hub.local_counts,
+                webhooks=webhooks,
+                limited_apps=lambda: [a.id for a in config.apps if a.max_connections],
+                rejoin=self.hub.resync_presence, reap=config.reap_dead_nodes)
+            self.hub.cluster = self.cluster
+            self.webhook_sender = WebhookSender(broker.store, config.apps,
+                                                incarnation=self.cluster.incarnation,
+                                                link_up=lambda: broker.link_up)
         self.metrics = Metrics(self)
         self.chaos = Chaos(config, self)
         self.peer_log = PeerLog(config.log_rate)
         self.error_log = ErrorLog()
-        self.context = ConnectionContext(config, self.stats, self.peer_log, self.hub)
+        self.context = ConnectionContext(config, self.stats, self.peer_log, self.hub,
+                                         broker, self.hub.cluster)
         self.api_route = functools.partial(api.handle_request, api.ApiContext(
-            config, self.stats, self.peer_log, self.hub.broker, self, self.metrics))
+            config, self.stats, self.peer_log, broker, self, self.metrics))
         # Client sockets open now (every accepted socket until it is closed), and per address.
         self.open_sockets = 0
         self.sockets_by_ip: dict[str, int] = {}
@@ -147,6 +177,10 @@ class Node:
     async def serve(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
             await root.start(self.hub.serve)
+            if self.cluster is not None:
+                await root.start(self.cluster.serve)
+            if self.webhook_sender is not None:
+                await root.start(self.webhook_sender.serve)
             await root.start(self.chaos.serve)
             root.start_soon(self._reaper)
             root.start_soon(self._lag_monitor)
@@ -300,6 +334,11 @@ class Node:
         with trio.move_on_after(5.0):
             while self.connections:
                 await trio.sleep(0.05)
+        if self.cluster is not None:
+            # Its presence members and counts leave the cluster now, not node_timeout later.
+            await self.cluster.retire()
+        if self.webhook_sender is not None:
+            await self.webhook_sender.release()
         log.warning("drained; exiting with %d", self.exit_code)
         self._done.set()
 

@@ -119,6 +119,8 @@ def describe(error: ErrorDetails, schema: type) -> str:
         return f"{value!r} is not {parsing}"
     if kind == "finite_number":
         return f"must be a finite number (got {value})"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length', 1)} item(s)"
     if kind == "missing":
         return f"missing {error['loc'][-1]!r}"
     if kind in _UNKNOWN:

@@ -470,3 +470,56 @@ def test_checks_a_large_history_quickly() -> None:
     assert report.verdict == "pass", report.violations
     assert report.totals["delivered"] == clients * channels * updates
     assert elapsed < 10.0
+
+
+# ------------------------------------------------------------------ presence
+
+
+def with_presence(h: H, ghost: bool = False) -> H:
+    """Clients 1 and 2 join presence-room-1; client 2's first user (u2.1) was on a killed node
+    and is reaped (member_removed) unless ``ghost``; it came back as u2.2."""
+    room = "presence-room-1"
+    ops = [
+        (1.0, "client-1", "invoke", {"channel": room, "user": "u1"}),
+        (1.0, "client-1", "ok", {"channel": room, "user": "u1", "members": ["u1"]}),
+        (1.1, "client-2", "invoke", {"channel": room, "user": "u2.1"}),
+        (1.1, "client-2", "ok", {"channel": room, "user": "u2.1", "members": ["u1", "u2.1"]}),
+        (5.0, "client-2", "invoke", {"channel": room, "user": "u2.2"}),
+        (5.0, "client-2", "ok", {"channel": room, "user": "u2.2",
+                                 "members": ["u1", "u2.1", "u2.2"]}),
+    ]
+    for t, process, typ, value in ops:
+        h.op(t, process, typ, "members", **value)  # type: ignore[arg-type]
+    h.op(1.1, "client-1", "ok", "member", channel=room, change="added", user="u2.1")
+    h.op(5.0, "client-1", "ok", "member", channel=room, change="added", user="u2.2")
+    if not ghost:
+        for client in ("client-1", "client-2"):
+            h.op(9.0, client, "ok", "member", channel=room, change="removed", user="u2.1")
+    return h
+
+
+def test_presence_is_judged_when_the_experiment_has_it() -> None:
+    report = run(with_presence(clean()), presence=True)
+    assert report.verdict == "pass", report.violations
+    assert report.presence is not None
+    assert (report.presence["connected_users"], report.presence["member_events"]) == (2, 4)
+    (invariant,) = [i for i in report.invariants if i.name == "presence"]
+    assert invariant.ok
+    assert "member lists equal the 2 connected users" in invariant.message
+
+
+def test_a_ghost_member_fails_the_presence_invariant() -> None:
+    report = run(with_presence(clean(), ghost=True), presence=True)
+    assert report.verdict == "fail"
+    (violation,) = report.violations
+    assert violation.startswith("presence = 2 > 0 (2 ghosts"), violation
+    assert "u2.1" in violation
+    assert "## Presence" in render_markdown(report)
+    # Without presence in the experiment the same history is judged on deliveries only.
+    assert run(with_presence(clean(), ghost=True)).verdict == "pass"
+
+
+def test_presence_expected_but_never_joined_fails() -> None:
+    report = run(clean(), presence=True)
+    assert report.verdict == "fail"
+    assert any("no client joined a presence channel" in v for v in report.violations)

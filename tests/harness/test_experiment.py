@@ -395,3 +395,33 @@ def test_docs_mention_every_key_kind_experiment_and_definition() -> None:
         assert f"**{word}**" in text, word
     for code in ("| `pass` | 0 |", "| `fail` | 1 |", "| `error` | 2 |"):
         assert code in text
+
+
+def test_presence_workload_its_limit_and_its_negative_control() -> None:
+    exp = load_experiment(shipped_experiments()["presence"])
+    assert exp.workload.presence_names == ("presence-room-1", "presence-room-2")
+    assert (exp.invariants.presence, exp.invariants.max_presence) == (True, 0)
+    assert {f.kind for f in exp.faults} == {"kill_node", "partition_redis", "rolling_restart"}
+    neg = exp.presence_negative_control()
+    assert (neg.cluster.reaper, exp.cluster.reaper) == (False, True)
+    assert neg.cluster.recovery  # only the reaper is off: the updates must still all arrive
+    # Without presence channels, presence is not judged.
+    assert not load_experiment(shipped_experiments()["node-kill"]).invariants.presence
+    text = ('description = "x"\n[clients]\ncount = 101\nchannels_per_client = 1\n'
+            '[workload]\npresence_channels = 2\n')
+    with pytest.raises(ExperimentError, match=r"workload.presence_channels.*at least 3"):
+        parse_experiment(text, default_name="x")
+
+
+def test_presence_clients_are_planned_half_stable_half_fresh() -> None:
+    from harness.fleet import ClientSpec, FleetSpec
+    from harness.fleet_control import plan_clients
+
+    plan = plan_clients(4, ["a", "b"], 1, presence=("presence-room-1", "presence-room-2"))
+    assert [(c.id, c.presence, c.fresh_user) for c in plan] == [
+        (1, "presence-room-1", True), (2, "presence-room-2", False),
+        (3, "presence-room-1", True), (4, "presence-room-2", False)]
+    assert all(c.presence == "" for c in plan_clients(2, ["a"], 1))
+    spec = FleetSpec(0, "h", ("ws://x/app/k?protocol=7",), clients=tuple(plan), app_key="k")
+    assert FleetSpec.from_json(spec.to_json()) == spec
+    assert ClientSpec.from_dict({"id": 1, "channels": ["a"]}) == ClientSpec(1, ("a",))

@@ -28,6 +28,7 @@ from harness.pusher_client import (
     NEW,
     REORDERED,
     Backoff,
+    PresenceJoin,
     Subscription,
     Viewer,
     parse_update,
@@ -309,3 +310,72 @@ def test_a_sample_that_disagrees_with_its_record_is_reported(tmp_path: Path) -> 
     assert any(v.startswith("recording: 1 sampled subscriptions disagree") for v in
                report.violations)
     assert math.isfinite(report.duration_s)
+
+
+# ------------------------------------------------------------------ presence viewers
+
+
+def presence_succeeded(channel: str, ids: list[str]) -> bytes:
+    data = {"presence": {"ids": ids, "hash": dict.fromkeys(ids), "count": len(ids)}}
+    return orjson.dumps({"event": "pusher_internal:subscription_succeeded", "channel": channel,
+                         "data": orjson.dumps(data).decode(), "offset": 3, "epoch": EPOCH})
+
+
+def member(channel: str, change: str, user: str, offset: int) -> bytes:
+    return orjson.dumps({"event": f"pusher_internal:member_{change}", "channel": channel,
+                         "data": orjson.dumps({"user_id": user}).decode(), "offset": offset,
+                         "epoch": EPOCH})
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_presence_viewer_joins_signed_on_every_connection_and_records_its_list(
+        tmp_path: Path, fresh: bool) -> None:
+    from harness.checks.presence import judge_presence
+    from server.auth import verify_channel_auth
+
+    room = "presence-room-1"
+    join = PresenceJoin(room, "u7", "key", "secret", fresh=fresh)
+    rig = Rig(tmp_path, presence=join)
+    v = rig.viewer
+    sent = rig.connect(1.0, succeeded("a", 0))
+    subscribe = sent[-1]["data"]
+    assert (subscribe["channel"], subscribe.get("offset")) == (room, None)  # no resume
+    assert verify_channel_auth("key", "secret", "1.2", room, subscribe["auth"],
+                               subscribe["channel_data"])
+    first = "u7.1" if fresh else "u7"
+    assert orjson.loads(subscribe["channel_data"]) == {"user_id": first}
+    v.begin_final_read(1.0)
+    assert not v.read_complete  # the presence subscription is not answered yet
+    v.on_text(presence_succeeded(room, ["u1", first]), 1.1)
+    v.on_text(member(room, "added", "u2", 4), 1.2)
+    v.on_text(member(room, "removed", "u1", 5), 1.3)
+    assert v.read_complete
+    v.final = False
+    v.lost(2.0, 4200, "restart")
+    again = rig.connect(3.0, succeeded("a", 0))[-1]["data"]
+    second = "u7.2" if fresh else "u7"
+    assert orjson.loads(again["channel_data"]) == {"user_id": second}
+    v.on_text(presence_succeeded(room, ["u2", second]), 3.1)
+    v.begin_final_read(3.1)
+    assert v.tick(3.2 + DRAIN_QUIET_S) == FINISHED
+    ops = [o for o in rig.ops() if o["f"] in ("members", "member", "drain")]
+    assert [(o["type"], o["f"]) for o in ops] == [
+        ("invoke", "members"), ("ok", "members"), ("ok", "member"), ("ok", "member"),
+        ("invoke", "members"), ("ok", "members"), ("ok", "drain")]
+    assert ops[2]["value"] == {"channel": room, "user": "u2", "change": "added"}
+    # The presence check reads exactly these ops: u2 and the viewer itself remain, and only
+    # the viewer is connected here.
+    raw = [(o["time"], o["process"], o["type"], o["f"], o["value"]) for o in ops]
+    result = judge_presence(raw)
+    assert (result.finished, result.problems, result.member_events) == (1, 1, 2)
+    assert (result.missing, result.ghosts) == (0, 1)  # u2 is listed but no viewer here
+
+
+def test_a_refused_presence_join_is_recorded_and_ends_the_wait(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, presence=PresenceJoin("presence-x", "u7", "key", "secret"))
+    v = rig.viewer
+    rig.connect(1.0, succeeded("a", 0))
+    v.on_text(orjson.dumps({"event": "pusher:subscription_error", "channel": "presence-x",
+                            "data": {"type": "LimitReached", "status": 403}}), 1.1)
+    assert v.read_complete
+    assert [o["type"] for o in rig.ops() if o["f"] == "members"] == ["invoke", "fail"]

@@ -70,6 +70,15 @@ def _redis_links_went_down_and_came_back(doc: dict[str, Any]) -> None:
     assert all(m["redis_link_up"] == 1 for m in _nodes(doc))
 
 
+def _presence_was_judged_through_the_faults(doc: dict[str, Any]) -> None:
+    _clients_reconnected(doc)
+    presence = doc["presence"]
+    assert presence["finished"] == doc["totals"]["clients"], presence
+    assert presence["connected_users"] == doc["totals"]["clients"], presence
+    assert presence["member_events"] > 0, presence  # the faults made members come and go
+    assert presence["ghosts"] == presence["missing"] == presence["inconsistent"] == 0, presence
+
+
 def _slow_consumers_were_disconnected(doc: dict[str, Any]) -> None:
     (fault,) = _faults(doc, "slow_consumers")
     assert fault["observed"]["stalled"] > 0, fault
@@ -97,6 +106,7 @@ EVIDENCE: dict[str, Callable[[dict[str, Any]], None]] = {
     "connection-storm": _storm_opened_every_connection,
     "memory-leak": _watchdog_drained_the_leaking_node,
     "node-kill": _clients_reconnected,
+    "presence": _presence_was_judged_through_the_faults,
     "rolling-deploy": _clients_reconnected,
     "election-night": _clients_reconnected,
     "election-night-10k": _scale_test,
@@ -113,7 +123,8 @@ CI_EXPERIMENTS = sorted(name for name, path in shipped_experiments().items()
 def test_every_named_experiment_is_shipped_and_runs_in_ci():
     for name in ("baseline", "node-kill", "rolling-deploy", "node-pause", "redis-restart",
                  "redis-partition", "latency", "memory-leak", "slow-consumers",
-                 "connection-storm", "election-night", "election-night-10k", "real-clients"):
+                 "connection-storm", "election-night", "election-night-10k", "presence",
+                 "real-clients"):
         assert name in CI_EXPERIMENTS, name
 
 
@@ -172,3 +183,15 @@ def test_real_clients_without_the_plugin_lose_updates(tmp_path: Path):
     assert groups["pusher-js"]["clients_losing"] > 0, groups
     assert any(v.startswith("lost = ") for v in doc["violations"]), doc["violations"]
     assert all(not c["client"].startswith("client-") for c in doc["clients"]), doc["clients"]
+def test_presence_negative_control_reports_ghosts(tmp_path: Path):
+    """presence.toml with nodes that do not reap dead nodes: the killed node's users stay in
+    every list (ghosts), and the presence check must say so while every update still arrives."""
+    run_dir = tmp_path / "presence-no-reaper"
+    result = turnout_run(str(REPO / "experiments" / "presence.toml"), "--out", str(run_dir),
+                         "--no-reaper")
+    assert result.returncode == 1, explain(result, run_dir)
+    doc = report(run_dir)
+    assert doc["verdict"] == "fail"
+    assert doc["presence"]["ghosts"] > 0, doc["presence"]
+    assert [v for v in doc["violations"] if v.startswith("presence = ")], doc["violations"]
+    assert doc["totals"]["lost"] == 0  # only presence is broken

@@ -438,6 +438,32 @@ async def test_generated_haproxy_config_is_accepted(tmp_path: Path) -> None:
         "    mode http\n",  # the stats page only
     ):
         assert needle in text
+    assert "frontend api" not in text
+
+
+async def test_api_frontend_balances_each_request_and_tracks_the_checks(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        render_haproxy_config(
+            lane=0,
+            frontend_port=21001,
+            stats_port=21002,
+            backends={"node-1": ("127.0.0.1", 21003), "node-2": ("127.0.0.1", 21004)},
+            maxconn=5000,
+            source="127.0.1.1",
+            api_port=21005,
+        )
+    )
+    with trio.fail_after(15):
+        output = await check_haproxy_config(config)
+    assert "valid" in output.lower()
+    api = config.read_text().split("frontend api0", 1)[1]
+    assert "bind 127.0.0.1:21005" in api
+    assert "balance roundrobin" in api
+    assert api.count("    mode http\n") >= 2  # frontend and backend: per-request balancing
+    assert "server node-1 127.0.0.1:21003 source 127.0.1.1 track nodes/node-1" in api
+    assert "server node-2 127.0.0.1:21004 source 127.0.1.1 track nodes/node-2" in api
+    assert "check" not in api.split("backend api", 1)[1].split("listen stats")[0]
 
 
 # --- topology -------------------------------------------------------------------------------
@@ -459,7 +485,9 @@ async def test_topology_plumbing_with_fake_nodes(tmp_path: Path) -> None:
             topo = await nursery.start(run_topology, spec, tmp_path / "run")
             pids = _topology_pids(topo)
             assert len(topo.entry_urls) == 2
-            assert topo.http_api_url == topo.entry_urls[0]
+            # the publisher's API frontend is lane 0's HAProxy in HTTP mode, not the relay
+            assert topo.http_api_url == f"http://127.0.0.1:{topo.lanes[0].api_port}"
+            assert topo.lanes[1].api_port is None
             assert set(topo.proxies) == {
                 "clients->lb[0]",
                 "clients->lb[1]",

@@ -32,10 +32,11 @@ def start_nodes(
 
     def start(node_id: str = "node-1", *extra: str, redis_url: str | None = None,
               wait: bool = True, port: int | None = None,
-              env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
+              env: dict[str, str] | None = None, nofile: int | None = None,
+              config: str | None = None) -> NodeProc:
         node = start_node(tmp_path, redis_url or redis_proc.url, node_id,
                           "--key-prefix", key_prefix, *extra, wait=wait, port=port,
-                          extra_env=env, nofile=nofile)
+                          extra_env=env, nofile=nofile, config=config)
         started.append(node)
         return node
 

@@ -99,6 +99,21 @@ def test_channel_auth_agrees_with_the_official_sdk():
     assert sdk["auth"] == channel_auth(KEY, SECRET, "1.2", "presence-x", sdk["channel_data"])
 
 
+def test_user_auth_signs_socket_user_and_data_and_agrees_with_the_sdk():
+    from server.auth import user_auth, verify_user_auth
+
+    user_data = '{"id":"7"}'
+    expected = hmac.new(SECRET.encode(), f"1234.1234::user::{user_data}".encode(),
+                        hashlib.sha256).hexdigest()
+    assert user_auth(KEY, SECRET, "1234.1234", user_data) == f"{KEY}:{expected}"
+    sdk = pusher.Pusher(app_id="3", key=KEY, secret=SECRET).authenticate_user(
+        "1.2", {"id": "7", "user_info": {"n": 1}})
+    assert verify_user_auth(KEY, SECRET, "1.2", sdk["user_data"], sdk["auth"])
+    assert not verify_user_auth(KEY, SECRET, "1.3", sdk["user_data"], sdk["auth"])
+    assert not verify_user_auth(KEY, SECRET, "1.2", sdk["user_data"] + " ", sdk["auth"])
+    assert not verify_user_auth(KEY, SECRET, "1.2", sdk["user_data"], None)
+
+
 # ---------------------------------------------------------------------------- request signing
 
 

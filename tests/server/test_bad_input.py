@@ -23,14 +23,16 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from server.auth import sign_request
+from server.auth import channel_auth, sign_request, user_auth
 from tests.support.client import publish, pusher_client
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, app_toml
 from tests.support.raw import client_frame, http_exchange, upgrade_request
 
 MAX_MESSAGE = 1024  # the node's --max-message-size in this module
 MAX_FRAGMENTS = 100  # the default --max-fragments
 HEADER_TIMEOUT = 1.0  # the node's --header-timeout and --body-timeout in this module
+CLIENT_EVENT_RATE = 3  # the app's client_event_rate in this module
+MAX_USER_INFO = 100  # the app's max_presence_user_info in this module
 
 
 # ---------------------------------------------------------------------------- raw client
@@ -132,6 +134,25 @@ async def closed_by_server(ws: WebSocketConnection) -> int:
 
 def text_case(name: str, payload: str | bytes, log: str, code: int = 4200) -> Case:
     return Case(name, lambda node: pusher_error_then_open(node, payload, code), log)
+
+
+async def channel_error_then_open(node: NodeProc, channel: str, code: int) -> None:
+    """Subscribe to ``channel``; expect pusher:subscription_error carrying it, then
+    pusher:error ``code``, and a connection that still works."""
+    async with pusher_client(node.ws_url) as client:
+        await client.send("pusher:subscribe", {"channel": channel})
+        refusal = await client.next()
+        assert refusal["event"] == "pusher:subscription_error", refusal
+        assert refusal["channel"] == channel, refusal
+        message = await client.next()
+        assert message["event"] == "pusher:error", message
+        assert message["data"]["code"] == code, message
+        await client.send("pusher:ping", {})
+        assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+
+def channel_case(name: str, channel: str, log: str, code: int = 4200) -> Case:
+    return Case(name, lambda node: channel_error_then_open(node, channel, code), log)
 
 
 async def oversize_message(node: NodeProc) -> None:
@@ -344,6 +365,116 @@ def http_case(name: str, status: int, **how: Any) -> Case:
     return Case(name, run, rf"-> {status}")
 
 
+
+# ----------------------------------- issue 12's messages: sign-in, presence, client events
+
+SignedData = Callable[[str], dict[str, Any]]  # socket id -> the message's data
+
+
+async def signed_error_then_open(node: NodeProc, event: str, build: SignedData, code: int,
+                                 channel: str | None = None) -> None:
+    """Send ``event`` with data made for this connection's socket id (so it can carry a valid
+    signature); expect pusher:subscription_error carrying ``channel`` first when given, then
+    pusher:error ``code``, and a connection that still works."""
+    async with pusher_client(node.ws_url) as client:
+        await client.send(event, build(client.socket_id))
+        if channel is not None:
+            refusal = await client.next()
+            assert refusal["event"] == "pusher:subscription_error", refusal
+            assert refusal["channel"] == channel, refusal
+        message = await client.next()
+        assert message["event"] == "pusher:error", message
+        assert message["data"]["code"] == code, message
+        await client.send("pusher:ping", {})
+        assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+
+def signin_case(name: str, user_data: str, log: str, code: int = 4009) -> Case:
+    """A sign-in correctly signed over a bad ``user_data``."""
+    def build(socket_id: str) -> dict[str, Any]:
+        return {"user_data": user_data,
+                "auth": user_auth(APP_KEY, APP_SECRET, socket_id, user_data)}
+
+    return Case(name, lambda node: signed_error_then_open(node, "pusher:signin", build, code),
+                log)
+
+
+def presence_case(name: str, channel_data: Any, log: str, code: int = 4200,
+                  sign: bool = True) -> Case:
+    """A presence subscribe with ``channel_data`` (correctly signed if ``sign``)."""
+    channel = "presence-room"
+
+    def build(socket_id: str) -> dict[str, Any]:
+        data = {"channel": channel, "channel_data": channel_data}
+        if sign:
+            data["auth"] = channel_auth(APP_KEY, APP_SECRET, socket_id, channel, channel_data)
+        return data
+
+    return Case(name, lambda node: signed_error_then_open(node, "pusher:subscribe", build, code,
+                                                          channel), log)
+
+
+def client_event_case(name: str, event: str, channel: Any, log: str,
+                      subscribe: str | None = None) -> Case:
+    """A client event to ``channel`` (None: without one) the node must refuse with 4301."""
+    async def run(node: NodeProc) -> None:
+        async with pusher_client(node.ws_url) as client:
+            if subscribe is not None:
+                ok = await client.subscribe(subscribe, sign=subscribe.startswith("private-"))
+                assert ok["event"] == "pusher_internal:subscription_succeeded", ok
+            message_out: dict[str, Any] = {"event": event, "data": {"n": 1}}
+            if channel is not None:
+                message_out["channel"] = channel
+            await client.ws.send_message(json.dumps(message_out))
+            message = await client.next()
+            assert message["event"] == "pusher:error", message
+            assert message["data"]["code"] == 4301, message
+            await client.send("pusher:ping", {})
+            assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+    return Case(name, run, log)
+
+
+async def second_user_on_one_connection(node: NodeProc) -> None:
+    async with pusher_client(node.ws_url) as client:
+        assert (await client.signin("alice"))["event"] == "pusher:signin_success"
+        message = await client.signin("mallory")
+        assert message["event"] == "pusher:error", message
+        assert message["data"]["code"] == 4009, message
+        await client.send("pusher:ping", {})
+        assert (await client.next())["event"] == "pusher:pong", "connection must stay open"
+
+
+async def client_event_flood(node: NodeProc) -> None:
+    """Past client_event_rate: pusher:error 4301 and a close 4301; a fellow subscriber gets
+    only the events within the rate."""
+    channel = "private-flood"
+    async with pusher_client(node.ws_url) as sender, pusher_client(node.ws_url) as watcher:
+        for client in (sender, watcher):
+            ok = await client.subscribe(channel, sign=True)
+            assert ok["event"] == "pusher_internal:subscription_succeeded", ok
+        for n in range(CLIENT_EVENT_RATE * 4):
+            await sender.send("client-flood", {"n": n}, channel=channel)
+        messages, code = await sender.closed()
+        assert code == 4301
+        assert [m["data"]["code"] for m in messages if m["event"] == "pusher:error"] == [4301]
+        relayed = [m for m in await watcher.drain(0.3) if m["event"] == "client-flood"]
+        assert CLIENT_EVENT_RATE <= len(relayed) < CLIENT_EVENT_RATE * 2, relayed
+
+
+async def refused_origin(node: NodeProc, origin: str) -> None:
+    with trio.fail_after(5):
+        async with open_websocket_url(node.ws_url, extra_headers=[("Origin", origin)]) as ws:
+            message = json.loads(await ws.get_message())
+            assert message["event"] == "pusher:error", message
+            assert message["data"]["code"] == 4009, message
+            assert await closed_by_server(ws) == 4009
+
+
+def origin_case(name: str, origin: str) -> Case:
+    return Case(name, lambda node: refused_origin(node, origin), r"refused with 4009.*origin")
+
+
 CASES = [
     text_case("malformed JSON", '{"event": "pusher:ping", ', r"invalid message format"),
     text_case("JSON array", '[{"event": "pusher:ping"}]', r"invalid message format"),
@@ -410,10 +541,10 @@ CASES = [
     Case("request head dripping in", slow_head, r"refused with 408"),
     Case("request body dripping in", slow_body, r"refused with 408"),
     Case("connection that says nothing", silent_connection, r"refused with 408"),
-    *[text_case(f"invalid channel name {name!r}",
-                json.dumps({"event": "pusher:subscribe", "data": {"channel": name}}),
-                r"invalid channel name")
-      for name in ["x" * 165, "with space", "semi;colon/slash", "#server-to-user-1", ""]],
+    *[channel_case(f"invalid channel name {name!r}", name, r"invalid channel name")
+      for name in ["x" * 165, "with space", "semi;colon/slash", ""]],
+    channel_case("a user channel without a sign-in", "#server-to-user-1",
+                 r"only a connection signed in as this user", 4009),
     text_case("channel name not a string",
               '{"event": "pusher:subscribe", "data": {"channel": ["a"]}}', r"needs 'channel'"),
     http_case("bad HTTP signature", 401, tamper={"auth_signature": "0" * 64}),
@@ -424,16 +555,82 @@ CASES = [
     http_case("unknown app id", 404, path="/apps/404/events"),
     http_case("bad JSON body", 400, body=b"{nope"),
     upgrade_case("wrong app key", f"/app/not-{APP_KEY}?protocol=7", 4001),
-    upgrade_case("protocol 6", f"/app/{APP_KEY}?protocol=6", 4007),
+    upgrade_case("protocol 4", f"/app/{APP_KEY}?protocol=4", 4007),
     upgrade_case("no protocol", f"/app/{APP_KEY}", 4008),
     upgrade_case("wrong path", f"/apps/{APP_KEY}?protocol=7", 4005),
+    # issue 12: sign-in, presence, client events, Origin, user routes
+    text_case("sign-in data not an object", '{"event": "pusher:signin", "data": [1]}',
+              r"signin needs 'auth' and 'user_data'"),
+    text_case("sign-in badly signed",
+              json.dumps({"event": "pusher:signin",
+                          "data": {"user_data": '{"id":"1"}', "auth": f"{APP_KEY}:{'0' * 64}"}}),
+              r"signature for sign-in", 4009),
+    text_case("sign-in without user_data",
+              json.dumps({"event": "pusher:signin", "data": {"auth": f"{APP_KEY}:{'0' * 64}"}}),
+              r"signature for sign-in", 4009),
+    signin_case("signed user_data not JSON", "{nope", r"invalid user_data: not JSON"),
+    signin_case("signed user_data not an object", "[1]", r"invalid user_data: must be"),
+    signin_case("signed user id with a space", '{"id": "a b"}', r"invalid user_data: 'id'"),
+    signin_case("signed user id a number", '{"id": 7}', r"invalid user_data: 'id'"),
+    signin_case("signed user_info over the app's limit",
+                json.dumps({"id": "1", "user_info": "x" * (MAX_USER_INFO + 1)}),
+                r"user_info larger than"),
+    signin_case("watchlist over 100 users", json.dumps({"id": "1", "watchlist": ["a"] * 101}),
+                r"'watchlist' must be a list of at most 100", 4302),
+    signin_case("watchlist not a list", json.dumps({"id": "1", "watchlist": "a"}),
+                r"'watchlist' must be a list", 4302),
+    signin_case("watchlist entry not a user id", json.dumps({"id": "1", "watchlist": [{}]}),
+                r"watchlist entry", 4302),
+    Case("a second user on one connection", second_user_on_one_connection,
+         r"signed in as another user already"),
+    presence_case("presence channel_data unsigned", '{"user_id": "1"}',
+                  r"signature for presence channel", 4009, sign=False),
+    presence_case("presence channel_data not a string", {"user_id": "1"},
+                  r"signature for presence channel", 4009, sign=False),
+    presence_case("presence channel_data not JSON", "{nope", r"invalid channel_data: not JSON"),
+    presence_case("presence channel_data not an object", '"1"',
+                  r"invalid channel_data: must be a JSON object"),
+    presence_case("presence channel_data without user_id", '{"user_info": {}}',
+                  r"invalid channel_data: 'user_id'"),
+    presence_case("presence user_id a list", '{"user_id": ["1"]}',
+                  r"invalid channel_data: 'user_id'"),
+    presence_case("presence user_id of 129 characters", json.dumps({"user_id": "u" * 129}),
+                  r"invalid channel_data: 'user_id'"),
+    presence_case("presence user_info over the app's limit",
+                  json.dumps({"user_id": "1", "user_info": "x" * (MAX_USER_INFO + 1)}),
+                  r"user_info larger than"),
+    client_event_case("client event without a channel", "client-x", None,
+                      r"a client event needs 'channel'"),
+    client_event_case("client event channel not a string", "client-x", ["private-x"],
+                      r"a client event needs 'channel'"),
+    client_event_case("client event on a public channel", "client-x", "bystander",
+                      r"only allowed on private", subscribe="bystander"),
+    client_event_case("client event on a channel not subscribed", "client-x", "private-other",
+                      r"not subscribed"),
+    client_event_case("client event on an encrypted channel", "client-x",
+                      "private-encrypted-x", r"not supported on encrypted channels"),
+    client_event_case("client event on a user channel", "client-x", "#server-to-user-1",
+                      r"only allowed on private"),
+    client_event_case("client event name over 200 characters", "client-" + "x" * 200,
+                      "private-other", r"longer than 200"),
+    Case("client events past the rate limit", client_event_flood, r"rate limit.*closing 4301"),
+    origin_case("foreign Origin", "https://evil.example.org"),
+    origin_case("malformed Origin", "http://[not-an-address"),
+    http_case("user event to a bad user id", 400, path=f"/apps/{APP_ID}/users/a:b/events",
+              body=json.dumps({"name": "e", "data": "{}"}).encode()),
+    http_case("terminate a bad user id", 400,
+              path=f"/apps/{APP_ID}/users/{'u' * 129}/terminate_connections", body=b"{}"),
 ]
 
 
 async def test_every_bad_input_is_answered_and_harms_nobody(start_nodes):
     node = start_nodes("node-1", "--max-message-size", str(MAX_MESSAGE),
                        "--header-timeout", str(HEADER_TIMEOUT),
-                       "--body-timeout", str(HEADER_TIMEOUT))
+                       "--body-timeout", str(HEADER_TIMEOUT),
+                       config=app_toml(enable_client_events=True,
+                                       client_event_rate=CLIENT_EVENT_RATE,
+                                       max_presence_user_info=MAX_USER_INFO,
+                                       allowed_origins=["https://*.example.com"]))
     async with pusher_client(node.ws_url) as bystander:
         ok = await bystander.subscribe("bystander")
         assert ok["event"] == "pusher_internal:subscription_succeeded"

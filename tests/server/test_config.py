@@ -30,7 +30,7 @@ ALL_FLAGS = [
     "--header-timeout", "--body-timeout", "--slow-consumer-grace", "--log-rate",
     "--outbound-queue-bytes", "--socket-send-buffer", "--max-rss", "--chaos", "--chaos-token",
     "--chaos-host", "--chaos-port", "--dev", "--key-prefix", "--position-check-interval",
-    "--log-level", "--config",
+    "--log-level", "--config", "--node-timeout", "--cache-ttl", "--reap-dead-nodes",
 ]  # fmt: skip
 
 ALL_ENV = [
@@ -44,6 +44,7 @@ ALL_ENV = [
     "TURNOUT_MAX_CONNECTIONS_PER_IP", "TURNOUT_MAX_SUBSCRIPTIONS", "TURNOUT_MAX_FRAGMENTS",
     "TURNOUT_MAX_HEADER_SIZE", "TURNOUT_HEADER_TIMEOUT", "TURNOUT_BODY_TIMEOUT",
     "TURNOUT_SLOW_CONSUMER_GRACE", "TURNOUT_LOG_RATE", "TURNOUT_CHAOS_PORT", "TURNOUT_DEV",
+    "TURNOUT_NODE_TIMEOUT", "TURNOUT_CACHE_TTL", "TURNOUT_REAP_DEAD_NODES",
 ]  # fmt: skip
 
 

@@ -28,7 +28,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.auth import channel_auth, sign_request
+from server.auth import channel_auth, sign_request, user_auth
 from server.broker import PublishResult
 from server.config import AppConfig, Config
 from server.connection import Connection
@@ -48,13 +48,13 @@ from server.frames import (
 from server.http import serve_socket
 from server.node import Node
 from tests.fuzz.generate import CHANNELS, EVENTS, EVIL_STRINGS, HEADER_NAMES, METHODS, TARGETS
-from tests.support.fakes import MemoryChannels
+from tests.support.fakes import CountingCluster, MemoryChannels, RecordingPublisher
 from tests.support.raw import client_frame, read_frame
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-APP = AppConfig("1", "fuzz-key", "fuzz-secret")
+APP = AppConfig("1", "fuzz-key", "fuzz-secret", enable_client_events=True)
 MAX_MESSAGE = 1024
 MAX_FRAGMENTS = 8
 
@@ -168,8 +168,7 @@ def test_close_payloads_are_validated(payload: bytes) -> None:
 
 # ============================================================== a node on a socket pair
 
-class StubBroker:
-    link_up = True
+class StubBroker(RecordingPublisher):
     published = 0
     link_changes = 0
 
@@ -187,10 +186,12 @@ class StubHub(MemoryChannels):
     def __init__(self) -> None:
         super().__init__()
         self.broker = StubBroker()
+        self.cluster = CountingCluster()
 
     def statistics(self) -> dict[str, int]:
         return dict.fromkeys(("channels", "subscriptions", "delivered", "frames_out",
-                              "gaps_detected", "catchups", "unrecoverable"), 0)
+                              "gaps_detected", "catchups", "unrecoverable",
+                              "presence_members", "presence_leaves_pending", "terminated"), 0)
 
 
 def make_node(**overrides: Any) -> Node:
@@ -413,11 +414,47 @@ def pusher_messages(draw: st.DrawFn) -> bytes:
     return raw
 
 
+# Messages whose signature is right but whose signed content is hostile (a backend that signs
+# what a user typed): presence channel_data, sign-in user_data; then client events on the
+# channels they joined. (kind, content): content is signed for the connection's socket id.
+member_fields = st.fixed_dictionaries(  # well-formed: the accepting paths run too
+    {"user_id": st.sampled_from(["1", "2"]), "id": st.sampled_from(["1", "2"])},
+    optional={"user_info": json_values,
+              "watchlist": st.lists(st.sampled_from(["1", "2", "a b"]), max_size=3)},
+) | st.fixed_dictionaries({}, optional={
+    "user_id": st.sampled_from(["1", "u" * 129, ""]) | json_values,
+    "id": st.sampled_from(["1", "a b"]) | json_values,
+    "user_info": json_values,
+    "watchlist": st.lists(st.sampled_from(["1", "2", "a b"]) | json_values, max_size=3)
+    | json_values,
+}) | json_values
+signed_contents = st.tuples(
+    st.sampled_from(["presence", "signin", "client"]),
+    member_fields.map(json.dumps) | _text())
+
+
+def signed_frame(kind: str, content: str, socket_id: str) -> bytes:
+    if kind == "presence":
+        channel = "presence-a"
+        data = {"channel": channel, "channel_data": content,
+                "auth": channel_auth(APP.key, APP.secret, socket_id, channel, content)}
+        return client_frame(OP_TEXT, json.dumps({"event": "pusher:subscribe",
+                                                 "data": data}).encode())
+    if kind == "signin":
+        data = {"user_data": content, "auth": user_auth(APP.key, APP.secret, socket_id, content)}
+        return client_frame(OP_TEXT, json.dumps({"event": "pusher:signin",
+                                                 "data": data}).encode())
+    return client_frame(OP_TEXT, json.dumps({"event": "client-x", "channel": "presence-a",
+                                             "data": content}).encode())
+
+
 @FUZZ
 @given(messages=st.lists(pusher_messages(), max_size=12),
-       private=st.lists(st.sampled_from(["private-a", "private-b"]), max_size=2))
+       private=st.lists(st.sampled_from(["private-a", "private-b"]), max_size=2),
+       signed=st.lists(signed_contents, max_size=4))
 def test_pusher_message_handler_survives_any_message(messages: list[bytes],
-                                                      private: list[str]) -> None:
+                                                      private: list[str],
+                                                      signed: list[tuple[str, str]]) -> None:
     async def scenario() -> bytes:
         node = make_node()
         ours, theirs = socket.socketpair()
@@ -430,6 +467,7 @@ def test_pusher_message_handler_survives_any_message(messages: list[bytes],
             frames.append(client_frame(OP_TEXT, json.dumps(
                 {"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}
             ).encode()))
+        frames += [signed_frame(kind, content, conn.socket_id) for kind, content in signed]
         for frame in frames:
             if not await conn._on_data(frame):
                 break

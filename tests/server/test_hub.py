@@ -166,3 +166,38 @@ async def test_history_off_a_client_ahead_waits_for_live_delivery() -> None:
         assert watcher.closed == []
         assert resumer.closed == []
         nursery.cancel_scope.cancel()
+
+
+def test_a_joiner_gets_what_follows_its_position_across_epochs() -> None:
+    from server.hub import _Joiner
+
+    conn = RecordingSubscriber("1.1")
+    # Buffering began while the node was still on epoch "old"; the snapshot is (3, "new").
+    joiner = _Joiner(conn, "old")
+    joiner.frames = [(7, "old", b"o7"), (3, "new", b"n3"), (4, "new", b"n4"),
+                     (1, "newer", b"x1")]
+    assert joiner.after(3, "new") == [b"n4", b"x1"]
+    # Buffering began on the snapshot's own epoch: a later epoch's frames all follow it.
+    joiner = _Joiner(conn, "new")
+    joiner.frames = [(4, "new", b"n4"), (1, "newer", b"x1"), (2, "newer", b"x2")]
+    assert joiner.after(5, "new") == [b"x1", b"x2"]
+    assert joiner.after(3, "new") == [b"n4", b"x1", b"x2"]
+
+
+@pytest.mark.trio
+async def test_subscribing_again_without_unsubscribing_delivers_once() -> None:
+    async with trio.open_nursery() as nursery:
+        hub, broker = await _hub(nursery)
+        conn = RecordingSubscriber("1.1")
+        await hub.subscribe(conn, "1", "c", None)  # type: ignore[arg-type]
+        broker.publish()
+        await _wait_for(lambda: conn.offsets() == [1])
+        broker.publish(deliver=False)  # offset 2 is in the stream, its copy lost
+        # Resubscribe from offset 1: the replay brings 2; live 3 arrives once.
+        await hub.subscribe(conn, "1", "c", (1, EPOCH))  # type: ignore[arg-type]
+        broker.publish()
+        await _wait_for(lambda: conn.offsets() == [1, 2, 3])
+        await trio.sleep(0.2)
+        assert conn.offsets() == [1, 2, 3]
+        assert len(hub.channels[broker.channel_key("1", "c")].subscribers) == 1
+        nursery.cancel_scope.cancel()

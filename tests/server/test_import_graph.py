@@ -81,3 +81,4 @@ def test_the_checker_finds_a_cycle_hidden_under_type_checking(tmp_path: Path) ->
 def test_nothing_in_server_imports_the_node_but_its_entry_points() -> None:
     importers = {name for name, deps in import_graph().items() if "node" in deps}
     assert importers <= {"main"}, importers
+

@@ -41,6 +41,13 @@ REQUIRED_METRICS = {
     "turnout_redis_link_up",
     "turnout_rss_bytes",
     "turnout_event_loop_lag_seconds",
+    "turnout_presence_members",
+    "turnout_presence_leaves_pending",
+    "turnout_client_events_total",
+    "turnout_rejoins_total",
+    "turnout_dead_nodes_reaped_total",
+    "turnout_webhook_events_sent_total",
+    "turnout_webhook_sender",
 }
 
 

@@ -112,10 +112,21 @@ async def test_websocket_ping_frame_is_answered_with_pong_frame(node):
             await client.ws.ping(b"")
 
 
+@pytest.mark.parametrize("version", ["5", "6", "7"])
+async def test_protocol_versions_5_to_7_are_accepted(node, version):
+    """5 is what the official Java/Android client sends."""
+    async with pusher_client(f"ws://127.0.0.1:{node.port}/app/{APP_KEY}?protocol={version}"
+                             "&client=java&version=2.4.4") as client:
+        ok = await client.subscribe("versions")
+        assert ok["event"] == "pusher_internal:subscription_succeeded"
+
+
 @pytest.mark.parametrize(("path", "code"), [
     ("/app/no-such-key?protocol=7", 4001),
-    (f"/app/{APP_KEY}?protocol=6", 4007),
+    (f"/app/{APP_KEY}?protocol=4", 4007),
     (f"/app/{APP_KEY}?protocol=8", 4007),
+    (f"/app/{APP_KEY}?protocol=7.0", 4006),
+    (f"/app/{APP_KEY}?protocol=seven", 4006),
     (f"/app/{APP_KEY}", 4008),
     (f"/app/{APP_KEY}?client=js&version=8.4.0", 4008),
     (f"/nothing/{APP_KEY}?protocol=7", 4005),
@@ -253,15 +264,16 @@ async def test_private_channel_with_bad_auth_is_refused_4009(node, how):
         assert (await client.next())["event"] == "marker"
 
 
-async def test_presence_channels_are_refused_4009(node):
+async def test_presence_channels_need_a_signed_channel_data(node):
     async with pusher_client(node.ws_url) as client:
         channel_data = json.dumps({"user_id": "1", "user_info": {}})
-        auth = channel_auth(APP_KEY, APP_SECRET, client.socket_id, "presence-room", channel_data)
+        auth = channel_auth(APP_KEY, APP_SECRET, client.socket_id, "presence-room")  # no data
         await client.send("pusher:subscribe", {"channel": "presence-room", "auth": auth,
                                                "channel_data": channel_data})
         refused = await client.next()
         assert refused["event"] == "pusher:subscription_error"
         assert refused["channel"] == "presence-room"
+        assert refused["data"]["status"] == 401
         await expect_error(client, 4009)
         await assert_open(client)
 
@@ -279,7 +291,7 @@ async def test_client_events_are_refused_4301(node):
         assert (await peer.next())["event"] == "marker"
 
 
-async def test_signin_is_refused_4009(node):
+async def test_a_badly_signed_signin_is_refused_4009(node):
     async with pusher_client(node.ws_url) as client:
         await client.send("pusher:signin", {"auth": f"{APP_KEY}:00", "user_data": '{"id":"1"}'})
         await expect_error(client, 4009)
@@ -298,9 +310,23 @@ async def test_channel_name_of_164_characters_is_accepted(node):
 
 
 @pytest.mark.parametrize("name", ["c" * 165, "private-" + "a" * 157, "", "has space", "slash/y",
-                                  "star*", "#server-to-user-1", "ümlaut", "new\nline", 123,
-                                  None, ["list"]])
-async def test_invalid_channel_names_are_refused(node, name):
+                                  "star*", "ümlaut", "new\nline", "#server-to-user-1"])
+async def test_invalid_channel_names_are_refused_for_the_channel(node, name):
+    """A channel-level refusal carries the channel, so Echo's .error() fires."""
+    async with pusher_client(node.ws_url) as client:
+        await client.send("pusher:subscribe", {"channel": name})
+        refused = await client.next()
+        assert refused["event"] == "pusher:subscription_error"
+        assert refused["channel"] == name
+        # A user channel is refused for want of a sign-in, the others for their name.
+        code = 4009 if name.startswith("#") else 4200
+        assert refused["data"]["status"] == (401 if code == 4009 else 400)
+        await expect_error(client, code)
+        await assert_open(client)
+
+
+@pytest.mark.parametrize("name", [123, None, ["list"]])
+async def test_subscribes_without_a_channel_name_are_refused(node, name):
     async with pusher_client(node.ws_url) as client:
         await client.send("pusher:subscribe", {"channel": name})
         await expect_error(client, 4200)
@@ -520,3 +546,81 @@ async def test_sdk_reports_bad_credentials(node):
                         port=node.port, ssl=False)
     with pytest.raises(pusher.errors.PusherBadAuth):
         await run(bad.trigger, "c", "e", {})
+
+
+# ---------------------------------------------------------------------------- publish rules
+
+
+async def test_a_channel_listed_twice_gets_one_event(node):
+    async with pusher_client(node.ws_url) as client:
+        await client.subscribe("twice")
+        response = await run(signed_post, node.url, events_path(),
+                             {"name": "e", "data": "{}", "channels": ["twice", "twice", "other"]})
+        assert response.status_code == 200, response.text
+        assert set(response.json()["positions"]) == {"twice", "other"}
+        event = await client.next()
+        assert event["offset"] == response.json()["positions"]["twice"]["offset"]
+        assert await client.drain(0.5) == []
+
+
+async def test_an_encrypted_channel_cannot_share_a_publish(node):
+    refused = await run(signed_post, node.url, events_path(), {
+        "name": "e", "data": "{}", "channels": ["private-encrypted-a", "public-b"]})
+    assert refused.status_code == 400
+    assert "encrypted" in refused.json()["error"]
+    alone = await run(signed_post, node.url, events_path(), {
+        "name": "e", "data": "{}", "channels": ["private-encrypted-a"]})
+    assert alone.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["pusher:subscription_succeeded", "pusher_internal:member_added",
+                                  "pusher_internal:terminate"])
+async def test_protocol_event_names_cannot_be_published(node, name):
+    refused = await run(signed_post, node.url, events_path(),
+                        {"name": name, "data": "{}", "channel": "c"})
+    assert refused.status_code == 400
+    assert "reserved" in refused.json()["error"]
+
+
+async def test_info_is_honoured_in_events_and_batches(node):
+    async with pusher_client(node.ws_url) as a, pusher_client(node.ws_url) as b:
+        await a.subscribe("info-room")
+        await b.subscribe("info-room")
+        await a.join("presence-info", "ada")
+        await b.join("presence-info", "ada")
+        with trio.fail_after(5):
+            while True:
+                response = await run(signed_post, node.url, events_path(), {
+                    "name": "e", "data": "{}", "channels": ["info-room", "presence-info"],
+                    "info": "subscription_count,user_count"})
+                if response.json()["channels"]["info-room"]["subscription_count"] == 2:
+                    break
+                await trio.sleep(0.05)
+        assert response.json()["channels"] == {
+            "info-room": {"subscription_count": 2},
+            "presence-info": {"subscription_count": 2, "user_count": 1}}
+        batch = await run(signed_post, node.url, f"/apps/{APP_ID}/batch_events", {"batch": [
+            {"name": "e", "data": "{}", "channel": "info-room", "info": "subscription_count"},
+            {"name": "e", "data": "{}", "channel": "presence-info", "info": "user_count"},
+            {"name": "e", "data": "{}", "channel": "info-room"}]})
+        items = batch.json()["batch"]
+        assert items[0]["subscription_count"] == 2
+        assert items[1]["user_count"] == 1
+        assert "subscription_count" not in items[1]
+        assert set(items[2]) == {"positions"}
+        bad = await run(signed_post, node.url, events_path(), {
+            "name": "e", "data": "{}", "channel": "info-room", "info": "nonsense"})
+        assert bad.status_code == 400
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/channels/not-presence/users", None),
+    ("/channels/not-cache", {"info": "cache"}),
+    ("/channels/public", {"info": "user_count"}),
+    ("/channels/public", {"info": "whatever"}),
+    ("/channels", {"info": "user_count"}),
+])
+async def test_channel_queries_that_do_not_apply_are_400(node, path, params):
+    response = await run(signed_get, node.url, f"/apps/{APP_ID}{path}", params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]

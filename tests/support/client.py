@@ -11,7 +11,7 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from server.auth import channel_auth, sign_request
+from server.auth import channel_auth, sign_request, user_auth
 
 from .procs import APP_ID, APP_KEY, APP_SECRET
 
@@ -50,6 +50,53 @@ class PusherTestClient:
             data["offset"], data["epoch"] = position
         await self.send("pusher:subscribe", data)
         return await self.next()
+
+
+    async def join(self, channel: str, user_id: str, user_info: Any = None) -> dict[str, Any]:
+        """Subscribe to a presence channel as a signed member; the answer."""
+        channel_data = json.dumps({"user_id": user_id, "user_info": user_info})
+        await self.send("pusher:subscribe", {
+            "channel": channel, "channel_data": channel_data,
+            "auth": channel_auth(APP_KEY, APP_SECRET, self.socket_id, channel, channel_data)})
+        return await self.next()
+
+    async def signin(self, user_id: str, user_info: Any = None) -> dict[str, Any]:
+        user_data = json.dumps({"id": user_id, "user_info": user_info})
+        await self.send("pusher:signin", {
+            "auth": user_auth(APP_KEY, APP_SECRET, self.socket_id, user_data),
+            "user_data": user_data})
+        return await self.next()
+
+    async def drain(self, seconds: float) -> list[dict[str, Any]]:
+        """Everything that arrives within ``seconds`` (ends early if the server closes)."""
+        out: list[dict[str, Any]] = []
+        with trio.move_on_after(seconds):
+            try:
+                while True:
+                    out.append(await self.next(timeout=seconds + 1))
+            except ConnectionClosed:
+                pass
+        return out
+
+    async def closed(self, timeout: float = 10.0) -> tuple[list[dict[str, Any]], int]:
+        """Read until the server closes: (messages meanwhile, close code)."""
+        messages: list[dict[str, Any]] = []
+        with trio.fail_after(timeout):
+            try:
+                while True:
+                    messages.append(json.loads(await self.ws.get_message()))
+            except ConnectionClosed as exc:
+                return messages, exc.reason.code
+        raise AssertionError("unreachable")
+
+
+def members_of(confirmation: dict[str, Any]) -> dict[str, Any]:
+    """The member hash of a presence subscription_succeeded (checking ids and count agree)."""
+    assert confirmation["event"] == "pusher_internal:subscription_succeeded", confirmation
+    presence = json.loads(confirmation["data"])["presence"]
+    assert sorted(presence["ids"]) == sorted(presence["hash"]), presence
+    assert presence["count"] == len(presence["ids"]), presence
+    return presence["hash"]
 
 
 class pusher_client:

@@ -3,6 +3,8 @@
 `RecordingSubscriber` is a connection as the hub and the session see it: it records the
 messages (and frames) it is sent and the closes it is asked for. `MemoryChannels` is the hub
 as a connection sees it: it records subscriptions and confirms them at once.
+`RecordingPublisher` is the broker as a connection sees it (client events), `CountingCluster`
+the cluster.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 import orjson
 
 from server import protocol
-from server.interfaces import Position, SubscribeRefused
+from server.broker import PublishResult
+from server.interfaces import ChannelFull, Member, Position, PublishItem, SubscribeRefused
+from server.redis_link import RedisUnreachable
 
 
 class RecordingSubscriber:
@@ -44,19 +48,31 @@ class RecordingSubscriber:
 
 
 class MemoryChannels:
-    """Subscriptions recorded and confirmed at once; ``refuse`` makes them fail."""
+    """Subscriptions recorded and confirmed at once; ``refuse`` makes them fail, ``full``
+    names presence channels that have no room."""
 
     def __init__(self) -> None:
         self.subscribed: list[tuple[str, str, Position | None]] = []
+        self.members: dict[str, Member] = {}
+        self.quiet: list[str] = []
         self.unsubscribed: list[str] = []
         self.refuse = False
+        self.full: set[str] = set()
 
     async def subscribe(self, conn: Any, app_id: str, name: str,
-                        position: Position | None) -> None:
+                        position: Position | None, *, member: Member | None = None,
+                        quiet: bool = False) -> None:
         if self.refuse:
             raise SubscribeRefused("redis is unreachable")
+        if name in self.full:
+            raise ChannelFull(f"presence channel {name} is full")
         self.subscribed.append((app_id, name, position))
+        if member is not None:
+            self.members[name] = member
         conn.channels[name] = object()
+        if quiet:
+            self.quiet.append(name)
+            return
         conn.send_message(protocol.subscription_succeeded(
             name, offset=0, epoch="e", recovered=None if position is None else False))
 
@@ -66,3 +82,57 @@ class MemoryChannels:
 
     def drop_connection(self, conn: Any) -> None:
         conn.channels.clear()
+
+
+class RecordingPublisher:
+    """Publishes nowhere: records the items; ``fail`` makes publishing raise as a down link."""
+
+    link_up = True
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, PublishItem]] = []
+        self.fail = False
+        self.online: set[str] = set()
+
+    async def publish_many(self, app_id: str, items: Any) -> list[PublishResult]:
+        if self.fail:
+            raise RedisUnreachable("redis link is down")
+        items = list(items)
+        self.items += [(app_id, item) for item in items]
+        return [PublishResult(len(self.items), "e") for _ in items]
+
+    async def read_counts(self, app_id: str) -> dict[str, int]:
+        return {}
+
+    async def read_members(self, app_id: str, channel: str) -> dict[str, Any]:
+        return {}
+
+    async def read_user_counts(self, app_id: str, channels: list[str]) -> list[int]:
+        return [0 for _ in channels]
+
+    async def read_cache(self, app_id: str, channel: str) -> tuple[None, int]:
+        return None, 0
+
+    async def read_online(self, app_id: str, users: list[str]) -> list[str]:
+        return [user for user in users if user in self.online]
+
+
+class CountingCluster:
+    """The cluster as a connection sees it: connections per app, counted here only."""
+
+    incarnation = "test"
+
+    def __init__(self) -> None:
+        self.connections: dict[str, int] = {}
+
+    def connection_opened(self, app: str) -> None:
+        self.connections[app] = self.connections.get(app, 0) + 1
+
+    def connection_closed(self, app: str) -> None:
+        self.connections[app] -= 1
+
+    def app_connections(self, app: str) -> int:
+        return self.connections.get(app, 0)
+
+    def count_changed(self, app: str, channel: str) -> None:
+        pass

@@ -120,18 +120,49 @@ class NodeProc:
             self.proc.send_signal(signal.SIGTERM)
 
 
+def app_toml(**settings: object) -> str:
+    """An [[apps]] table for the test app (APP_ID/APP_KEY/APP_SECRET) with extra settings."""
+    lines = ["[[apps]]", f'id = "{APP_ID}"', f'key = "{APP_KEY}"', f'secret = "{APP_SECRET}"']
+    tables = []
+    for name, value in settings.items():
+        if name == "webhooks":
+            for hook in value:  # type: ignore[attr-defined]
+                tables += ["[[apps.webhooks]]"] + [f"{k} = {_toml(v)}" for k, v in hook.items()]
+        else:
+            lines.append(f"{name} = {_toml(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
 def start_node(tmp: Path, redis_url: str, node_id: str = "node-1", *extra: str,
                port: int | None = None, wait: bool = True,
-               extra_env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
+               extra_env: dict[str, str] | None = None, nofile: int | None = None,
+               config: str | None = None) -> NodeProc:
+    """``config``: TOML text with the node's apps (then no --app-* flags are given)."""
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--redis-url", redis_url, "--node-id", node_id, "--app-id", APP_ID,
-            "--app-key", APP_KEY, *extra]
-    # The secret goes in the environment, as the README tells operators to do (a flag would
-    # show in ps and make the node print a warning).
+            "--redis-url", redis_url, "--node-id", node_id]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
-    env["TURNOUT_APP_SECRET"] = APP_SECRET
+    if config is None:
+        args += ["--app-id", APP_ID, "--app-key", APP_KEY]
+        # The secret goes in the environment, as the README tells operators to do (a flag
+        # would show in ps and make the node print a warning).
+        env["TURNOUT_APP_SECRET"] = APP_SECRET
+    else:
+        path = tmp / f"{node_id}.toml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    args += list(extra)
     env.update(extra_env or {})
     node = NodeProc(node_id, port, spawn(args, tmp / f"{node_id}.log", env, nofile),
                     tmp / f"{node_id}.log", list(extra))
