@@ -12,8 +12,9 @@ speaks the JSON lines of ``tools/fleet-io.mjs`` over it.
 What they report is translated into the history the checker already judges
 (:class:`GroupRecord`): ``subscribe`` invoke/ok/fail, ``connect``/``disconnect``, one plain
 ``deliver`` op per update the application's handler saw (with the position when the plugin
-reported one; without the plugin, by update id: the publisher's payload carries it and the
-checker maps it to the acknowledged position), ``gap`` for ``recovered: false`` and ``drain``
+reported one; without the plugin only the update id the publisher's payload carries, which the
+checker judges against the publisher's records: lost and duplicated by id, reordered by the
+publisher's ``seq``), ``gap`` for ``recovered: false`` and ``drain``
 at the final read. Record times are CLOCK_MONOTONIC, stamped by the tool on receipt, the clock
 of every other history file.
 
