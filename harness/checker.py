@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from harness.checks.delivery import DeliveryResult, judge_delivery
+from harness.checks.groups import judge_groups
 from harness.checks.latency import LatencyResult, empty_latency, judge_latency
 from harness.checks.model import RunData, accumulate
 from harness.checks.order import OrderResult, judge_order
@@ -179,6 +180,8 @@ class Report:
     latency_by_phase: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     #: how deliveries were recorded: compact (runs + tables) and/or full ops; inconsistencies
     recording: Mapping[str, Any] = field(default_factory=dict)
+    #: per client group (the fleet, each [[client_groups]] entry): clients, lost, ...
+    groups: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     #: the presence check (harness.checks.presence), when the clients joined presence channels
     presence: Mapping[str, Any] | None = None
 
@@ -200,6 +203,7 @@ class Report:
             "incomplete_clients": list(self.incomplete_clients),
             "phases": [{"phase": p, "at_s": t} for p, t in self.phases],
             "recording": dict(self.recording),
+            "groups": {name: dict(g) for name, g in self.groups.items()},
             "presence": None if self.presence is None else dict(self.presence),
         }
 
@@ -493,6 +497,7 @@ def _report(data: RunData, invariants: Invariants,
         latency_by_phase=latency.by_phase,
         recording={"compact": data.compact, "sampled_subscriptions": sampled,
                    "inconsistent": len(data.inconsistent)},
+        groups=judge_groups(data, delivery.viewers, order.viewers),
         presence=None if presence is None or presence.viewers == 0 else presence.to_dict())
 
 

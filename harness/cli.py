@@ -1,6 +1,6 @@
 """``turnout``: run experiments headless, open the TUI, re-check a run folder.
 
-    turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
+    turnout run FILE [--out DIR] [--no-recovery] [--plugin-off] [--seed N] [--scale F]
                      [--target URL --app-id ID --app-key KEY]   (secret: TURNOUT_APP_SECRET)
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder (default runs/<time>-<name>/)")
     run.add_argument("--no-recovery", action="store_true",
                      help="negative control: nodes run with history off (drops expected)")
+    run.add_argument("--plugin-off", action="store_true",
+                     help="control of [[client_groups]]: pusher-js without @turnout/pusher-resume "
+                     "(drops expected where the plugin resumes)")
     run.add_argument("--no-reaper", action="store_true",
                      help="presence negative control: nodes run without the reaper (ghost "
                      "members expected after a node kill)")
@@ -159,6 +162,12 @@ def verdict_table(result: RunResult) -> Table:
             continue
         bad = key in ("lost", "duplicated", "reordered", "unexpected") and value
         table.add_row(key, f"[red]{value}[/]" if bad else str(value))
+    if len(report.groups) > 1:  # the fleet next to real clients: where the loss is
+        for name, group in report.groups.items():
+            lost = group["lost"]
+            text = (f"{group['clients']} clients, {lost} lost"
+                    + (f" in {group['clients_losing']}" if lost else ""))
+            table.add_row(f"group {name}", f"[red]{text}[/]" if lost else text)
     for key in ("p50", "p99", "max"):
         value = report.latency_ms.get(key) if report.latency_ms else None
         if value is not None:
@@ -199,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
     options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery,
-                         no_reaper=args.no_reaper, seed=args.seed,
+                         plugin_off=args.plugin_off, no_reaper=args.no_reaper,
+                         seed=args.seed,
                          scale=args.scale, target_url=args.target, app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
     progress = _Progress(experiment.name)

@@ -23,8 +23,8 @@ import psutil
 __all__ = ["COMPONENTS", "CpuLedger", "component_of"]
 
 #: Components in the order reports list them.
-COMPONENTS: Final = ("nodes", "fleet workers", "proxies (Toxiproxy)", "HAProxy", "Redis",
-                     "publisher", "harness")
+COMPONENTS: Final = ("nodes", "fleet workers", "real clients", "proxies (Toxiproxy)", "HAProxy",
+                     "Redis", "publisher", "harness")
 
 
 def component_of(name: str) -> str:
@@ -33,6 +33,8 @@ def component_of(name: str) -> str:
         return "nodes"
     if name.startswith("fleet-w"):
         return "fleet workers"
+    if name.startswith("rc-"):  # [[client_groups]] tools (a Chromium's own children not counted)
+        return "real clients"
     if name.startswith("toxiproxy"):
         return "proxies (Toxiproxy)"
     if name.startswith("haproxy"):

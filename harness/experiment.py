@@ -31,9 +31,11 @@ from typing import Any, Final, final
 from harness.checker import Invariants
 
 __all__ = [
+    "CLIENT_GROUP_KEYS",
     "FAULT_KEYS",
     "FAULT_KINDS",
     "SECTIONS",
+    "ClientGroup",
     "Clients",
     "Cluster",
     "Experiment",
@@ -922,6 +924,72 @@ FAULT_KEYS: Final[tuple[Key, ...]] = (
     ),
 )
 
+#: ``[[client_groups]]``: real Pusher clients next to the Python fleet (harness.real_clients).
+CLIENT_GROUP_KEYS: Final[tuple[Key, ...]] = (
+    Key(
+        "name",
+        Text(r"[a-z][a-z0-9-]*", "a lowercase name of letters, digits and '-'"),
+        "per group",
+        "—",
+        "the group's name; its viewers are `<name>-<i>` in the history (default: the kind, "
+        "numbered when several groups share it)",
+    ),
+    Key(
+        "kind",
+        Choice(("pusher-js", "browser")),
+        REQUIRED,
+        "—",
+        "pusher-js: viewers in Node processes (tools/node-fleet.mjs); browser: one headless "
+        "Chromium page per viewer (tools/browser-fleet.mjs)",
+    ),
+    Key("count", Integer(1), 10, "clients", "viewers in the group"),
+    Key(
+        "processes",
+        Integer(1, 16),
+        1,
+        "processes",
+        "Node processes (each with one Chromium for kind = browser); viewers spread over them",
+    ),
+    Key(
+        "library",
+        Choice(("pusher-js", "echo", "both")),
+        "pusher-js",
+        "—",
+        "what the application is written with: pusher-js alone, Laravel Echo on pusher-js, "
+        "or both alternating per viewer",
+    ),
+    Key(
+        "versions",
+        Choice(("newest", "oldest", "both")),
+        "newest",
+        "—",
+        "the pusher-js 8.x / Echo 2.x versions clients/pusher-resume claims (oldest or newest, "
+        "or both alternating)",
+    ),
+    Key(
+        "plugin",
+        Boolean(),
+        True,
+        "—",
+        "wrap each instance in @turnout/pusher-resume (false: plain pusher-js, which "
+        "resubscribes fresh and loses what was published meanwhile)",
+    ),
+    Key(
+        "channels_per_client",
+        Integer(1),
+        2,
+        "channels",
+        "channels each viewer subscribes to (spread evenly over workload.channels)",
+    ),
+    Key(
+        "connect_rate_per_s",
+        Number(0, None, True, "a number per second"),
+        50.0,
+        "clients/s",
+        "how fast the group's viewers are opened",
+    ),
+)
+
 
 # --------------------------------------------------------------------------------------------
 # The model.
@@ -1052,6 +1120,21 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientGroup:
+    """One ``[[client_groups]]`` entry: real Pusher clients run by harness.real_clients."""
+
+    name: str
+    kind: str  # "pusher-js" | "browser"
+    count: int = 10
+    processes: int = 1
+    library: str = "pusher-js"
+    versions: str = "newest"
+    plugin: bool = True
+    channels_per_client: int = 2
+    connect_rate_per_s: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
     name: str
     description: str
@@ -1061,6 +1144,7 @@ class Experiment:
     phases: Phases = Phases()
     faults: tuple[Fault, ...] = ()
     invariants: Invariants = field(default_factory=Invariants)
+    client_groups: tuple[ClientGroup, ...] = ()
     ci: bool = True
     seed: int = 1
     source: str | None = None  # the file it was loaded from
@@ -1106,6 +1190,16 @@ class Experiment:
             cluster=dataclasses.replace(self.cluster, recovery=False),
         )
 
+    def plugin_off(self) -> Experiment:
+        """The same experiment with every client group's resume plugin off: plain pusher-js,
+        which must lose updates where the plugin kept them (the Python fleet still resumes)."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-plugin-off",
+            client_groups=tuple(
+                dataclasses.replace(g, plugin=False) for g in self.client_groups),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -1122,6 +1216,7 @@ class Experiment:
             "phases": dataclasses.asdict(self.phases),
             "faults": [f.to_dict() for f in self.faults],
             "invariants": dataclasses.asdict(self.invariants),
+            "client_groups": [dataclasses.asdict(g) for g in self.client_groups],
         }
 
 
@@ -1199,8 +1294,9 @@ class _Loader:
 
     def experiment(self, data: dict[str, Any], default_name: str | None) -> Experiment:
         sections = [s for s in SECTIONS if s]
-        allowed = [k.name for k in SECTIONS[""]] + sections + ["faults"]
-        top = {k: v for k, v in data.items() if k not in sections and k != "faults"}
+        allowed = [k.name for k in SECTIONS[""]] + sections + ["faults", "client_groups"]
+        top = {k: v for k, v in data.items()
+               if k not in sections and k not in ("faults", "client_groups")}
         for name in top:
             if name not in allowed:
                 self.unknown("", name, allowed)
@@ -1224,6 +1320,7 @@ class _Loader:
                 "faults", f"expected an array of tables [[faults]], got {_got(raw_faults)}"
             )
         faults = tuple(self.fault(i, raw, phases) for i, raw in enumerate(raw_faults))
+        client_groups = self.client_groups(data.get("client_groups", []))
         exp = Experiment(
             name=head["name"],
             description=head["description"],
@@ -1233,6 +1330,7 @@ class _Loader:
             phases=phases,
             faults=faults,
             invariants=invariants,
+            client_groups=client_groups,
             ci=head["ci"],
             seed=head["seed"],
             source=self.source,
@@ -1286,6 +1384,37 @@ class _Loader:
             )
         return Fault(index, kind.name, at_s, target, duration, Params(params))
 
+    def client_groups(self, raw: object) -> tuple[ClientGroup, ...]:
+        if not isinstance(raw, list):
+            raise self.error(
+                "client_groups",
+                f"expected an array of tables [[client_groups]], got {_got(raw)}")
+        groups: list[ClientGroup] = []
+        for index, entry in enumerate(raw):
+            prefix = f"client_groups[{index}]."
+            if not isinstance(entry, dict):
+                raise self.error(f"client_groups[{index}]",
+                                 f"expected a table [[client_groups]], got {_got(entry)}")
+            values = self.keys(prefix, CLIENT_GROUP_KEYS, entry)
+            if values["name"] == "per group":
+                same = [e for e in raw if isinstance(e, dict) and e.get("kind") == values["kind"]]
+                values["name"] = values["kind"] + (
+                    f"-{sum(1 for g in groups if g.kind == values['kind']) + 1}"
+                    if len(same) > 1 else "")
+            if values["processes"] > values["count"]:
+                raise self.error(prefix + "processes",
+                                 f"expected at most count ({values['count']}) processes, "
+                                 f"got {values['processes']}")
+            if any(g.name == values["name"] for g in groups):
+                raise self.error(prefix + "name",
+                                 f"expected a name no other group has, got '{values['name']}'")
+            if values["name"] == "client" or values["name"].startswith("client-"):
+                raise self.error(prefix + "name",
+                                 "expected a name other than 'client' or 'client-…' (the "
+                                 f"Python fleet's viewers are client-<n>), got '{values['name']}'")
+            groups.append(ClientGroup(**values))
+        return tuple(groups)
+
     def cross_checks(self, exp: Experiment) -> None:
         c, w, p, k = exp.clients, exp.workload, exp.phases, exp.cluster
         if c.processes > c.count:
@@ -1293,6 +1422,13 @@ class _Loader:
                 "clients.processes",
                 f"expected at most clients.count ({c.count}) processes, got {c.processes}",
             )
+        for index, group in enumerate(exp.client_groups):
+            if group.channels_per_client > w.channels:
+                raise self.error(
+                    f"client_groups[{index}].channels_per_client",
+                    f"expected at most workload.channels ({w.channels}), "
+                    f"got {group.channels_per_client}",
+                )
         if w.presence_channels and c.count > 50 * w.presence_channels:
             raise self.error(
                 "workload.presence_channels",
@@ -1357,7 +1493,7 @@ def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if value == "per kind" else f'"{value}"'
+        return value if value in ("per kind", "per group") else f'"{value}"'
     if isinstance(value, tuple | list):
         return "[]" if not value else "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, float):
@@ -1397,6 +1533,9 @@ def reference_markdown() -> str:
     }
     for cls, (_, form) in _TARGET_FORMS.items():
         out.append(f"| `{form.strip(chr(39))}` | {meaning[cls]} |")
+    out += ["", "### `[[client_groups]]`", "",
+            "Real Pusher clients next to the Python fleet (see \"Real clients\" above):", ""]
+    out += _table(CLIENT_GROUP_KEYS)
     out += ["", "### Fault kinds", ""]
     for kind in FAULT_KINDS.values():
         targets = ", ".join(f"`{_TARGET_FORMS[c][1].strip(chr(39))}`" for c in kind.targets)

@@ -110,6 +110,13 @@ def render_markdown(report: Report, title: str = "turnout run",
     for f in report.faults:
         if f.latency_ms:
             lines.append(_latency_row(f"{f.fault_id} {f.fault} window", f.latency_ms))
+    if len(report.groups) > 1:
+        lines += ["", "## Client groups", "",
+                  "| group | clients | lost | clients losing | duplicated | reordered "
+                  "| unexpected | unfinished |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {g['clients']} | {g['lost']} | {g['clients_losing']} "
+                  f"| {g['duplicated']} | {g['reordered']} | {g['unexpected']} "
+                  f"| {g['unfinished']} |" for name, g in report.groups.items()]
     lines += ["", "## Reconnects", ""]
     lines += [f"- {k}: {v}" for k, v in report.reconnects.items()]
     lines.append("")

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -48,6 +49,7 @@ from .history import HARNESS, HistoryWriter
 from .nemesis import Nemesis
 from .procs import HarnessSetupError, ProcessFailed, Supervisor, open_supervisor
 from .publisher import PublisherProcess, PublisherSpec
+from .real_clients import RealClients
 from .render import render_junit, render_markdown
 from .topology import Topology, TopologySpec, run_topology
 
@@ -66,6 +68,8 @@ class RunOptions:
     out_dir: Path | None = None
     runs_root: Path = Path("runs")
     no_recovery: bool = False
+    #: every [[client_groups]] entry without @turnout/pusher-resume (the plugin's control)
+    plugin_off: bool = False
     no_reaper: bool = False
     seed: int | None = None
     scale: float = 1.0
@@ -152,6 +156,8 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.scaled(options.scale)
     if options.no_recovery:
         experiment = experiment.negative_control()
+    if options.plugin_off:
+        experiment = experiment.plugin_off()
     if options.no_reaper:
         experiment = experiment.presence_negative_control()
     return experiment
@@ -299,6 +305,19 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     return RunResult(run_dir, report, exit_code, cpu_table)
 
 
+def _host_port(ws_entry: str) -> tuple[str, int]:
+    parts = urlsplit(ws_entry)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+async def _final_read_real(real: RealClients, events: EventLog) -> None:
+    unfinished = await real.final_read(timeout=120)
+    if unfinished:
+        shown = ", ".join(unfinished[:10]) + (", …" if len(unfinished) > 10 else "")
+        events.log(f"{len(unfinished)} real clients did not finish their final read: {shown}",
+                   "error")
+
+
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:
@@ -373,6 +392,10 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 })
             expected = sum(len(c.channels) for c in plan)
             supervisors = [fleet_supervisor]
+            real = RealClients(run_dir, experiment.client_groups, channels,
+                               [_host_port(u) for u in ws_entries],
+                               app_key=app[1], app_secret=app[2],
+                               event=PublisherSpec.event_name)
 
             def sample_cpu(label: str) -> None:
                 cpu.sample(_run_pids(topology, *supervisors))
@@ -388,6 +411,13 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             if not await fleet.wait_subscribed(expected, subscribe_within):
                 raise TimeoutError(f"only {fleet.totals().subscribed} of {expected} "
                                    f"subscriptions succeeded within {subscribe_within:.0f} s")
+            if real.tools:
+                await root.start(real.serve)
+                await real.start(fleet_supervisor)
+                if not await real.wait_subscribed(options.subscribe_timeout_s):
+                    raise TimeoutError(f"only {real.totals()['subscribed']} subscriptions of "
+                                       f"the {real.viewer_count} real clients succeeded within "
+                                       f"{options.subscribe_timeout_s:.0f} s")
             publisher = PublisherProcess(PublisherSpec(
                 base_url=api_url, app_id=app[0], app_key=app[1], app_secret=app[2],
                 channels=tuple(channels), interval_s=workload.publish_interval_s,
@@ -445,7 +475,9 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                     events.log("the publisher did not stop in time", "error")
                 phase("drain", None, "publishing stopped; every client's final read of what it "
                       "is owed", timeout_s=180)
-                drained = await fleet.drain(timeout=180)
+                async with trio.open_nursery() as final:
+                    final.start_soon(_final_read_real, real, events)
+                    drained = await fleet.drain(timeout=180)
                 if not drained:
                     events.log("not every fleet worker finished its final read", "error")
                 sample_cpu("end")
@@ -454,6 +486,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                         for name, node in topology.nodes.items():
                             cluster_metrics[name] = await _node_metrics(client, node.url)
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
+                if real.tools:
+                    cluster_metrics["real_clients"] = real.totals_by_group()
                 for message in nemesis.failures:
                     history.record(HARNESS, "info", "nemesis_failure", {"message": message})
                 work.cancel_scope.cancel()

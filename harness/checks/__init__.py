@@ -9,5 +9,6 @@
 - :mod:`.order`: duplicates and reorders, judged on server positions for every delivery;
 - :mod:`.latency`: publish-to-receive percentiles, overall, per phase and per fault window;
 - :mod:`.recovery`: per fault, the stale windows of the viewers it disconnected and how long
-  after its heal everything published before it had arrived.
+  after its heal everything published before it had arrived;
+- :mod:`.groups`: the totals per client group (the Python fleet, each ``[[client_groups]]``).
 """

@@ -85,6 +85,21 @@ def _slow_consumers_were_disconnected(doc: dict[str, Any]) -> None:
     assert sum(m["slow_consumer_disconnects_total"] for m in _nodes(doc)) > 0, _nodes(doc)
 
 
+def _real_clients_kept_every_update(doc: dict[str, Any]) -> None:
+    """real-clients: pusher-js, Echo and browser pages were there, went through the faults
+    (some reconnected) and are judged with the fleet, group by group."""
+    _clients_reconnected(doc)
+    groups = doc["groups"]
+    assert set(groups) == {"fleet", "pusher-js", "browser"}, groups
+    real = doc["cluster"]["real_clients"]
+    for name in ("pusher-js", "browser"):
+        assert groups[name]["clients"] == real[name]["clients"] > 0, (groups, real)
+        assert real[name]["drained"] == real[name]["clients"], real
+        assert real[name]["delivered"] > 0, real
+        assert groups[name]["lost"] == 0, groups
+    assert sum(g["reconnects"] for g in real.values()) > 0, real
+
+
 # What each experiment's faults must visibly have done: a pass where the fault did nothing
 # (a storm that opened no connections, a leak the watchdog never saw) proves nothing.
 EVIDENCE: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -96,6 +111,7 @@ EVIDENCE: dict[str, Callable[[dict[str, Any]], None]] = {
     "election-night": _clients_reconnected,
     "election-night-10k": _scale_test,
     "redis-partition": _redis_links_went_down_and_came_back,
+    "real-clients": _real_clients_kept_every_update,
     "redis-restart": _redis_links_went_down_and_came_back,
     "slow-consumers": _slow_consumers_were_disconnected,
 }
@@ -107,7 +123,8 @@ CI_EXPERIMENTS = sorted(name for name, path in shipped_experiments().items()
 def test_every_named_experiment_is_shipped_and_runs_in_ci():
     for name in ("baseline", "node-kill", "rolling-deploy", "node-pause", "redis-restart",
                  "redis-partition", "latency", "memory-leak", "slow-consumers",
-                 "connection-storm", "election-night", "election-night-10k", "presence"):
+                 "connection-storm", "election-night", "election-night-10k", "presence",
+                 "real-clients"):
         assert name in CI_EXPERIMENTS, name
 
 
@@ -149,6 +166,23 @@ def test_negative_control_reports_drops(name: str, tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_real_clients_without_the_plugin_lose_updates(tmp_path: Path):
+    """real-clients.toml with --plugin-off: the same pusher-js instances and pages without
+    @turnout/pusher-resume resubscribe fresh after the faults and lose what was published
+    meanwhile; the report says so per group while the resuming Python fleet loses nothing."""
+    run_dir = tmp_path / "real-clients-plugin-off"
+    result = turnout_run(str(REPO / "experiments" / "real-clients.toml"), "--out",
+                         str(run_dir), "--plugin-off")
+    assert result.returncode == 1, explain(result, run_dir)
+    doc = report(run_dir)
+    assert doc["verdict"] == "fail"
+    assert doc["experiment"] == "real-clients-plugin-off"
+    groups = doc["groups"]
+    assert groups["fleet"]["lost"] == 0, groups
+    assert groups["pusher-js"]["lost"] + groups["browser"]["lost"] == doc["totals"]["lost"] > 0
+    assert groups["pusher-js"]["clients_losing"] > 0, groups
+    assert any(v.startswith("lost = ") for v in doc["violations"]), doc["violations"]
+    assert all(not c["client"].startswith("client-") for c in doc["clients"]), doc["clients"]
 def test_presence_negative_control_reports_ghosts(tmp_path: Path):
     """presence.toml with nodes that do not reap dead nodes: the killed node's users stay in
     every list (ghosts), and the presence check must say so while every update still arrives."""

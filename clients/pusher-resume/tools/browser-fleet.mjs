@@ -20,6 +20,7 @@ import { chromium } from 'playwright-core';
 import {
   LIBRARIES,
   PACKAGE_DIR,
+  controlStreams,
   createOutput,
   fleetSettings,
   readCommands,
@@ -36,7 +37,15 @@ const CHROMIUM_ARGS = [
   '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
 ];
 
-const output = createOutput();
+let settings;
+let settingsError = null;
+try {
+  settings = fleetSettings();
+} catch (err) {
+  settingsError = err;
+}
+const io = controlStreams(settings);
+const output = createOutput(io.output);
 const pages = new Map(); // id -> {context, page}
 let browser = null;
 let server = null;
@@ -47,12 +56,7 @@ function fatal(message) {
   output.end(() => process.exit(1));
 }
 
-let settings;
-try {
-  settings = fleetSettings();
-} catch (err) {
-  fatal(err.message);
-}
+if (settingsError !== null) fatal(settingsError.message);
 
 const node = (name, ...rest) => join(PACKAGE_DIR, 'node_modules', name, ...rest);
 const STATIC = new Map([
@@ -147,6 +151,13 @@ async function stats() {
   }
 }
 
+/** A round trip to every page: each report it made before is then in `output`, in order
+ * (binding calls and evaluate answers come over the same CDP session, in order). */
+async function flush() {
+  for (const { page } of pages.values()) await page.evaluate(() => 0).catch(() => {});
+  output.write({ type: 'flushed' });
+}
+
 async function stop() {
   if (stopping) return;
   stopping = true;
@@ -168,10 +179,11 @@ readCommands((command) => {
         for (let i = 0; i < Number(command.count); i += 1) await open({ ...command.viewer, id: `${command.viewer.id}-${i}` });
         return undefined;
       case 'stats': return stats();
+      case 'flush': return flush();
       case 'stop': return stop();
       default: throw new Error(`unknown command ${JSON.stringify(command)}`);
     }
   }).catch((err) => fatal(String(err?.stack ?? err)));
-}, () => queue.then(stop));
+}, () => queue.then(stop), io.input);
 
 process.on('SIGTERM', () => { stop(); });

@@ -2,13 +2,18 @@
 // the process that drives them (a pytest today, the harness later), the clock, channel
 // signing, and where the client libraries are.
 //
-// Protocol. Commands arrive on stdin, one JSON object a line:
+// Protocol. Commands arrive on stdin (or the control socket, see controlStreams), one JSON
+// object a line:
 //   {"op": "open", "viewer": {...}}         start one viewer (see viewerConfig below)
 //   {"op": "open_many", "count": N, "rate_per_s": R, "viewer": {...}}
 //                                            N viewers "<id>-0".."<id>-(N-1)", R a second
 //   {"op": "stats"}                          every viewer with the plugin reports its counters
+//   {"op": "flush"}                          {"type": "flushed"} once every record of what the
+//                                            viewers saw before it has been written (the final
+//                                            read: the last deliveries are recorded)
 //   {"op": "stop"}                           close every viewer, print {"type":"done"}, exit 0
-// Records go to stdout, one JSON object a line, each with "t": the receive time in seconds on
+// Records go to stdout (or the control socket), one JSON object a line, each with "t": the
+// receive time in seconds on
 // CLOCK_MONOTONIC (the clock Python's time.monotonic() reads, so the driver can merge them with
 // its own records). Record types: those of tools/viewer.mjs plus
 //   {"type": "ready", ...}   the fleet accepts commands
@@ -16,6 +21,7 @@
 //   {"type": "fatal", "message": ...}  then exit 1
 //   {"type": "done"}
 import { createHmac } from 'node:crypto';
+import { createConnection } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -59,9 +65,9 @@ export function createOutput(stream = process.stdout) {
   };
 }
 
-/** Call `onCommand(object)` for each stdin line; `onEnd()` when stdin closes. */
-export function readCommands(onCommand, onEnd) {
-  const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+/** Call `onCommand(object)` for each line of `input`; `onEnd()` when it closes. */
+export function readCommands(onCommand, onEnd, input = process.stdin) {
+  const lines = createInterface({ input, crlfDelay: Infinity });
   lines.on('line', (line) => {
     if (line.trim() === '') return;
     let command;
@@ -84,7 +90,8 @@ export function signChannel(key, secret, socketId, channel) {
 
 /**
  * A viewer's settings from a command, with defaults: {id, client: 'pusher-js'|'echo',
- * pusher: 'newest'|'oldest', echo: 'newest'|'oldest', plugin: bool, channels: [...]}; the
+ * pusher: 'newest'|'oldest', echo: 'newest'|'oldest', plugin: bool, channels: [...],
+ * event: the event name to listen to (default 'update')}; the
  * connection settings (key, wsHost, wsPort) come from the fleet's own settings.
  */
 export function viewerConfig(viewer, fleet) {
@@ -103,10 +110,28 @@ export function viewerConfig(viewer, fleet) {
     echo: pick(viewer.echo, ['newest', 'oldest'], 'echo'),
     plugin: viewer.plugin !== false,
     channels: viewer.channels.map(String),
+    event: typeof viewer.event === 'string' ? viewer.event : 'update',
     key: fleet.key,
     wsHost: viewer.wsHost ?? fleet.wsHost,
     wsPort: Number(viewer.wsPort ?? fleet.wsPort),
   };
+}
+
+/**
+ * Where commands come from and records go: stdin and stdout, or, when the settings name a
+ * `control` Unix socket (the harness's real-clients.sock), that socket both ways. Its first
+ * line is {"type": "hello", "process": settings.process}, which tells the harness which of
+ * its processes this is. The fleet stops when the socket closes, as when stdin does.
+ */
+export function controlStreams(settings) {
+  if (!settings?.control) return { input: process.stdin, output: process.stdout };
+  const socket = createConnection(settings.control);
+  socket.on('error', (err) => {
+    process.stderr.write(`control socket ${settings.control}: ${err.message}\n`);
+    process.exit(1);
+  });
+  socket.write(`${JSON.stringify({ type: 'hello', process: settings.process ?? null, t: monotonicSeconds() })}\n`);
+  return { input: socket, output: socket };
 }
 
 /** The fleet's settings: argv[2] as JSON, the app secret from FLEET_APP_SECRET. */

@@ -13,6 +13,7 @@ import { resume } from '@turnout/pusher-resume';
 
 import {
   LIBRARIES,
+  controlStreams,
   createOutput,
   fleetSettings,
   readCommands,
@@ -22,7 +23,15 @@ import {
 import { startViewer } from './viewer.mjs';
 
 const require = createRequire(import.meta.url);
-const output = createOutput();
+let settings;
+let settingsError = null;
+try {
+  settings = fleetSettings();
+} catch (err) {
+  settingsError = err;
+}
+const io = controlStreams(settings);
+const output = createOutput(io.output);
 const viewers = new Map();
 const libraries = new Map();
 
@@ -47,12 +56,7 @@ async function library(kind, which) {
   return libraries.get(name);
 }
 
-let settings;
-try {
-  settings = fleetSettings();
-} catch (err) {
-  fatal(err.message);
-}
+if (settingsError !== null) fatal(settingsError.message);
 
 function authorizer() {
   return ({ socketId, channelName }, callback) => {
@@ -102,11 +106,14 @@ readCommands((command) => {
       case 'stats':
         for (const [client, viewer] of viewers) output.write({ type: 'stats', client, stats: viewer.stats() });
         return undefined;
+      case 'flush':
+        output.write({ type: 'flushed' }); // records are written in order: all before it are out
+        return undefined;
       case 'stop': return stop();
       default: throw new Error(`unknown command ${JSON.stringify(command)}`);
     }
   }).catch((err) => fatal(String(err?.stack ?? err)));
-}, () => queue.then(stop));
+}, () => queue.then(stop), io.input);
 
 process.on('SIGTERM', stop);
 output.write({ type: 'ready', pid: process.pid });

@@ -18,7 +18,8 @@
  * @param {Function} deps.Pusher       the pusher-js constructor
  * @param {Function|null} deps.Echo    the laravel-echo constructor (config.client === 'echo')
  * @param {Function|null} deps.resume  the plugin's resume(), or null for "plugin off"
- * @param {object} deps.config         {id, client, key, wsHost, wsPort, channels, auth}
+ * @param {object} deps.config         {id, client, key, wsHost, wsPort, channels, event, auth}
+ *   event: the event name the application listens to ('update' unless given)
  *   auth: {endpoint} (pusher-js's own XHR authorizer) or {customHandler} (pusher-js's hook)
  * @param {(record: object) => void} deps.report
  * @returns {{stats(): object|null, close(): void}}
@@ -88,6 +89,7 @@ export function startViewer({ Pusher, Echo, resume, config, report }) {
     report({ type: 'error', client, code });
   });
 
+  const eventName = config.event ?? 'update';
   for (const channelName of config.channels) {
     let channel;
     if (echo !== null) {
@@ -95,11 +97,11 @@ export function startViewer({ Pusher, Echo, resume, config, report }) {
       const echoChannel = isPrivate
         ? echo.private(channelName.slice('private-'.length))
         : echo.channel(channelName);
-      echoChannel.listen('.update', (data) => onEvent(channelName, 'update', data));
+      echoChannel.listen(`.${eventName}`, (data) => onEvent(channelName, eventName, data));
       channel = echoChannel.subscription;
     } else {
       channel = pusher.subscribe(channelName);
-      channel.bind('update', (data) => onEvent(channelName, 'update', data));
+      channel.bind(eventName, (data) => onEvent(channelName, eventName, data));
     }
     channel.bind('pusher:subscription_succeeded', () => {
       report({ type: 'subscribed', client, channel: channelName });
