@@ -99,7 +99,9 @@ class FaultResult:
     fault: str
     target: str
     params: Mapping[str, Any]
-    status: str  # "ok" (injected), "fail", "info" or "pending" (never completed)
+    #: "ok" (injected), "fail", "info", "pending" (never completed) or "skipped" (the
+    #: cluster's server lacks a feature it needs; ``error`` says which)
+    status: str
     injected_at: float | None  # seconds since the first op of the history
     healed_at: float | None
     #: max(stale window, catch-up); None = never recovered (see harness.checks.recovery)
@@ -293,8 +295,12 @@ def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[Fa
                f"{totals['clients']} clients): the run proves nothing")
     res.append(InvariantResult("min_delivered", ok, delivered, f">= {inv.min_delivered}", msg))
 
-    bad = [f for f in faults if f.status != "ok"]
-    msg = f"faults_injected: {len(faults)} faults injected"
+    bad = [f for f in faults if f.status not in ("ok", "skipped")]
+    skipped = [f for f in faults if f.status == "skipped"]
+    msg = f"faults_injected: {len(faults) - len(skipped)} faults injected"
+    if skipped:
+        msg += f", {len(skipped)} skipped (" + "; ".join(
+            f"{f.fault_id} {f.fault}: {f.error}" for f in skipped) + ")"
     if bad:
         msg = "faults_injected: " + "; ".join(
             f"{f.fault_id} ({f.fault} {f.target}) injection {f.status}"

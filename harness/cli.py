@@ -1,6 +1,6 @@
 """``turnout``: run experiments headless, open the TUI, re-check a run folder.
 
-    turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F]
+    turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F] [--server NAME]
                      [--target URL --app-id ID --app-key KEY --app-secret SECRET]
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
@@ -30,6 +30,7 @@ from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .render import fault_recovery_text, render_markdown
 from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
+from .servers import SERVERS
 
 __all__ = ["main"]
 
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scale", type=float, default=1.0, help="multiply client counts")
     run.add_argument("--target", help="external Pusher-protocol endpoint (ws:// or http://) "
                      "instead of a local cluster; only client-side faults are allowed")
+    run.add_argument("--server", choices=sorted(SERVERS),
+                     help="Pusher server the local cluster's nodes run (default: the "
+                     "experiment's cluster.server, turnout); see docs/peers.md")
     run.add_argument("--app-id", default="1")
     run.add_argument("--app-key", default="turnout-key")
     run.add_argument("--app-secret", default="turnout-secret")
@@ -106,6 +110,10 @@ class _Progress:
                             + (f" (p99 {p99:.0f} ms)" if p99 is not None else "")
                             + f", published {pub.get('ok', 0)} ok/"
                             f"{pub.get('indeterminate', 0)} unknown")
+        elif kind == "fault_skipped":
+            text = f"skipped {event.get('fault_id')}: {event.get('kind')} — {event.get('reason')}"
+            self.faults.append(f"t={event['t']:.0f}s {text}")
+            console.log("[yellow]" + text)
         elif kind in ("fault", "heal", "fault_error"):
             text = (f"{kind} {event.get('fault_id')}: {event.get('kind')} "
                     f"{event.get('resolved') or event.get('target')}")
@@ -192,8 +200,13 @@ def _run(args: argparse.Namespace) -> int:
     except (ExperimentError, OSError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
+    if args.server and args.target:
+        console.print("[red]turnout: error:[/] --server chooses the local cluster's nodes; "
+                      "--target runs against an external endpoint instead: give one of them")
+        return EXIT_ERROR
     options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery, seed=args.seed,
-                         scale=args.scale, target_url=args.target, app_id=args.app_id,
+                         scale=args.scale, target_url=args.target, server=args.server,
+                         app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
     progress = _Progress(experiment.name)
     result: RunResult | None = None

@@ -12,7 +12,9 @@ the run started) and ``type``:
   ``publisher`` (ok, failed, indeterminate), ``faults`` (the active ones).
 - ``fault_start`` (injection begins), ``fault`` (injected; ``resolved`` names the real
   targets, ``hold_s``), ``heal``: ``fault_id``, ``kind``, ``target``, ``params``, ``source``
-  (schedule|interactive); ``fault_error`` when an injection or a heal failed.
+  (schedule|interactive); ``fault_error`` when an injection or a heal failed;
+  ``fault_skipped`` (with ``reason``) when the cluster's server lacks a feature the fault
+  needs (harness.servers), so it was not run.
 - ``log``: ``level``, ``message``.
 - ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.
 

@@ -4,6 +4,9 @@ Each fault run is ``inject`` → record ``fault`` ok → hold (``hold_s``, or un
 heal command for interactive faults) → ``heal`` → record ``heal`` ok, as Jepsen's nemesis
 records ``:start``/``:stop`` ops. A fault whose injection fails is recorded as ``fault`` info
 with the error (the checker then fails the run: a schedule that did not happen proves nothing).
+A scheduled fault that needs a feature the cluster's server lacks (the chaos endpoint of
+turnout's nodes, see harness.servers) is not run: it is recorded as ``fault_skipped`` with the
+reason, which the report shows; an interactive one is refused with the reason.
 """
 
 from __future__ import annotations
@@ -62,11 +65,28 @@ class Nemesis:
         if fault.needs_cluster and self.ctx.topology is None:
             raise FaultError(f"{kind} needs the local cluster's processes and proxies: it is "
                              "refused against an external --target")
+        reason = self.skip_reason(fault)
+        if reason is not None:
+            if source == "interactive":
+                raise FaultError(reason)
+            value = {"fault_id": fault_id, "fault": kind, "target": target,
+                     "params": dict(params), "reason": reason}
+            log.warning("skipping %s %s: %s", fault_id, kind, reason)
+            self.history.record(NEMESIS, "info", "fault_skipped", value)
+            self.events.emit("fault_skipped", **value, kind=kind, source=source)
+            return fault_id
         entry = ActiveFault(fault_id, kind, target, dict(params), source, fault)
         self._running += 1
         self._idle = trio.Event()
         self.nursery.start_soon(self._run, entry, delay_s)
         return fault_id
+
+    def skip_reason(self, fault: Fault) -> str | None:
+        """Why ``fault`` cannot run on this cluster's server; None when it can."""
+        topology = self.ctx.topology
+        if topology is None or not fault.needs:
+            return None
+        return topology.spec.adapter.skip_reason(fault.kind, fault.needs)
 
     def heal(self, fault_id: str) -> bool:
         entry = self.active.get(fault_id)

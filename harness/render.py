@@ -117,6 +117,12 @@ def render_markdown(report: Report, title: str = "turnout run",
         lines += ["## Phases", ""]
         lines += [f"- {p} at {t:g} s" for p, t in report.phases]
         lines.append("")
+    skipped = [f for f in report.faults if f.status == "skipped"]
+    if skipped:
+        lines += ["## Faults skipped", "",
+                  "Not run on this cluster's server, so the run proves nothing about them:", ""]
+        lines += [f"- {f.fault_id} {f.fault} on {f.target}: {f.error}" for f in skipped]
+        lines.append("")
     if report.faults:
         lines += [
             "## Faults", "",

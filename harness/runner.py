@@ -49,6 +49,7 @@ from .nemesis import Nemesis
 from .procs import HarnessSetupError, ProcessFailed, Supervisor, open_supervisor
 from .publisher import PublisherProcess, PublisherSpec
 from .render import render_junit, render_markdown
+from .servers import server_adapter
 from .topology import Topology, TopologySpec, run_topology
 
 log = logging.getLogger("turnout.runner")
@@ -70,6 +71,9 @@ class RunOptions:
     scale: float = 1.0
     # External Pusher-protocol endpoint (--target): no local cluster.
     target_url: str | None = None
+    #: Server the local cluster's nodes run (harness.servers); None: the experiment's
+    #: cluster.server.
+    server: str | None = None
     app_id: str = "1"
     app_key: str = "turnout-key"
     app_secret: str = "turnout-secret"
@@ -204,8 +208,9 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
             links: dict[str, Any] = {}
             if topology is not None:
                 for name, node in topology.nodes.items():
+                    has_metrics = node.adapter.metrics_url(node.port) is not None
                     metrics = await _node_metrics(client, node.url) \
-                        if node.state.value == "up" else {}
+                        if node.state.value == "up" and has_metrics else {}
                     stats = node.process.statistics()
                     nodes[name] = {"state": node.state.value, "pid": node.pid,
                                    "rss_bytes": stats.rss_bytes, **metrics}
@@ -239,8 +244,9 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment.to_dict(), default=str,
                                                            option=orjson.OPT_INDENT_2))
     history = HistoryWriter(run_dir / "parts" / "history-harness.jsonl")
+    server = None if options.target_url else (options.server or experiment.cluster.server)
     events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
-                target=options.target_url, experiment=experiment.to_dict())
+                target=options.target_url, server=server, experiment=experiment.to_dict())
     error: str | None = None
     # Each node's counters at the end of the run (from /metrics): evidence that a fault bit,
     # e.g. slow-consumer disconnects. A node restarted during the run counts from its restart.
@@ -272,6 +278,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
                 "seed": seed, "target": options.target_url, "exit_code": exit_code,
+                "server": None if server is None else server_adapter(server).describe(),
                 "cluster": cluster_metrics, "cpu": cpu_table,
                 "cpu_whole_run": cpu.table("setup", "end")}
     (run_dir / "report.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
@@ -323,7 +330,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 socket_send_buffer=cluster.socket_send_buffer_bytes,
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
-                client_proxies=client_proxies, lb_proxies=lb_proxies)
+                client_proxies=client_proxies, lb_proxies=lb_proxies,
+                server=options.server or cluster.server)
             events.emit("phase", phase="setup")
             topology = await root.start(run_topology, spec, run_dir)
             ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]
@@ -421,7 +429,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 if topology is not None:
                     async with httpx.AsyncClient(trust_env=False) as client:
                         for name, node in topology.nodes.items():
-                            cluster_metrics[name] = await _node_metrics(client, node.url)
+                            if node.adapter.metrics_url(node.port) is not None:
+                                cluster_metrics[name] = await _node_metrics(client, node.url)
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
                 for message in nemesis.failures:
                     history.record(HARNESS, "info", "nemesis_failure", {"message": message})
