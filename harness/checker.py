@@ -53,6 +53,8 @@ __all__ = [
     "check_files",
     "error_report",
     "judge",
+    "positions_note",
+    "positions_summary",
 ]
 
 Verdict = Literal["pass", "fail", "error"]
@@ -453,6 +455,10 @@ def _report(data: RunData, invariants: Invariants) -> Report:
     }
     sampled = sum(1 for v in data.viewers.values() for s in v.subs.values()
                   if s.has_record and s.delivers)
+    positioned = sum(hi - lo + 1 for v in data.viewers.values() for s in v.subs.values()
+                     for _e, lo, hi in s.runs)
+    unpositioned = sum(len(s.id_delivers) for v in data.viewers.values()
+                       for s in v.subs.values())
     return Report(
         verdict="fail" if violations else "pass", totals=full_totals,
         latency_ms=latency.overall, reconnects=reconnects, faults=tuple(faults),
@@ -462,7 +468,39 @@ def _report(data: RunData, invariants: Invariants) -> Report:
         duration_s=round(data.t1 - t0, 6) if data.t1 != -math.inf else 0.0,
         latency_by_phase=latency.by_phase,
         recording={"compact": data.compact, "sampled_subscriptions": sampled,
-                   "inconsistent": len(data.inconsistent)})
+                   "inconsistent": len(data.inconsistent),
+                   **positions_summary(positioned, unpositioned)})
+
+
+def positions_summary(positioned: int, unpositioned: int) -> dict[str, Any]:
+    """Whether the server gave its deliveries positions (offset, epoch): "available" (every
+    delivery had one), "unavailable" (none had: a plain Pusher server, judged by update ids
+    alone), "partial", or "none" (nothing delivered)."""
+    if positioned and unpositioned:
+        state = "partial"
+    elif positioned:
+        state = "available"
+    elif unpositioned:
+        state = "unavailable"
+    else:
+        state = "none"
+    return {"positions": state, "positioned_deliveries": positioned,
+            "unpositioned_deliveries": unpositioned}
+
+
+def positions_note(recording: Mapping[str, Any]) -> str | None:
+    """The sentence a report carries when server positions were missing; None otherwise."""
+    state = recording.get("positions")
+    if state == "unavailable":
+        return ("Server positions (offset/epoch) were not available: the server sent none, so "
+                "lost and duplicated were judged by update ids and reordered by the "
+                "publisher's per-channel sequence numbers; clients could not resume.")
+    if state == "partial":
+        missing = int(recording.get("unpositioned_deliveries", 0))
+        total = missing + int(recording.get("positioned_deliveries", 0))
+        return (f"Server positions were missing on {missing} of {total} deliveries: those "
+                "were judged by update ids and sequence numbers.")
+    return None
 
 
 # --------------------------------------------------------------------------------------------

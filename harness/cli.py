@@ -173,6 +173,9 @@ def verdict_table(result: RunResult) -> Table:
                       fault_recovery_text(fault))
     for violation in report.violations:
         table.add_row("[red]violation[/]", violation)
+    note = checker.positions_note(report.recording)
+    if note:
+        table.add_row("[yellow]positions[/]", note)
     if report.error:
         table.add_row("[yellow]error[/]", report.error)
     return table
