@@ -157,13 +157,15 @@ async def test_a_fault_the_server_cannot_take_is_skipped_with_its_reason(tmp_pat
              .splitlines()]
     assert kinds == ["fault_skipped"]
 
-    report = checker.check(ops)
+    report = checker.check(ops, checker.Invariants(max_recovery_s=20))
     (fault,) = report.faults
     assert (fault.fault_id, fault.status) == ("f1", "skipped")
     assert "chaos_endpoint" in (fault.error or "")
     injected = next(i for i in report.invariants if i.name == "faults_injected")
     assert injected.ok
     assert "1 skipped" in injected.message
+    recovery = next(i for i in report.invariants if i.name == "recovery_s")
+    assert recovery.ok, recovery.message  # a fault that never ran has nothing to recover
     text = render_markdown(report, "memory-leak")
     assert "## Faults skipped" in text
     assert "f1 leak_memory on node-1" in text
