@@ -4,6 +4,7 @@
                      [--target URL --app-id ID --app-key KEY --app-secret SECRET]
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
+                          [--server NAME]
                                      the largest audience the file's pattern holds here
     turnout tui [RUN_DIR]            the Textual front end (see tui/)
 
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                           "trials/ (default runs/<time>-<name>-capacity); an existing one is "
                           "resumed")
     capacity.add_argument("--seed", type=int)
+    capacity.add_argument("--server", choices=sorted(SERVERS),
+                          help="Pusher server the trials' nodes run (default: the file's)")
     capacity.add_argument("--steady-s", type=float, default=30.0, help="trial steady phase")
     capacity.add_argument("--faults-s", type=float, default=60.0,
                           help="trial fault window (the file's faults are squeezed into it)")
@@ -298,7 +301,8 @@ def _capacity(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir)  # an interrupted trial: run it again
         progress = _Progress(trial.name)
         progress.interactive = False
-        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed),
+        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed,
+                                                        server=args.server),
                                       progress.on_event)
         return dict(orjson.loads((result.run_dir / "report.json").read_bytes()))
 
