@@ -80,6 +80,8 @@ class Invariants:
     # A run where nothing was owed and delivered must fail: a checker that cannot fail
     # proves nothing.
     min_delivered: int = 1
+    # Judged by harness.leak_check from the run's node RSS samples (not from the history).
+    max_rss_slope_mb_per_h: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """``turnout``: run experiments headless, open the TUI, re-check a run folder.
 
     turnout run FILE [--out DIR] [--no-recovery] [--seed N] [--scale F] [--server NAME]
-                     [--target URL --app-id ID --app-key KEY --app-secret SECRET]
+                     [--target URL --app-id ID --app-key KEY]   (secret: TURNOUT_APP_SECRET)
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
                           [--server NAME]
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import checker
+from . import checker, leak_check
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .render import fault_recovery_text, render_markdown
@@ -56,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                      "experiment's cluster.server, turnout); see docs/peers.md")
     run.add_argument("--app-id", default="1")
     run.add_argument("--app-key", default="turnout-key")
-    run.add_argument("--app-secret", default="turnout-secret")
+    # The secret of a --target's app: from the environment (a flag is visible in ps).
+    run.add_argument("--app-secret", default=os.environ.get("TURNOUT_APP_SECRET")
+                     or "turnout-secret", help="prefer TURNOUT_APP_SECRET in the environment")
     run.add_argument("-v", "--verbose", action="store_true")
     check = sub.add_parser("check", help="re-run the checker on a run folder")
     check.add_argument("run_dir", type=Path)
@@ -262,7 +265,10 @@ def _check(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     try:
         experiment_doc = orjson.loads((run_dir / "experiment.json").read_bytes())
-        report = checker.check_files([run_dir / "history.jsonl"], invariants_of(experiment_doc))
+        invariants = invariants_of(experiment_doc)
+        report = checker.check_files([run_dir / "history.jsonl"], invariants)
+        report = leak_check.apply_rss_invariant(
+            report, run_dir / "events.jsonl", invariants.max_rss_slope_mb_per_h)
     except (OSError, ValueError, TypeError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
@@ -337,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "run":
+        if any(a == "--app-secret" or a.startswith("--app-secret=")
+               for a in (sys.argv[1:] if argv is None else argv)):
+            console.print("[yellow]turnout: warning:[/] --app-secret on the command line is "
+                          "visible to every local user (ps); set TURNOUT_APP_SECRET instead")
         return _run(args)
     if args.command == "check":
         return _check(args)

@@ -602,6 +602,14 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "updates",
             "minimum owed updates delivered: a run that proves nothing fails",
         ),
+        Key(
+            "rss_slope_mb_per_h",
+            Number(0, None, False, "a number of MB per hour"),
+            None,
+            "MB/h",
+            "leak detector: maximum RSS growth of any node process that ran 10 min past a "
+            "5 min warm-up (least squares over per-minute medians; unset: not checked)",
+        ),
     ),
 }
 
@@ -616,6 +624,7 @@ _INVARIANT_FIELDS: Final = {
     "p99_phases": "p99_phases",
     "recovery_s": "max_recovery_s",
     "min_delivered": "min_delivered",
+    "rss_slope_mb_per_h": "max_rss_slope_mb_per_h",
 }
 
 

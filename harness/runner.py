@@ -36,7 +36,7 @@ import httpx
 import orjson
 import trio
 
-from . import checker
+from . import checker, leak_check
 from .control import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
@@ -274,6 +274,8 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         report = checker.error_report(error)
     else:
         report = checker.check_files([run_dir / "history.jsonl"], experiment.invariants)
+        report = leak_check.apply_rss_invariant(
+            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
     cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),

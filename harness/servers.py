@@ -70,6 +70,8 @@ class NodeLaunch:
     redis_url: str
     cwd: Path
     chaos_token: str
+    #: turnout's chaos endpoint listens on its own loopback port, never the public one
+    chaos_port: int = 0
 
 
 class ServerAdapter(ABC):
@@ -161,6 +163,7 @@ class TurnoutServer(ServerAdapter):
             "--socket-send-buffer", str(spec.socket_send_buffer),
             "--key-prefix", spec.key_prefix,
             "--chaos",
+            "--chaos-port", str(launch.chaos_port),
         ]  # fmt: skip
 
     @staticmethod

@@ -189,10 +189,12 @@ class NodeProcess:
     server's own health endpoint (:attr:`harness.servers.ServerAdapter.health_path`)."""
 
     def __init__(self, name: str, port: int, process: ManagedProcess, drain_grace_s: float,
-                 adapter: ServerAdapter | None = None):
+                 adapter: ServerAdapter | None = None, chaos_port: int = 0):
         self.name = name
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
+        #: The node's chaos endpoint: its own loopback listener, never the public port.
+        self.chaos_url = f"http://{LOOPBACK}:{chaos_port}"
         self.process = process
         self._drain_grace_s = drain_grace_s
         self.adapter = adapter if adapter is not None else server_adapter("turnout")
@@ -675,6 +677,7 @@ async def run_topology(
 
         # 3. Nodes, concurrently (each is a Python start-up).
         node_ports = {name: reserve() for name in spec.node_names}
+        chaos_ports = {name: reserve() for name in spec.node_names}
 
         adapter = spec.adapter
 
@@ -682,9 +685,11 @@ async def run_topology(
             port = node_ports[name]
             launch = NodeLaunch(name=name, port=port,
                                 redis_url=f"redis://{topo.proxies[f'{name}->redis'].listen}/0",
-                                cwd=run_dir / name, chaos_token=topo.chaos_token)
+                                cwd=run_dir / name, chaos_token=topo.chaos_token,
+                                chaos_port=chaos_ports[name])
             process = await supervisor.start(adapter.process_spec(spec, launch))
-            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s, adapter)
+            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s, adapter,
+                                           chaos_ports[name])
 
         await _concurrently([partial(start_node, n) for n in spec.node_names])
         topo.nodes = {name: topo.nodes[name] for name in spec.node_names}  # stable order

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs everything turnout needs, idempotently: Debian packages (redis-server, haproxy),
-# the Toxiproxy server binary, the project virtualenv at .venv/ and the npm packages of the
-# compatibility tests. A second run does nothing but check. Anything it cannot install is
-# named in a clear error and the script exits 2.
+# Installs everything turnout needs, idempotently: Debian packages (redis-server, haproxy,
+# chromium), the Toxiproxy server binary, the project virtualenv at .venv/, the npm packages of
+# the compatibility tests and of clients/pusher-resume (then its build). A second run does
+# nothing but check. Anything it cannot install is named in a clear error and the script
+# exits 2.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +30,8 @@ done
 missing_debs=()
 command -v redis-server >/dev/null 2>&1 || missing_debs+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing_debs+=(haproxy)
+# The browser tests drive Debian's Chromium (tests/clients/); no browser build is downloaded.
+[ -x /usr/bin/chromium ] || missing_debs+=(chromium)
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 ||
         die "missing ${missing_debs[*]} and apt-get is not available: install them with your package manager"
@@ -83,4 +86,27 @@ if [ -f tests/compat/package.json ]; then
     fi
 fi
 
-say "ready: .venv, redis-server $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'), haproxy, toxiproxy-server $toxiproxy_version"
+# --- clients/pusher-resume: npm packages (pusher-js/Echo versions, playwright-core) and build --
+resume_pkg="clients/pusher-resume"
+if [ -f "$resume_pkg/package.json" ]; then
+    command -v node >/dev/null 2>&1 || die "node is missing: $resume_pkg needs Node.js 18+"
+    command -v npm >/dev/null 2>&1 || die "npm is missing: $resume_pkg needs npm"
+    lock_sum="$(sha256sum "$resume_pkg/package-lock.json" | cut -d' ' -f1)"
+    if [ ! -f "$resume_pkg/node_modules/.turnout-installed" ] ||
+        [ "$(cat "$resume_pkg/node_modules/.turnout-installed")" != "$lock_sum" ]; then
+        say "installing npm packages for $resume_pkg"
+        # playwright-core never downloads a browser; the variable makes sure of it.
+        (cd "$resume_pkg" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent) ||
+            die "npm ci in $resume_pkg failed"
+        echo "$lock_sum" >"$resume_pkg/node_modules/.turnout-installed"
+    fi
+    build_sum="$(cat "$resume_pkg"/src/*.ts "$resume_pkg"/tsconfig*.json "$resume_pkg/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    if [ ! -f "$resume_pkg/dist/esm/index.js" ] || [ ! -f "$resume_pkg/dist/cjs/index.js" ] ||
+        [ ! -f "$resume_pkg/node_modules/.turnout-built" ] || [ "$(cat "$resume_pkg/node_modules/.turnout-built")" != "$build_sum" ]; then
+        say "building $resume_pkg (ESM + CJS + types)"
+        (cd "$resume_pkg" && npm run --silent build) || die "npm run build in $resume_pkg failed"
+        echo "$build_sum" >"$resume_pkg/node_modules/.turnout-built"
+    fi
+fi
+
+say "ready: .venv, redis-server $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'), haproxy, toxiproxy-server $toxiproxy_version, chromium"

@@ -97,11 +97,13 @@ def verify_request(
         raise SignatureError(401, "missing auth_signature")
     if params.get("auth_version", "1.0") != "1.0":
         raise SignatureError(401, "unsupported auth_version (expected 1.0)")
-    try:
-        timestamp = int(params.get("auth_timestamp", ""))
-    except ValueError:
-        raise SignatureError(401, "missing or malformed auth_timestamp") from None
-    current = time.time() if now is None else now
+    raw_timestamp = params.get("auth_timestamp", "")
+    # Seconds since the epoch in ASCII digits; anything longer than 20 digits cannot be in the
+    # window (and int() of a huge string, or float arithmetic on the result, is a trap).
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 20):
+        raise SignatureError(401, "missing or malformed auth_timestamp")
+    timestamp = int(raw_timestamp)
+    current = int(time.time() if now is None else now)
     if abs(current - timestamp) > TIMESTAMP_WINDOW_S:
         raise SignatureError(
             401, f"auth_timestamp expired: more than {TIMESTAMP_WINDOW_S} s from server time"

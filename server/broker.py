@@ -224,10 +224,6 @@ class Broker:
         return {ch: n for ch, n in totals.items() if n > 0}
 
     # ------------------------------------------------------------------ pub/sub
-    def want(self, key: bytes) -> None:
-        """Record that the hub wants ``key``; call ``wait_subscribed`` to have it confirmed."""
-        self._wanted.add(key)
-
     async def wait_subscribed(self, key: bytes) -> None:
         """SUBSCRIBE (if needed) and wait for Redis to confirm. Raises RedisLinkDown."""
         self._wanted.add(key)

@@ -1,24 +1,27 @@
 """The opt-in chaos endpoint (memory leak on demand) and the RSS watchdog.
 
-The endpoint is off unless the node runs with --chaos; then every request must carry the token
-(header ``X-Chaos-Token`` or ``?token=``) and, unless chaos_host is 0.0.0.0, come from a
-loopback peer. Routes: ``POST /chaos/leak?mb_per_s=N``, ``POST /chaos/stop``,
-``GET /chaos/status``. The leak allocates and touches real pages so RSS really grows.
+The endpoint is off unless the node runs with --chaos; then it listens on its own port
+(``--chaos-port``, 0 = any free one, logged) of a loopback address (``--chaos-host``, which
+must be loopback), never on the public port, and every request must carry the token (header
+``X-Chaos-Token`` or ``?token=``) and come from a loopback peer. Routes:
+``POST /chaos/leak?mb_per_s=N``, ``POST /chaos/stop``, ``GET /chaos/status``. The leak
+allocates and touches real pages so RSS really grows.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import parse_qsl
 
 import psutil
 import trio
 
 from .api import Response, token_matches
-
-if TYPE_CHECKING:
-    from .node import Node
+from .config import Config
+from .interfaces import NodeStatus
+from .peerlog import clip
 
 log = logging.getLogger("turnout.chaos")
 
@@ -34,8 +37,11 @@ def rss_mb() -> float:
 
 
 class Chaos:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    """The leak endpoint and the RSS watchdog of one node; ``status`` is drained past the limit."""
+
+    def __init__(self, config: Config, status: NodeStatus) -> None:
+        self.config = config
+        self.status = status
         self._leaked: list[bytearray] = []
         self._leak_rate = 0.0
         self._leak_scope: trio.CancelScope | None = None
@@ -50,21 +56,21 @@ class Chaos:
     ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.node.config.max_rss_mb > 0:
+            if self.config.max_rss_mb > 0:
                 nursery.start_soon(self._watchdog)
             task_status.started()
             await trio.sleep_forever()
 
     async def _watchdog(self) -> None:
-        limit = self.node.config.max_rss_mb
+        limit = self.config.max_rss_mb
         while True:
             await trio.sleep(0.25)
             current = rss_mb()
-            if current > limit and not self.node.draining:
+            if current > limit and not self.status.draining:
                 log.error("RSS %.0f MB passed --max-rss %.0f MB: draining and exiting with %d",
                           current, limit, EXIT_MAX_RSS)
                 self.stop_leak()
-                self.node.request_drain(f"max_rss exceeded ({current:.0f} MB > {limit:.0f} MB)",
+                self.status.request_drain(f"max_rss exceeded ({current:.0f} MB > {limit:.0f} MB)",
                                         exit_code=EXIT_MAX_RSS)
                 return
 
@@ -88,24 +94,27 @@ class Chaos:
 
     def _status(self) -> dict[str, Any]:
         return {"leaking_mb_per_s": self._leak_rate, "leaked_mb": round(self.leaked_mb, 1),
-                "rss_mb": round(rss_mb(), 1), "max_rss_mb": self.node.config.max_rss_mb,
-                "node": self.node.config.node_id}
+                "rss_mb": round(rss_mb(), 1), "max_rss_mb": self.config.max_rss_mb,
+                "node": self.config.node_id}
 
-    async def handle(self, method: str, path: str, params: dict[str, str],
-                     headers: dict[str, str], peer: str) -> Response:
-        config = self.node.config
+    async def handle_request(self, method: str, path: str, query: str,
+                             headers: dict[str, str], body: bytes, peer: str) -> Response:
+        """Route one request of the chaos listener, which serves /chaos/* only."""
+        if not path.startswith("/chaos/"):
+            return Response.json(404, {"error": f"no route for {method} {clip(path)} on the "
+                                                "chaos listener"})
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        config = self.config
         if not config.chaos:
             return Response.json(404, {"error": "chaos endpoint is disabled (start with --chaos)"})
         host = peer.rsplit(":", 1)[0].strip("[]")
-        if config.chaos_host != "0.0.0.0":
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                log.warning("chaos request from non-loopback peer %s refused", peer)
-                return Response.json(
-                    403, {"error": "chaos endpoint only answers loopback"})
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:  # cannot happen on a loopback listener; kept as a second lock
+            log.warning("chaos request from non-loopback peer %s refused", peer)
+            return Response.json(403, {"error": "chaos endpoint only answers loopback"})
         token = params.get("token") or headers.get("x-chaos-token")
         if not token_matches(config.chaos_token, token):
             log.warning("chaos request from %s with a bad token refused", peer)

@@ -1,115 +1,83 @@
-"""Node configuration: the `Config` dataclass, its validation, and `load_config`.
+"""Node configuration: the `Config` schema and `load_config`.
 
-Precedence, highest first: command-line flags, TURNOUT_* environment variables, the
-optional TOML file (--config / TURNOUT_CONFIG), then the dataclass defaults.
-
-Validation lives in two places on purpose. `load_config` checks each value as it reads it,
-so an error can name where the bad value came from (flag, environment variable or file).
-`Config.__post_init__` runs the same checks again, so a Config built directly in code (tests,
-embedding) can never be invalid either; its errors name the field only.
+`Config` is a frozen pydantic dataclass: each field carries its default, unit, documentation and
+constraints, and building one (in code, from TOML, from flags) validates it. `load_config` reads
+the layers with pydantic-settings: flags (its argparse CLI source, generated from the fields),
+TURNOUT_* environment variables (its environment source), the optional TOML file (--config /
+TURNOUT_CONFIG). Each layer's values are validated on their own first, so an error names where
+the bad value came from; then pydantic-settings merges them, command line first, environment
+next, then the file, then the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import ipaddress
-import math
 import os
 import re
 import socket
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, NoReturn
+from contextvars import ContextVar
+from dataclasses import field
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic import ValidationInfo as _Info
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, CliSettingsSource, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import InitSettingsSource as _Values
+
+from .schema import SettingError, field_extra, raise_first, validate_partial
+
 __all__ = [
+    "DEV_APP",
     "ENV_PREFIX",
+    "SECRET_FLAGS",
     "AppConfig",
     "Config",
     "ConfigError",
     "build_parser",
     "load_config",
+    "secret_flag_warnings",
 ]
 
 ENV_PREFIX = "TURNOUT_"
 PROG = "turnout-server"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIB = 1024 * 1024
-
-# Node ids end up in Redis keys, log lines and metrics labels, so keep them boring.
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# App ids and keys appear in URL paths (/app/{key}, /apps/{id}/events): no '/' or spaces.
-_APP_TOKEN_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-# Key prefixes are spliced into Redis key names; ':' is allowed for nested namespaces.
-_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value. `setting` names the setting and, when known, its source."""
-
-    def __init__(self, setting: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(setting, message)
-        self.setting = setting
-        self.message = message
-        # The Config field concerned, if any; lets callers relabel errors with a source.
-        self.field = field
-
-    def __str__(self) -> str:
-        return f"invalid {self.setting}: {self.message}"
-
+#: A bad setting; ``str()`` reads "invalid <setting> (<source>): <what was expected>".
+ConfigError = SettingError
 
 # --------------------------------------------------------------------------- value checks
-# Each checker takes an already-typed value, returns it (possibly normalised) or raises
-# ValueError with a message that reads well after "invalid <setting>: ".
+# Each takes a typed value, returns it (possibly normalised) or raises ValueError with a
+# message that reads well after "invalid <setting>: ".
 
 
-def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], Any]:
-    def check(v: int) -> int:
-        if hi is None:
-            if v < lo:
-                raise ValueError(f"must be >= {lo} (got {v})")
-        elif not lo <= v <= hi:
-            raise ValueError(f"must be between {lo} and {hi} (got {v})")
-        return v
+def _pattern(regex: str, what: str) -> AfterValidator:
+    compiled = re.compile(regex)
 
-    return check
-
-
-def _positive(v: float) -> float:
-    if not v > 0:
-        raise ValueError(f"must be > 0 (got {v})")
-    return v
-
-
-def _non_negative(v: float) -> float:
-    if v < 0:
-        raise ValueError(f"must be >= 0 (got {v})")
-    return v
-
-
-def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], Any]:
     def check(v: str) -> str:
-        if not regex.fullmatch(v):
+        if not compiled.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid {what}")
         return v
 
-    return check
+    return AfterValidator(check)
 
 
 def _host(v: str) -> str:
     if not v or any(c.isspace() for c in v):
         raise ValueError(f"{v!r} is not a host name or address")
-    return v
-
-
-def _ip(v: str) -> str:
-    try:
-        ipaddress.ip_address(v)
-    except ValueError:
-        raise ValueError(f"{v!r} is not an IP address") from None
     return v
 
 
@@ -139,19 +107,14 @@ def _parse_redis_url(url: str) -> tuple[str, int, int]:
         raise ValueError(f"{url!r}: credentials in the URL are not supported")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r}: query strings and fragments are not supported")
-    host = parts.hostname
-    if not host:
+    if not parts.hostname:
         raise ValueError(f"{url!r} has no host")
     if port == 0:
         raise ValueError(f"{url!r}: port must be between 1 and 65535")
     path = parts.path.strip("/")
-    if not path:
-        db = 0
-    elif path.isdigit():
-        db = int(path)
-    else:
+    if path and not path.isdigit():
         raise ValueError(f"{url!r}: the path must be a database number like /0")
-    return host, port if port is not None else 6379, db
+    return parts.hostname, port if port is not None else 6379, int(path or 0)
 
 
 def _redis_url(v: str) -> str:
@@ -159,7 +122,18 @@ def _redis_url(v: str) -> str:
     return v
 
 
-def _default_node_id() -> str:
+def _loopback(v: str) -> str:
+    try:
+        address = ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+    if not address.is_loopback:
+        raise ValueError(f"{v!r} is not a loopback address (127.0.0.0/8 or ::1): the chaos "
+                         "endpoint must never be reachable from another machine")
+    return v
+
+
+def hostname_pid() -> str:
     # Hostnames may be long or (in containers) contain odd characters; squash them so the
     # default always passes the node_id check itself.
     pid = str(os.getpid())
@@ -167,92 +141,172 @@ def _default_node_id() -> str:
     return f"{host[: 63 - len(pid)]}-{pid}"
 
 
-def _default_apps() -> tuple[AppConfig, ...]:
-    return (AppConfig("1", "turnout-key", "turnout-secret"),)
+# ----------------------------------------------------------------------------- the schema
+# Scalar settings are strict (TOML and code must give the right type); flags and environment
+# variables are text, parsed by pydantic's string mode. ``flag`` names a flag that is not
+# the field's name in kebab case.
+
+_SCHEMA = ConfigDict(extra="forbid", allow_inf_nan=False)
+Host = Annotated[str, AfterValidator(_host)]
+Seconds = float
+Bytes = int
 
 
-# ------------------------------------------------------------------------ the dataclasses
+def _setting(default: Any = ..., doc: str = "", *, flag: str | None = None,
+             **constraints: Any) -> Any:
+    extra: dict[str, Any] | None = {"flag": flag} if flag else None
+    if callable(default):
+        return Field(default_factory=default, description=doc, strict=True,
+                     json_schema_extra=extra, **constraints)
+    return Field(default, description=doc, strict=True, json_schema_extra=extra, **constraints)
 
 
-@dataclass(frozen=True, slots=True)
+@pydantic_dataclasses.dataclass(frozen=True, slots=True, config=_SCHEMA)
 class AppConfig:
-    id: str
-    key: str
+    # Ids and keys appear in URL paths (/app/{key}, /apps/{id}/events): no '/' or spaces.
+    id: Annotated[str, _pattern(r"[A-Za-z0-9_.:-]{1,128}",
+                                "app id ([A-Za-z0-9_.:-], 1-128 characters)")] = \
+        Field(strict=True)
+    key: Annotated[str, _pattern(r"[A-Za-z0-9_.:-]{1,128}",
+                                 "app key ([A-Za-z0-9_.:-], 1-128 characters)")] = \
+        Field(strict=True)
     # Kept out of repr so logging a Config never leaks a signing secret.
-    secret: str = field(repr=False)
+    secret: Annotated[str, AfterValidator(_non_empty)] = Field(repr=False, strict=True)
 
 
-_APP_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _pattern(_APP_TOKEN_RE, "app id ([A-Za-z0-9_.:-], 1-128 characters)"),
-    "key": _pattern(_APP_TOKEN_RE, "app key ([A-Za-z0-9_.:-], 1-128 characters)"),
-    "secret": _non_empty,
-}
+#: The app a --dev node serves when none is configured. Its secret is in this file: public.
+DEV_APP = AppConfig("1", "turnout-key", "turnout-secret")
+NO_APP_MESSAGE = (
+    f"no app is configured. Set {ENV_PREFIX}APP_ID, {ENV_PREFIX}APP_KEY and "
+    f"{ENV_PREFIX}APP_SECRET in the environment (or --app-id/--app-key with the secret in the "
+    f"environment), or list [[apps]] tables with id, key and secret in the --config TOML "
+    f"file; for local development only, --dev serves the built-in app "
+    f"{DEV_APP.id}/{DEV_APP.key}/{DEV_APP.secret}"
+)
 
 
-@dataclass(frozen=True, slots=True)
+@pydantic_dataclasses.dataclass(frozen=True, slots=True, config=_SCHEMA)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 6001
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    node_id: str = field(default_factory=_default_node_id)
-    apps: tuple[AppConfig, ...] = field(default_factory=_default_apps)
-    history_size: int = 1000
-    history_ttl: float = 300.0
-    max_message_size: int = 10240
-    max_event_data: int = 10240
-    activity_timeout: int = 120
-    pong_timeout: float = 30.0
-    drain_grace: float = 10.0
-    max_connections: int = 0
-    outbound_queue_bytes: int = 1048576
-    socket_send_buffer: int = 0
-    max_rss_mb: float = 0.0
-    chaos: bool = False
-    chaos_token: str = field(default="", repr=False)
-    chaos_host: str = "127.0.0.1"
-    key_prefix: str = "turnout"
-    position_check_interval: float = 1.0
-    log_level: str = "info"
+    host: Host = _setting("127.0.0.1", "Address to listen on for websocket and HTTP.")
+    port: int = _setting(6001, "TCP port to listen on; 0 picks an ephemeral port.", ge=0,
+                         le=65535)
+    redis_url: Annotated[str, AfterValidator(_redis_url)] = _setting(
+        "redis://127.0.0.1:6379/0", "Redis to scale over, as redis://host[:port][/db].")
+    # Node ids end up in Redis keys, log lines and metrics labels, so keep them boring.
+    node_id: Annotated[str, _pattern(r"[A-Za-z0-9_.-]{1,64}",
+                                     "node id ([A-Za-z0-9_.-], 1-64 characters)")] = _setting(
+        hostname_pid, "Unique name of this node in the cluster ([A-Za-z0-9_.-], 1-64 "
+        "characters).")
+    # No default app: a node must be told its apps (or run with dev=True, which adds DEV_APP).
+    apps: tuple[AppConfig, ...] = Field(
+        default=(), description="The apps this node serves ([[apps]] tables with id, key, secret).",
+        json_schema_extra={"expect": "an array of tables ([[apps]])"})
+    history_size: int = _setting(
+        1000, "Events kept per channel stream for recovery (count); 0 turns history off.", ge=0)
+    history_ttl: Seconds = _setting(
+        300.0, "Seconds a channel's stream and offset survive without publishes (> 0).", gt=0)
+    max_message_size: Bytes = _setting(
+        10240, "Largest incoming websocket message, in bytes (256..16 MiB).", ge=256,
+        le=16 * MIB)
+    max_event_data: Bytes = _setting(
+        10240, "Largest 'data' of one HTTP-published event, in bytes.", ge=1, le=16 * MIB)
+    activity_timeout: int = _setting(
+        120, "Seconds announced in pusher:connection_established (1..3600).", ge=1, le=3600)
+    pong_timeout: Seconds = _setting(
+        30.0, "Seconds to wait for a pong before closing with 4201.", gt=0)
+    drain_grace: Seconds = _setting(
+        10.0, "Seconds over which SIGTERM spreads the 4200 closes.", ge=0)
+    max_connections: int = _setting(
+        0, "Client sockets open at once, counted from accept (websockets, HTTP, handshakes in "
+        "progress); 0 = automatic: the open-file limit (raised to its hard limit at start) "
+        "minus a reserve, logged at start. A socket over it is answered at once (websocket: "
+        "4100, HTTP: 503) and closed.", ge=0)
+    max_connections_per_ip: int = _setting(
+        0, "Client sockets open at once from one peer address; 0 = no per-address limit "
+        "(behind a load balancer every peer is the balancer). Over it: 4100 or 503.", ge=0)
+    max_subscriptions: int = _setting(
+        100, "Channels one connection may be subscribed to; one more is refused with "
+        "pusher:subscription_error (status 429) and the connection stays open.", ge=1,
+        le=100_000)
+    max_fragments: int = _setting(
+        100, "Frames one websocket message may be fragmented into; one more closes with 1009.",
+        ge=1, le=100_000)
+    max_header_size: Bytes = _setting(
+        16384, "Largest HTTP request head (request line and headers), in bytes; larger gets "
+        "431.", ge=1024, le=MIB)
+    header_timeout: Seconds = _setting(
+        10.0, "Deadline, in seconds, for a request's line and headers to arrive in full "
+        "(counted from the connection or from the request's first byte); past it: 408.", gt=0)
+    body_timeout: Seconds = _setting(
+        30.0, "Deadline, in seconds, for a request's whole body once its headers are in; past "
+        "it: 408.", gt=0)
+    outbound_queue_bytes: Bytes = _setting(
+        MIB, "Per-connection outbound buffer, in bytes; overflow closes the client with 4100.",
+        ge=1)
+    slow_consumer_grace: Seconds = _setting(
+        5.0, "Seconds an overflowed client's socket gets to drain so its 4100 close frame "
+        "reaches it; if it does not, the connection is reset.", ge=0)
+    socket_send_buffer: Bytes = _setting(
+        0, "Kernel send buffer of each client socket (SO_SNDBUF), in bytes; 0 = kernel "
+        "autotuning (up to net.ipv4.tcp_wmem's maximum, megabytes). A fixed buffer bounds what "
+        "a stalled client holds on the node to it plus --outbound-queue-bytes.", ge=0)
+    max_rss_mb: float = _setting(
+        0.0, "Memory watchdog, in MB of RSS: past it the node drains and exits with code 3; "
+        "0 = off.", flag="--max-rss", ge=0)
+    log_rate: float = _setting(
+        20.0, "Log lines per second (bursts of 5 s worth) about what clients send: bad frames, "
+        "refused messages and requests. Beyond it lines are counted, not written.", gt=0)
+    chaos: bool = _setting(
+        False, "Enable the chaos HTTP endpoint on its own loopback listener (boolean).")
+    chaos_token: str = Field(
+        default="", repr=False, strict=True, description="Token the chaos endpoint requires "
+        "(string); required when chaos is on. Give it in the environment or the TOML file, "
+        "not as a flag (flags show in ps).")
+    chaos_host: Annotated[str, AfterValidator(_loopback)] = _setting(
+        "127.0.0.1", "Loopback address the chaos listener binds (127.0.0.0/8 or ::1).")
+    chaos_port: int = _setting(
+        0, "Port of the chaos listener; 0 picks a free one (logged at start).", ge=0, le=65535)
+    dev: bool = _setting(
+        False, "Local development only: with no app configured, serve the built-in app "
+        "1 / turnout-key / turnout-secret, whose secret is public.")
+    # Key prefixes are spliced into Redis key names; ':' is allowed for nested namespaces.
+    key_prefix: Annotated[str, _pattern(r"[A-Za-z0-9_.:-]{1,64}",
+                                        "key prefix ([A-Za-z0-9_.:-], 1-64 characters)")] = \
+        _setting("turnout", "Redis key namespace (string), so several clusters can share one "
+                 "Redis.")
+    position_check_interval: Seconds = _setting(
+        1.0, "Seconds between checks of this node's channels' stream tops.", gt=0)
+    log_level: Annotated[str, AfterValidator(_log_level)] = _setting(
+        "info", f"Log level, one of {', '.join(LOG_LEVELS)}.")
 
-    # Derived once: the class is frozen and slotted, so these are filled via object.__setattr__.
-    _redis: tuple[str, int, int] = field(init=False, repr=False, compare=False)
+    # Derived once by the validator below (the class is frozen: object.__setattr__).
+    redis_host: str = field(init=False, repr=False, compare=False)
+    redis_port: int = field(init=False, repr=False, compare=False)
+    redis_db: int = field(init=False, repr=False, compare=False)
     _apps_by_key: dict[str, AppConfig] = field(init=False, repr=False, compare=False)
     _apps_by_id: dict[str, AppConfig] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        for name, spec in _SPECS.items():
-            value = getattr(self, name)
-            try:
-                value = spec.check(_coerce_typed(spec.kind, value))
-            except ValueError as e:
-                raise ConfigError(name, str(e), field=name) from None
+    @model_validator(mode="after")
+    def _whole(self, info: _Info) -> Config:
+        if info.context and info.context.get("partial"):
+            return self  # one source's keys alone: the whole is checked once it is merged
+        if not self.apps and self.dev:
+            object.__setattr__(self, "apps", (DEV_APP,))
+        if not self.apps:
+            raise SettingError("apps", NO_APP_MESSAGE, field="apps")
+        for attr in ("id", "key"):
+            values = [getattr(app, attr) for app in self.apps]
+            for value in values:
+                if values.count(value) > 1:
+                    raise SettingError("apps", f"duplicate app {attr} {value!r}", field="apps")
+        if self.chaos and not self.chaos_token:
+            raise SettingError("chaos_token", "required when chaos is on", field="chaos_token")
+        for name, value in zip(("redis_host", "redis_port", "redis_db"),
+                               _parse_redis_url(self.redis_url), strict=True):
             object.__setattr__(self, name, value)
-        apps = tuple(self.apps)  # accept a list from callers; store the hashable tuple
-        for i, app in enumerate(apps):
-            if not isinstance(app, AppConfig):
-                raise ConfigError(f"apps[{i}]", "must be an AppConfig", field="apps")
-            for attr, check in _APP_CHECKS.items():
-                try:
-                    check(getattr(app, attr))
-                except ValueError as e:
-                    raise ConfigError(f"apps[{i}].{attr}", str(e), field="apps") from None
-        object.__setattr__(self, "apps", apps)
-        _check_cross_field(self)
-        object.__setattr__(self, "_redis", _parse_redis_url(self.redis_url))
-        object.__setattr__(self, "_apps_by_key", {a.key: a for a in apps})
-        object.__setattr__(self, "_apps_by_id", {a.id: a for a in apps})
-
-    @property
-    def redis_host(self) -> str:
-        return self._redis[0]
-
-    @property
-    def redis_port(self) -> int:
-        return self._redis[1]
-
-    @property
-    def redis_db(self) -> int:
-        return self._redis[2]
+        object.__setattr__(self, "_apps_by_key", {a.key: a for a in self.apps})
+        object.__setattr__(self, "_apps_by_id", {a.id: a for a in self.apps})
+        return self
 
     def app_by_key(self, key: str) -> AppConfig | None:
         return self._apps_by_key.get(key)
@@ -261,237 +315,61 @@ class Config:
         return self._apps_by_id.get(id)
 
 
-def _check_cross_field(c: Config) -> None:
-    if not c.apps:
-        raise ConfigError("apps", "at least one app is required", field="apps")
-    for attr in ("id", "key"):
-        seen: set[str] = set()
-        for app in c.apps:
-            value = getattr(app, attr)
-            if value in seen:
-                raise ConfigError("apps", f"duplicate app {attr} {value!r}", field="apps")
-            seen.add(value)
-    if c.chaos and not c.chaos_token:
-        raise ConfigError("chaos_token", "required when chaos is on", field="chaos_token")
+def _raise_setting_errors(cls: type) -> None:
+    """Make building ``cls`` in code raise SettingError naming the field (not pydantic's)."""
+    validated_init = cls.__init__  # type: ignore[misc]
 
-
-# -------------------------------------------------------------------------- setting specs
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    flag: str
-    kind: type  # int, float, bool or str: how text from flags/env is converted
-    check: Callable[[Any], Any]
-    help: str  # what it is and its unit; default and env var are appended automatically
-    metavar: str | None = None
-
-
-_SPECS: dict[str, _Spec] = {
-    "host": _Spec("--host", str, _host, "Address to listen on for websocket and HTTP.", "ADDR"),
-    "port": _Spec(
-        "--port", int, _int_range(0, 65535), "TCP port to listen on; 0 picks an ephemeral port."
-    ),
-    "redis_url": _Spec(
-        "--redis-url", str, _redis_url, "Redis to scale over, as redis://host[:port][/db].", "URL"
-    ),
-    "node_id": _Spec(
-        "--node-id",
-        str,
-        _pattern(_NODE_ID_RE, "node id ([A-Za-z0-9_.-], 1-64 characters)"),
-        "Unique name of this node in the cluster ([A-Za-z0-9_.-], 1-64 characters).",
-        "ID",
-    ),
-    "history_size": _Spec(
-        "--history-size",
-        int,
-        _int_range(0),
-        "Events kept per channel stream for recovery (count); 0 turns history off.",
-        "N",
-    ),
-    "history_ttl": _Spec(
-        "--history-ttl",
-        float,
-        _positive,
-        "Seconds a channel's stream and offset survive without publishes (> 0).",
-        "SECONDS",
-    ),
-    "max_message_size": _Spec(
-        "--max-message-size",
-        int,
-        _int_range(256, 16 * MIB),
-        "Largest incoming websocket message, in bytes (256..16 MiB).",
-        "BYTES",
-    ),
-    "max_event_data": _Spec(
-        "--max-event-data",
-        int,
-        _int_range(1, 16 * MIB),
-        "Largest 'data' of one HTTP-published event, in bytes.",
-        "BYTES",
-    ),
-    "activity_timeout": _Spec(
-        "--activity-timeout",
-        int,
-        _int_range(1, 3600),
-        "Seconds announced in pusher:connection_established (1..3600).",
-        "SECONDS",
-    ),
-    "pong_timeout": _Spec(
-        "--pong-timeout",
-        float,
-        _positive,
-        "Seconds to wait for a pong before closing with 4201.",
-        "SECONDS",
-    ),
-    "drain_grace": _Spec(
-        "--drain-grace",
-        float,
-        _non_negative,
-        "Seconds over which SIGTERM spreads the 4200 closes.",
-        "SECONDS",
-    ),
-    "max_connections": _Spec(
-        "--max-connections",
-        int,
-        _int_range(0),
-        "Connection limit (count); 0 = unlimited. Sockets over it are closed with 4100.",
-        "N",
-    ),
-    "outbound_queue_bytes": _Spec(
-        "--outbound-queue-bytes",
-        int,
-        _int_range(1),
-        "Per-connection outbound buffer, in bytes; overflow closes the client with 4100.",
-        "BYTES",
-    ),
-    "socket_send_buffer": _Spec(
-        "--socket-send-buffer",
-        int,
-        _int_range(0),
-        "Kernel send buffer of each client socket (SO_SNDBUF), in bytes; 0 = kernel "
-        "autotuning (up to net.ipv4.tcp_wmem's maximum, megabytes). A fixed buffer bounds what "
-        "a stalled client holds on the node to it plus --outbound-queue-bytes.",
-        "BYTES",
-    ),
-    "max_rss_mb": _Spec(
-        "--max-rss",
-        float,
-        _non_negative,
-        "Memory watchdog, in MB of RSS: past it the node drains and exits with code 3; 0 = off.",
-        "MB",
-    ),
-    "chaos": _Spec("--chaos", bool, lambda v: v, "Enable the chaos HTTP endpoint (boolean)."),
-    "chaos_token": _Spec(
-        "--chaos-token",
-        str,
-        lambda v: v,
-        "Token the chaos endpoint requires (string); required when chaos is on.",
-        "TOKEN",
-    ),
-    "chaos_host": _Spec(
-        "--chaos-host",
-        str,
-        _ip,
-        "IP address whose peers may use the chaos endpoint; 0.0.0.0 allows any peer, "
-        "otherwise only loopback peers are answered.",
-        "IP",
-    ),
-    "key_prefix": _Spec(
-        "--key-prefix",
-        str,
-        _pattern(_KEY_PREFIX_RE, "key prefix ([A-Za-z0-9_.:-], 1-64 characters)"),
-        "Redis key namespace (string), so several clusters can share one Redis.",
-        "PREFIX",
-    ),
-    "position_check_interval": _Spec(
-        "--position-check-interval",
-        float,
-        _positive,
-        "Seconds between checks of this node's channels' stream tops.",
-        "SECONDS",
-    ),
-    "log_level": _Spec(
-        "--log-level", str, _log_level, f"Log level, one of {', '.join(LOG_LEVELS)}.", "LEVEL"
-    ),
-}
-
-_APP_FLAGS = {"id": "--app-id", "key": "--app-key", "secret": "--app-secret"}
-_DEFAULT_APP = AppConfig("1", "turnout-key", "turnout-secret")
-
-
-def _env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-# ------------------------------------------------------------------------ type conversion
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _coerce_text(kind: type, text: str) -> Any:
-    """Convert a flag or environment string to `kind`; ValueError reads after 'invalid X: '."""
-    if kind is str:
-        return text
-    if kind is bool:
-        low = text.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ValueError(f"{text!r} is not a boolean (use 1/true/yes/on or 0/false/no/off)")
-    if kind is int:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            return int(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    return value
+            validated_init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise_first(exc, cls, str)
+
+    cls.__init__ = __init__  # type: ignore[misc]
 
 
-def _coerce_typed(kind: type, value: Any) -> Any:
-    """Check an already-typed value (TOML or Python) against `kind`; ints widen to float."""
-    # bool is a subclass of int, so it is rejected explicitly for numeric settings.
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"must be a boolean, not {_type_name(value)}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"must be an integer, not {_type_name(value)}")
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ValueError(f"must be a finite number (got {value})")
-            return float(value)
-        raise ValueError(f"must be a number, not {_type_name(value)}")
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"must be a string, not {_type_name(value)}")
+_raise_setting_errors(Config)
+_raise_setting_errors(AppConfig)
+
+# ----------------------------------------------------------------------------- the layers
+
+def _fields(schema: type) -> dict[str, FieldInfo]:
+    return schema.__pydantic_fields__  # type: ignore[attr-defined,no-any-return]
 
 
-def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
+_FLAGS: dict[str, str] = {name: field_extra(info, "flag") or "--" + name.replace("_", "-")
+          for name, info in _fields(Config).items()}
+_APP_FLAGS = {"id": "--app-id", "key": "--app-key", "secret": "--app-secret"}
+_FLAGS.update({f"app_{attr}": flag for attr, flag in _APP_FLAGS.items()})
+#: Flags that carry a secret: visible to every local user in ps and /proc/PID/cmdline.
+SECRET_FLAGS = {"--app-secret": "app_secret", "--chaos-token": "chaos_token"}
+_SOURCES: ContextVar[tuple[_Values, ...]] = ContextVar("turnout_config_sources")
 
 
-# -------------------------------------------------------------------------------- argparse
+class _Layers(BaseSettings):
+    """Config's settings plus the loader's own (--config, the first app's flags), merged by
+    pydantic-settings from the sources of one load_config call, highest precedence first."""
+
+    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX,
+                                      env_ignore_empty=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   *args: Any, **kwargs: Any) -> tuple[_Values, ...]:
+        return _SOURCES.get()
 
 
-class _Parser(argparse.ArgumentParser):
-    # argparse would print usage and sys.exit(2); raising keeps load_config side-effect free
-    # and lets the CLI report every problem in one format.
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError("command line", message)
-
+_LAYER_FIELDS: dict[str, Any] = {
+    name: (info.annotation, info) for name, info in _fields(Config).items()
+    if name != "apps"  # apps come from TOML tables, the first one also from --app-* flags
+}
+_LAYER_FIELDS["config"] = (str, Field("", description="TOML file with settings (see below)."))
+for _attr, _help in {"id": "Id of the first app (string, used in /apps/<id>/events).",
+                     "key": "Public key of the first app (string, used in /app/<key>).",
+                     "secret": "Signing secret of the first app (string); prefer the "
+                               "environment variable."}.items():
+    _LAYER_FIELDS[f"app_{_attr}"] = (str, Field("", description=_help))
+_Layers = create_model("_Layers", __base__=_Layers, **_LAYER_FIELDS)  # type: ignore[misc]
 
 _EPILOG = f"""\
 Every setting can come from four places; the first one that sets it wins:
@@ -502,68 +380,51 @@ Every setting can come from four places; the first one that sets it wins:
      several apps as [[apps]] tables with id, key and secret,
   4. the built-in default.
 --app-id/--app-key/--app-secret (or {ENV_PREFIX}APP_ID/_KEY/_SECRET) replace the first app;
-if any of the three is given, the other two come from their flag, env var or default.
+if any of the three is given, all three must be (with --dev, missing ones come from the
+built-in development app). A node with no app configured refuses to start unless --dev.
+Secrets (the app secret, the chaos token) belong in the environment or the TOML file: a flag
+is visible to every local user in ps and /proc/PID/cmdline, so the node warns about one.
 Booleans in the environment accept 1/true/yes/on and 0/false/no/off.
 """
 
 
-def _default_text(name: str) -> str:
-    if name == "node_id":
-        return "<hostname>-<pid>"
-    f = next(f for f in fields(Config) if f.name == name)
-    default = f.default
-    assert default is not MISSING, name
-    if isinstance(default, bool):
-        return "on" if default else "off"
-    if default == "":
-        return "none"
-    return str(default)
+class _Parser(argparse.ArgumentParser):
+    # argparse would print usage and sys.exit(2); raising keeps load_config side-effect free
+    # and lets the CLI report every problem in one format.
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError("command line", message)
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping (tests, embedding)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_Layers, env_prefix=ENV_PREFIX, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items() if v != ""}
+
+
+def _command_line(argv: list[str] | None, environ: Mapping[str, str]) -> CliSettingsSource[Any]:
+    parser = _Parser(prog=PROG, description="A turnout node: Pusher-protocol websocket "
+                     "broadcast over Redis.", epilog=_EPILOG, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    shortcuts = {name.replace("_", "-"): flag[2:] for name, flag in _FLAGS.items()
+                 if flag[2:] != name.replace("_", "-")}
+    return CliSettingsSource(
+        _Layers, root_parser=parser, cli_parse_args=argv, cli_kebab_case=True,
+        cli_implicit_flags=True, cli_shortcuts=shortcuts, cli_show_env_vars=True,
+        cli_exit_on_error=False, _env_settings_source=_Environment(environ))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser behind load_config and `turnout-server --help`.
+    """The argparse parser behind load_config and `turnout-server --help` (from the schema).
 
-    No flag has a default (argparse.SUPPRESS), so the parsed namespace holds only the flags
-    that were actually given; that is what lets env vars and the TOML file fill the rest.
+    No flag has a default (argparse.SUPPRESS), so a parsed namespace holds only the flags that
+    were given; argparse dests are the setting names.
     """
-    parser = _Parser(
-        prog=PROG,
-        description="A turnout node: Pusher-protocol websocket broadcast over Redis.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-        allow_abbrev=False,  # a prefix like --max would silently pick one setting
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"TOML file with settings (see below). Default: none. Env: {ENV_PREFIX}CONFIG.",
-    )
-    # dest is always the field name (--max-rss is max_rss_mb), so args map straight to fields.
-    for name, spec in _SPECS.items():
-        # '%' must be doubled: argparse %-formats help strings.
-        text = f"{spec.help} Default: {_default_text(name)}. Env: {_env_name(name)}."
-        text = text.replace("%", "%%")
-        if spec.kind is bool:
-            parser.add_argument(
-                spec.flag, dest=name, action=argparse.BooleanOptionalAction, help=text
-            )
-        else:
-            parser.add_argument(spec.flag, dest=name, metavar=spec.metavar, help=text)
-    app_help = {
-        "id": "Id of the first app (string, used in /apps/<id>/events).",
-        "key": "Public key of the first app (string, used in /app/<key>).",
-        "secret": "Signing secret of the first app (string).",
-    }
-    for attr, flag in _APP_FLAGS.items():
-        parser.add_argument(
-            flag,
-            dest=f"app_{attr}",
-            metavar=attr.upper(),
-            help=f"{app_help[attr]} Default: {getattr(_DEFAULT_APP, attr)}. "
-            f"Env: {_env_name('app_' + attr)}.",
-        )
-    return parser
+    return _command_line(None, {}).root_parser  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -579,33 +440,10 @@ def _read_toml(path: str, label: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}", str(e)) from None
 
 
-def _toml_apps(raw: Any, path: str) -> list[AppConfig]:
-    if not isinstance(raw, list):
-        raise ConfigError(
-            f"apps in {path}", f"must be an array of tables ([[apps]]), not {_type_name(raw)}"
-        )
-    apps = []
-    for i, entry in enumerate(raw):
-        where = f"apps[{i}] in {path}"
-        if not isinstance(entry, dict):
-            raise ConfigError(
-                where, f"must be a table with id, key and secret, not {_type_name(entry)}"
-            )
-        for k in entry:
-            if k not in _APP_CHECKS:
-                raise ConfigError(
-                    f"apps[{i}].{k} in {path}", "unknown app setting (expected id, key, secret)"
-                )
-        values = {}
-        for attr, check in _APP_CHECKS.items():
-            if attr not in entry:
-                raise ConfigError(where, f"missing {attr!r}")
-            try:
-                values[attr] = check(_coerce_typed(str, entry[attr]))
-            except ValueError as e:
-                raise ConfigError(f"apps[{i}].{attr} in {path}", str(e)) from None
-        apps.append(AppConfig(**values))
-    return apps
+def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Config settings, the loader's own: config and app_*) of one layer."""
+    own = {k: v for k, v in values.items() if k == "config" or k.startswith("app_")}
+    return {k: v for k, v in values.items() if k not in own}, own
 
 
 def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -614,81 +452,79 @@ def load_config(argv: list[str] | None = None, environ: Mapping[str, str] | None
     argv excludes the program name; None means sys.argv[1:], and environ None means
     os.environ. Raises ConfigError on any bad value; `--help` raises SystemExit(0).
     """
-    args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
-    env = {k: v for k, v in (os.environ if environ is None else environ).items() if v != ""}
-
+    environ = os.environ if environ is None else environ
+    cli, cli_own = _split(_command_line(sys.argv[1:] if argv is None else argv, environ)())
+    env, env_own = _split(_Environment(environ)())
+    path = cli_own.get("config") or env_own.get("config")
     toml: dict[str, Any] = {}
-    toml_path: str | None = None
-    if "config" in args:
-        toml_path = args["config"]
-        toml = _read_toml(args["config"], "--config (command line)")
-    elif ENV_PREFIX + "CONFIG" in env:
-        toml_path = env[ENV_PREFIX + "CONFIG"]
-        toml = _read_toml(toml_path, f"--config ({ENV_PREFIX}CONFIG)")
-    for key in toml:
-        if key not in _SPECS and key != "apps":
-            close = difflib.get_close_matches(key, [*_SPECS, "apps"], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key} in {toml_path}", f"unknown setting{hint}")
+    if path:
+        where = "command line" if "config" in cli_own else f"{ENV_PREFIX}CONFIG"
+        toml = _read_toml(path, f"--config ({where})")
+    labels: dict[str, str] = {}  # setting -> "setting (source)" of the layer that set it
+    layers: list[tuple[dict[str, Any], bool, Callable[[str], str]]] = [
+        (toml, False, lambda key: f"{key} in {path}"),
+        (env, True, lambda key: f"{_FLAGS[key]} ({ENV_PREFIX}{key.upper()})"),
+        (cli, True, lambda key: f"{_FLAGS[key]} (command line)")]
+    for values, text, name_of in layers:  # lowest precedence first: the last label stays
+        values.update(validate_partial(Config, values, text=text, label=name_of))
+        labels.update({key: name_of(key) for key in values})
 
-    values: dict[str, Any] = {}
-    labels: dict[str, str] = {}  # field -> "setting (source)" for cross-field errors
-    for name, spec in _SPECS.items():
-        env_name = _env_name(name)
-        try:
-            if name in args:
-                labels[name] = f"{spec.flag} (command line)"
-                raw = args[name]
-                # BooleanOptionalAction already yields a bool; everything else is text.
-                value = raw if isinstance(raw, bool) else _coerce_text(spec.kind, raw)
-            elif env_name in env:
-                labels[name] = f"{spec.flag} ({env_name})"
-                value = _coerce_text(spec.kind, env[env_name])
-            elif name in toml:
-                labels[name] = f"{name} in {toml_path}"
-                value = _coerce_typed(spec.kind, toml[name])
-            else:
-                labels[name] = f"{spec.flag} (not set)"
-                continue
-            values[name] = spec.check(value)
-        except ValueError as e:
-            raise ConfigError(labels[name], str(e), field=name) from None
+    token = _SOURCES.set((_Values(_Layers, cli), _Values(_Layers, env),
+                          _Values(_Layers, {k: v for k, v in toml.items() if k != "apps"})))
+    try:
+        merged = _Layers()
+    finally:
+        _SOURCES.reset(token)
+    values = {name: getattr(merged, name) for name in merged.model_fields_set}
 
-    apps_sources = []
-    if "apps" in toml:
-        values["apps"] = _toml_apps(toml["apps"], str(toml_path))
-        apps_sources.append(f"apps in {toml_path}")
-    first = _first_app_override(args, env)
+    apps_sources = [f"apps in {path}"] if "apps" in toml else []
+    apps = list(toml.get("apps", ()))
+    first = _first_app(cli_own, env_own, dev=values.get("dev", False))
     if first is not None:
-        apps = list(values.get("apps", ()))
-        values["apps"] = [first, *apps[1:]]
+        apps[:1] = [first]
         apps_sources.insert(0, "--app-id/--app-key/--app-secret")
     labels["apps"] = " and ".join(apps_sources) or "apps"
-
     try:
-        return Config(**values)
+        return Config(**values, apps=tuple(apps))
     except ConfigError as e:
-        # Only cross-field checks can fail here; per-field ones already ran above.
+        # Only cross-field checks can fail here; each value passed its own check above.
         if e.field is None:
             raise
-        raise ConfigError(labels.get(e.field, e.setting), e.message, field=e.field) from None
+        label = labels.get(e.field, f"{_FLAGS.get(e.field, e.field)} (not set)")
+        raise ConfigError(label, e.message, field=e.field) from None
 
 
-def _first_app_override(args: dict[str, Any], env: Mapping[str, str]) -> AppConfig | None:
+def _first_app(cli: dict[str, str], env: dict[str, str], *, dev: bool) -> AppConfig | None:
+    """The app --app-id/--app-key/--app-secret (or TURNOUT_APP_*) describe, if any."""
     given: dict[str, tuple[str, str]] = {}  # attr -> (value, label)
     for attr, flag in _APP_FLAGS.items():
-        env_name = _env_name("app_" + attr)
-        if f"app_{attr}" in args:
-            given[attr] = (args[f"app_{attr}"], f"{flag} (command line)")
-        elif env_name in env:
-            given[attr] = (env[env_name], f"{flag} ({env_name})")
+        name = f"app_{attr}"
+        if cli.get(name):
+            given[attr] = (cli[name], f"{flag} (command line)")
+        elif env.get(name):
+            given[attr] = (env[name], f"{flag} ({ENV_PREFIX}{name.upper()})")
     if not given:
         return None
-    values = {}
-    for attr, check in _APP_CHECKS.items():
-        value, label = given.get(attr, (getattr(_DEFAULT_APP, attr), _APP_FLAGS[attr]))
-        try:
-            values[attr] = check(value)
-        except ValueError as e:
-            raise ConfigError(label, str(e), field="apps") from None
-    return AppConfig(**values)
+    missing = [_APP_FLAGS[attr] for attr in _APP_FLAGS if attr not in given]
+    if missing and not dev:
+        # Filling the gap from the built-in app would run a node whose secret is public.
+        raise ConfigError(
+            "/".join(_APP_FLAGS[attr] for attr in given),
+            f"also give {' and '.join(missing)} (or the {ENV_PREFIX}APP_* variables): an app "
+            "needs an id, a key and a secret", field="apps")
+    values = {attr: given.get(attr, (getattr(DEV_APP, attr), ""))[0] for attr in _APP_FLAGS}
+    labels = {attr: given.get(attr, ("", _APP_FLAGS[attr]))[1] for attr in _APP_FLAGS}
+    try:
+        return AppConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(labels[e.setting], e.message, field="apps") from None
+
+
+def secret_flag_warnings(argv: list[str]) -> list[str]:
+    """A warning for each secret given as a command-line flag (see SECRET_FLAGS)."""
+    return [
+        f"{flag} on the command line is visible to every local user (ps, /proc/PID/cmdline); "
+        f"set {ENV_PREFIX}{setting.upper()} or put {setting} in the --config TOML file instead"
+        for flag, setting in SECRET_FLAGS.items()
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+    ]

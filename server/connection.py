@@ -4,21 +4,23 @@ Sending never waits: ``send`` tries one non-blocking ``socket.send`` and only wh
 buffer is full queues the rest for this connection's own writer task (spawned on demand in the
 connection's nursery). The queue is bounded in bytes; a client that lets it overflow is closed
 with 4100 (back off and reconnect) and resumes from its position, so it is never silently
-skipped. Incoming frames are parsed by frames.FrameParser and handled in order.
+skipped. Its backlog is dropped and the close frame queued; if the socket drains enough for
+that frame to reach the kernel within ``slow_consumer_grace`` the client will read why it was
+closed, otherwise the connection is reset (and the kernel frees its buffer at once). Incoming
+frames are parsed by frames.FrameParser; text messages go to the connection's sans-IO
+session.PusherSession, which answers through ``send_message`` and ``close``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import trio
 
 from . import protocol
-from .auth import verify_channel_auth
 from .config import AppConfig
 from .frames import (
     OP_BINARY,
@@ -31,42 +33,42 @@ from .frames import (
     encode_close,
     encode_frame,
     encode_text,
+    parse_close,
 )
-from .hub import SubscribeRefused
-
-if TYPE_CHECKING:
-    from .node import Node
+from .interfaces import ConnectionContext
+from .session import PusherSession, new_socket_id
 
 log = logging.getLogger("turnout.connection")
 
-__all__ = ["Connection", "new_socket_id"]
+__all__ = ["Connection"]
 
 CLOSE_TIMEOUT = 2.0
 # Bytes a writer hands the kernel per send when it drains a backlog (coalescing small frames).
 WRITE_CHUNK = 65536
 
 
-def new_socket_id() -> str:
-    return f"{secrets.randbelow(10**9) + 1}.{secrets.randbelow(10**9) + 1}"
-
-
 class Connection:
     __slots__ = (
         "__weakref__", "_flushed", "_head_partial", "_nursery", "_outq", "_outq_bytes",
-        "_scope", "_writer_running", "app", "channels", "closing", "frame_failed",
-        "last_activity", "node", "parser", "peer", "ping_sent_at", "sock", "socket_id",
+        "_overflow_deadline", "_scope", "_writer_running", "channels", "closing", "context",
+        "frame_failed", "last_activity", "parser", "peer", "ping_sent_at", "reset", "session",
+        "sock", "socket_id",
     )
 
-    def __init__(self, node: Node, sock: socket.socket, app: AppConfig, peer: str) -> None:
-        self.node = node
+    def __init__(self, context: ConnectionContext, sock: socket.socket, app: AppConfig,
+                 peer: str) -> None:
+        self.context = context
         self.sock = sock
-        self.app = app
         self.peer = peer
         self.socket_id = new_socket_id()
-        self.parser = FrameParser(node.config.max_message_size)
+        self.session = PusherSession(app, context, peer)
+        self.parser = FrameParser(context.config.max_message_size, context.config.max_fragments)
         self.channels: dict[str, Any] = {}
         self.closing = False
         self.frame_failed = False
+        # Set when the socket must be reset (RST) instead of closed; read by http.serve_socket.
+        self.reset = False
+        self._overflow_deadline: float | None = None
         self.last_activity = trio.current_time()
         self.ping_sent_at: float | None = None
         self._outq: deque[bytes] = deque()
@@ -106,7 +108,7 @@ class Connection:
             self._head_partial = partial
         self._outq.append(data)
         self._outq_bytes += len(data)
-        if self._outq_bytes > self.node.config.outbound_queue_bytes and not self.closing:
+        if self._outq_bytes > self.context.config.outbound_queue_bytes and not self.closing:
             self._overflow()
             return
         if not self._writer_running and self._nursery is not None:
@@ -115,9 +117,11 @@ class Connection:
 
     def _overflow(self) -> None:
         """Slow consumer: drop its backlog (keeping a half-sent frame intact) and close 4100."""
-        self.node.stats.slow_consumer_closes += 1
-        log.warning("slow consumer %s (%s): outbound queue over %d bytes, closing 4100",
-                    self.socket_id, self.peer, self.node.config.outbound_queue_bytes)
+        self.context.stats.slow_consumer_closes += 1
+        self._overflow_deadline = trio.current_time() + self.context.config.slow_consumer_grace
+        self.context.peer_log.warning(
+            log, "slow consumer %s (%s): outbound queue over %d bytes, closing 4100",
+            self.socket_id, self.peer, self.context.config.outbound_queue_bytes)
         head = self._outq[0] if self._head_partial and self._outq else None
         self._outq.clear()
         self._outq_bytes = 0
@@ -173,11 +177,28 @@ class Connection:
             self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
 
     def _abort(self) -> None:
+        """The socket failed (reset by the peer, broken pipe): stop everything, reset it."""
         self.closing = True
+        self.reset = True
         self._outq.clear()
         self._outq_bytes = 0
         if self._scope is not None:
             self._scope.cancel()
+
+    def fail_internal(self) -> bool:
+        """After an unexpected exception: send close 1011 if the stream allows; True to reset.
+
+        A half-sent frame at the head of the queue means the peer is mid-frame: a close frame
+        now would be read as that frame's payload, so the connection is reset instead.
+        """
+        if self.closing or self._head_partial:
+            return True
+        self.closing = True
+        try:
+            frame = encode_close(1011, "internal error")
+            return self.sock.send(frame) < len(frame)
+        except OSError:
+            return True
 
     # ------------------------------------------------------------------ reading
     async def run(self, initial: bytes = b"") -> None:
@@ -193,10 +214,32 @@ class Connection:
                 await self._read_loop()
             self._scope = None
             if self._writer_running:
+                # A slow consumer's close frame gets its grace to reach the kernel; any other
+                # backlog the usual close timeout.
+                if self._overflow_deadline is not None:
+                    flush_by = self._overflow_deadline
+                else:
+                    flush_by = trio.current_time() + CLOSE_TIMEOUT
                 self._flushed = trio.Event()
-                with trio.move_on_after(CLOSE_TIMEOUT):
+                with trio.move_on_at(flush_by):
                     await self._flushed.wait()
+            if self._overflow_deadline is not None:
+                self._count_slow_consumer_outcome()
             nursery.cancel_scope.cancel()
+
+    def _count_slow_consumer_outcome(self) -> None:
+        stats = self.context.stats
+        if self._outq or self.reset:
+            # The close frame never reached the kernel: reset, which frees the send buffer.
+            stats.slow_consumer_aborts += 1
+            self.reset = True
+            self._outq.clear()
+            self._outq_bytes = 0
+            self.context.peer_log.info(log, "slow consumer %s (%s) did not drain within %g s: "
+                                    "connection reset", self.socket_id, self.peer,
+                                    self.context.config.slow_consumer_grace)
+        else:
+            stats.slow_consumer_close_frames += 1
 
     async def _read_loop(self) -> None:
         sock = self.sock
@@ -224,27 +267,17 @@ class Connection:
         try:
             messages = self.parser.feed(data)
         except FrameError as exc:
-            log.info("frame error from %s (%s): %s", self.socket_id, self.peer, exc.reason)
-            self.node.stats.bad_frames += 1
-            self.frame_failed = True
-            self.close(exc.code, exc.reason)
-            if not self._outq:
-                # Our close frame is out and we cannot read theirs: half-close so the client
-                # sees the end now instead of waiting out CLOSE_TIMEOUT. Keep draining input
-                # until its EOF, so closing the socket does not reset it.
-                try:
-                    self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+            self._fail(exc)
             return True
         for opcode, payload in messages:
             if opcode == OP_TEXT:
-                self.node.stats.messages_in += 1
+                self.context.stats.messages_in += 1
                 if not self.closing:
-                    await self._on_text(payload)
+                    await self.session.on_text(self, payload)
             elif opcode == OP_BINARY:
-                self.node.stats.bad_messages += 1
-                log.info("binary frame from %s: not supported", self.socket_id)
+                self.context.stats.bad_messages += 1
+                self.context.peer_log.info(log, "binary frame from %s: not supported",
+                                           self.socket_id)
                 self.send_message(protocol.error(
                     protocol.RECONNECT, "invalid message format: binary frames are not supported"
                 ))
@@ -253,97 +286,30 @@ class Connection:
             elif opcode == OP_PONG:
                 pass
             elif opcode == OP_CLOSE:
+                try:
+                    code, _reason = parse_close(payload)
+                except FrameError as exc:
+                    self._fail(exc)
+                    return True
                 if not self.closing:
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
                     self.closing = True
-                    self._send_raw(encode_close(code if code < 5000 else 1000))
+                    # Echo the peer's code (RFC 6455 5.5.1); no code given: 1000.
+                    self._send_raw(encode_close(code or 1000))
                 return False
         return True
 
-    def _error(self, code: int | None, message: str) -> None:
-        self.node.stats.bad_messages += 1
-        log.info("client %s (%s): %s", self.socket_id, self.peer, message)
-        self.send_message(protocol.error(code, message))
-
-    async def _on_text(self, payload: bytes) -> None:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            self.node.stats.bad_messages += 1
-            log.info("client %s (%s): text frame is not valid UTF-8, closing 1007",
-                     self.socket_id, self.peer)
-            self.close(1007, "text frame is not valid UTF-8")
-            return
-        try:
-            event, data = protocol.parse_client_message(payload)
-        except protocol.BadMessage as exc:
-            self._error(protocol.RECONNECT, f"invalid message format: {exc}")
-            return
-        if event == "pusher:ping":
-            self.send_message(protocol.pong())
-        elif event == "pusher:pong":
-            pass
-        elif event == "pusher:subscribe":
-            await self._on_subscribe(data)
-        elif event == "pusher:unsubscribe":
-            channel = data.get("channel") if isinstance(data, dict) else None
-            if not isinstance(channel, str):
-                self._error(protocol.RECONNECT, "invalid message format: missing 'channel'")
-                return
-            self.node.hub.unsubscribe(self, channel)
-        elif event == "pusher:signin":
-            self._error(protocol.UNAUTHORIZED, "user sign-in is not supported by this server yet")
-        elif event.startswith("client-"):
-            self._error(protocol.CLIENT_EVENT_REJECTED,
-                        "client events are not enabled on this server")
-        else:
-            self._error(protocol.RECONNECT, f"invalid message format: unsupported event {event!r}")
-
-    async def _on_subscribe(self, data: Any) -> None:
-        if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
-            self._error(protocol.RECONNECT, "invalid message format: subscribe needs 'channel'")
-            return
-        channel: str = data["channel"]
-        if not protocol.valid_channel_name(channel):
-            self._error(protocol.RECONNECT,
-                        f"invalid channel name {channel[:200]!r}: at most 164 characters of "
-                        "A-Z a-z 0-9 _ - = @ , . ;")
-            return
-        if protocol.is_presence(channel):
-            self._refuse(channel, "presence channels are not supported by this server yet")
-            return
-        if protocol.is_private(channel) and not verify_channel_auth(
-            self.app.key, self.app.secret, self.socket_id, channel, data.get("auth")
-        ):
-            self._refuse(channel, "invalid or missing signature for private channel")
-            return
-        position = _position(data)
-        if position is False:
-            self._error(protocol.RECONNECT,
-                        "invalid message format: 'offset' must be an integer >= 0 and 'epoch' "
-                        "a string")
-            return
-        try:
-            await self.node.hub.subscribe(self, self.app.id, channel, position)
-        except SubscribeRefused as exc:
-            log.warning("refusing subscription of %s to %s: %s", self.socket_id, channel, exc)
-            self.close(protocol.OVER_CAPACITY, "node cannot reach redis; reconnect elsewhere")
-
-    def _refuse(self, channel: str, message: str) -> None:
-        self.node.stats.auth_failures += 1
-        log.info("subscription refused for %s to %s: %s", self.socket_id, channel, message)
-        self.send_message(protocol.subscription_error(channel, message, 401))
-        self.send_message(protocol.error(protocol.UNAUTHORIZED, message))
-
-
-def _position(data: dict[str, Any]) -> tuple[int, str] | Literal[False] | None:
-    """(offset, epoch) from a subscribe message, None if absent, False if malformed."""
-    offset = data.get("offset")
-    epoch = data.get("epoch")
-    if offset is None and epoch is None:
-        return None
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        return False
-    if not isinstance(epoch, str):
-        return False
-    return offset, epoch
+    def _fail(self, exc: FrameError) -> None:
+        """Fail the websocket (RFC 6455 7.1.7): close frame with exc.code, read nothing more."""
+        self.context.peer_log.info(log, "frame error from %s (%s): %s", self.socket_id, self.peer,
+                                exc.reason)
+        self.context.stats.bad_frames += 1
+        self.frame_failed = True
+        self.close(exc.code, exc.reason)
+        if not self._outq:
+            # Our close frame is out and we cannot read theirs: half-close so the client
+            # sees the end now instead of waiting out CLOSE_TIMEOUT. Keep draining input
+            # until its EOF, so closing the socket does not reset it.
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass

@@ -27,6 +27,8 @@ __all__ = [
     "encode_close",
     "encode_frame",
     "encode_text",
+    "parse_close",
+    "valid_close_code",
 ]
 
 OP_CONT = 0x0
@@ -71,8 +73,40 @@ def encode_text(payload: bytes) -> bytes:
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    # 123 bytes of reason at most (control frames carry 125); never cut a character in half.
+    body = struct.pack("!H", code) + reason.encode("utf-8")[:123].decode(
+        "utf-8", "ignore").encode("utf-8")
     return encode_frame(OP_CLOSE, body)
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 7.4, IANA registry).
+
+    1004 is reserved, 1005/1006/1015 are for local reporting only and never go on the wire,
+    1016-2999 are reserved for future RFCs, 3000-4999 belong to libraries and applications.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """(code, reason) of a client's close frame; FrameError if the payload is invalid.
+
+    An empty payload means no code was given (None). One byte cannot hold a code, a code
+    outside ``valid_close_code`` is a protocol error (1002) and a reason that is not UTF-8 is
+    inconsistent data (1007, RFC 6455 8.1).
+    """
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise FrameError(1002, "close frame payload of 1 byte (a code needs 2)")
+    code = int.from_bytes(payload[:2], "big")
+    if not valid_close_code(code):
+        raise FrameError(1002, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(1007, "close reason is not valid UTF-8") from None
+    return code, reason
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
@@ -89,17 +123,31 @@ class FrameParser:
 
     ``feed`` returns complete messages as ``(opcode, payload)``; fragmented data messages are
     reassembled, control frames may interleave. A message larger than ``max_message_size``
-    raises FrameError(1009) as soon as its header announces it, before buffering it.
+    raises FrameError(1009) as soon as its header announces it, before buffering it, and so
+    does a message in more than ``max_fragments`` frames (empty continuation frames cost no
+    bytes, but each one costs parsing and, unbounded, a list entry). So what one connection
+    holds is bounded: at most one frame header plus ``max_message_size`` bytes in the buffer,
+    at most ``max_fragments`` parts.
     """
 
-    __slots__ = ("_buf", "_frag_op", "_frag_parts", "_frag_size", "max_message_size")
+    __slots__ = (
+        "_buf", "_frag_count", "_frag_op", "_frag_parts", "_frag_size", "max_fragments",
+        "max_message_size",
+    )
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, max_fragments: int = 100) -> None:
         self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
         self._buf = b""
         self._frag_op: int | None = None
         self._frag_parts: list[bytes] = []
         self._frag_size = 0
+        self._frag_count = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: unparsed input plus the parts of an unfinished message."""
+        return len(self._buf) + self._frag_size
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self._buf + data if self._buf else data
@@ -147,13 +195,19 @@ class FrameParser:
             if opcode == OP_CONT:
                 if self._frag_op is None:
                     raise FrameError(1002, "continuation frame without a message")
-                self._frag_parts.append(payload)
-                self._frag_size += length
+                self._frag_count += 1
+                if self._frag_count > self.max_fragments:
+                    raise FrameError(
+                        1009, f"message in more than {self.max_fragments} fragments")
+                if payload:
+                    self._frag_parts.append(payload)
+                    self._frag_size += length
                 if fin:
                     out.append((self._frag_op, b"".join(self._frag_parts)))
                     self._frag_op = None
                     self._frag_parts = []
                     self._frag_size = 0
+                    self._frag_count = 0
                 continue
             if opcode not in (OP_TEXT, OP_BINARY):
                 raise FrameError(1002, f"unknown data opcode {opcode:#x}")
@@ -163,7 +217,8 @@ class FrameParser:
                 out.append((opcode, payload))
             else:
                 self._frag_op = opcode
-                self._frag_parts = [payload]
+                self._frag_parts = [payload] if payload else []
                 self._frag_size = length
+                self._frag_count = 1
         self._buf = buf[pos:] if pos < end else b""
         return out

@@ -15,22 +15,19 @@ seam with no hole and no duplicate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from . import protocol
 from .broker import Broker
 from .frames import encode_text
+from .interfaces import Position, Subscriber, SubscribeRefused
 from .redis_link import RedisError, RedisLinkDown
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 log = logging.getLogger("turnout.hub")
 
-__all__ = ["ChannelState", "Hub", "SubscribeRefused"]
+__all__ = ["ChannelState", "Hub"]
 
 # Live messages buffered per channel while it catches up. Past the bound they are dropped:
 # everything is in the stream, and catch-up reads up to the stream's top anyway.
@@ -40,14 +37,10 @@ CATCHUP_RETRY_MIN = 0.1
 CATCHUP_RETRY_MAX = 2.0
 
 
-class SubscribeRefused(Exception):
-    """The node cannot serve this subscription now (Redis unreachable); client should retry."""
-
-
 class _Joiner:
     __slots__ = ("conn", "frames")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Subscriber) -> None:
         self.conn = conn
         self.frames: list[tuple[int, bytes]] = []
 
@@ -63,29 +56,15 @@ class _Pending:
 
 
 class ChannelState:
-    __slots__ = (
-        "app_id",
-        "catching_up",
-        "catchup_again",
-        "catchup_running",
-        "epoch",
-        "init_lock",
-        "joiners",
-        "key",
-        "last",
-        "name",
-        "pending",
-        "ready",
-        "settled",
-        "subscribers",
-        "suspect_top",
-    )
+    __slots__ = ("app_id", "catching_up", "catchup_again", "catchup_running", "epoch",
+                 "init_lock", "joiners", "key", "last", "name", "pending", "ready", "settled",
+                 "subscribers", "suspect_top")
 
     def __init__(self, app_id: str, name: str, key: bytes) -> None:
         self.app_id = app_id
         self.name = name
         self.key = key
-        self.subscribers: dict[Connection, None] = {}
+        self.subscribers: dict[Subscriber, None] = {}
         self.joiners: list[_Joiner] = []
         self.epoch: str | None = None
         self.last = 0
@@ -105,7 +84,8 @@ class ChannelState:
 
 
 class Hub:
-    """Owns every ChannelState of a node. Start with ``nursery.start(hub.serve)``."""
+    """Owns every ChannelState of a node (its `interfaces.Channels`, what connections subscribe
+    through). Start with ``nursery.start(hub.serve)``."""
 
     def __init__(self, broker_factory: Any, *, position_check_interval: float,
                  history_enabled: bool) -> None:
@@ -296,8 +276,8 @@ class Hub:
                         self._accept(state, item)
                 return state
 
-    async def subscribe(self, conn: Connection, app_id: str, name: str,
-                        position: tuple[int, str] | None) -> None:
+    async def subscribe(self, conn: Subscriber, app_id: str, name: str,
+                        position: Position | None) -> None:
         """Subscribe ``conn``; replays from ``position`` when given. Raises SubscribeRefused."""
         key = self.broker.channel_key(app_id, name)
         joiner: _Joiner | None = None
@@ -394,7 +374,7 @@ class Hub:
             state.joiners.remove(joiner)
         self._maybe_release(key)
 
-    def unsubscribe(self, conn: Connection, name: str) -> None:
+    def unsubscribe(self, conn: Subscriber, name: str) -> None:
         state = conn.channels.pop(name, None)
         if state is None:
             return
@@ -402,7 +382,7 @@ class Hub:
         self._count_changed(state.app_id)
         self._maybe_release(state.key)
 
-    def drop_connection(self, conn: Connection) -> None:
+    def drop_connection(self, conn: Subscriber) -> None:
         for name in list(conn.channels):
             self.unsubscribe(conn, name)
 
@@ -455,11 +435,11 @@ class Hub:
             if s.app_id == app_id and s.subscribers
         }
 
-    async def _count_syncer(self, app_ids: Iterable[str] = ()) -> None:
+    async def _count_syncer(self) -> None:
         """Mirror local subscription counts into Redis (debounced), refreshing their TTL."""
         refresh_every = 3.0
         last_refresh = -refresh_every
-        known: set[str] = set(app_ids)
+        known: set[str] = set()
         while True:
             with trio.move_on_after(refresh_every):
                 await self._counts_event.wait()

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["Metrics", "NodeStats"]
+__all__ = ["Metrics", "NodeStats", "NodeView"]
 
 
 @dataclass(slots=True)
@@ -28,6 +25,11 @@ class NodeStats:
     connections_total: int = 0
     rejected_connections: int = 0
     slow_consumer_closes: int = 0
+    slow_consumer_close_frames: int = 0
+    slow_consumer_aborts: int = 0
+    subscriptions_refused: int = 0
+    internal_errors: int = 0
+    bad_requests: int = 0
     bad_frames: int = 0
     bad_messages: int = 0
     auth_failures: int = 0
@@ -37,8 +39,45 @@ class NodeStats:
     loop_lag_max: float = 0.0
 
 
+# Counters read straight from NodeStats: metric name (turnout_*_total) -> (attribute, help).
+_STAT_COUNTERS = {
+    "connections_opened": ("connections_total", "Websocket connections accepted"),
+    "connections_rejected": ("rejected_connections", "Websocket connections refused"),
+    "messages_in": ("messages_in", "Websocket text messages received"),
+    "slow_consumer_disconnects": ("slow_consumer_closes", "Clients closed 4100 for a full queue"),
+    "slow_consumer_close_frames_delivered": (
+        "slow_consumer_close_frames",
+        "Slow consumers whose 4100 close frame reached their socket in the grace"),
+    "slow_consumer_resets": (
+        "slow_consumer_aborts", "Slow consumers that did not drain in the grace: connection reset"),
+    "subscriptions_refused": (
+        "subscriptions_refused", "Subscriptions refused for the per-connection limit"),
+    "internal_errors": (
+        "internal_errors", "Unexpected exceptions that ended one connection (500 or close 1011)"),
+    "bad_requests": ("bad_requests", "HTTP requests refused before routing (400/408/413/426/431)"),
+    "bad_frames": ("bad_frames", "Websocket protocol violations"),
+    "bad_messages": ("bad_messages", "Malformed or refused client messages"),
+    "auth_failures": ("auth_failures", "Rejected signatures"),
+}
+
+
+class NodeView(Protocol):
+    """What the collector reads at scrape time (the node, which reports on all its parts)."""
+
+    config: Any
+    stats: NodeStats
+    hub: Any
+    open_sockets: int
+    max_connections: int
+    draining: bool
+    peer_log: Any
+
+    @property
+    def connection_count(self) -> int: ...
+
+
 class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self._node = node
         self._process = psutil.Process()
 
@@ -59,7 +98,11 @@ class _NodeCollector(Collector):
             c.add_metric(value, v)
             return c
 
-        yield gauge("connections", "Open websocket connections", len(node.connections))
+        yield gauge("connections", "Open websocket connections", node.connection_count)
+        yield gauge("sockets", "Open client sockets: websockets, HTTP and handshakes",
+                    node.open_sockets)
+        yield gauge("max_connections", "Client sockets allowed at once (--max-connections, "
+                    "or chosen from the open-file limit)", node.max_connections)
         yield gauge("subscriptions", "Channel subscriptions on this node", hub["subscriptions"])
         yield gauge("channels", "Channels with local subscribers", hub["channels"])
         yield gauge("redis_link_up", "1 while the pub/sub link to Redis is up",
@@ -70,23 +113,16 @@ class _NodeCollector(Collector):
         yield gauge("event_loop_lag_seconds", "Last measured scheduling lag", stats.loop_lag)
         yield gauge("event_loop_lag_max_seconds", "Worst scheduling lag since start",
                     stats.loop_lag_max)
-        yield counter("connections_opened", "Websocket connections accepted",
-                      stats.connections_total)
-        yield counter("connections_rejected", "Websocket connections refused",
-                      stats.rejected_connections)
-        yield counter("messages_in", "Websocket text messages received", stats.messages_in)
+        for name, (attr, doc) in _STAT_COUNTERS.items():
+            yield counter(name, doc, getattr(stats, attr))
         yield counter("messages_out", "Channel event frames written to sockets",
                       hub["frames_out"])
         yield counter("events_delivered", "Channel events fanned out by this node",
                       hub["delivered"])
         yield counter("events_published", "Events published through this node's HTTP API",
                       node.hub.broker.published)
-        yield counter("slow_consumer_disconnects", "Clients closed 4100 for a full queue",
-                      stats.slow_consumer_closes)
-        yield counter("bad_frames", "Websocket protocol violations", stats.bad_frames)
-        yield counter("bad_messages", "Malformed or refused client messages",
-                      stats.bad_messages)
-        yield counter("auth_failures", "Rejected signatures", stats.auth_failures)
+        yield counter("log_lines_suppressed", "Log lines about client input over --log-rate",
+                      node.peer_log.suppressed)
         yield counter("gaps_detected", "Out-of-order or missing pub/sub events detected",
                       hub["gaps_detected"])
         yield counter("catchups", "Channel catch-ups read from Redis streams", hub["catchups"])
@@ -99,7 +135,7 @@ class _NodeCollector(Collector):
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_NodeCollector(node))
 

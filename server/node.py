@@ -8,23 +8,24 @@ watchdog drained the node).
 
 from __future__ import annotations
 
+import functools
 import logging
+import resource
 import signal
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from . import protocol
+from . import api, protocol
 from .broker import Broker
 from .chaos import Chaos
 from .config import Config
+from .connection import Connection
 from .http import serve_socket
 from .hub import Hub
+from .interfaces import ConnectionContext
 from .metrics import Metrics, NodeStats
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .peerlog import ErrorLog, PeerLog
 
 log = logging.getLogger("turnout.node")
 
@@ -32,10 +33,52 @@ __all__ = ["Node", "run", "serve_node"]
 
 ACCEPT_BATCH = 256
 REAPER_INTERVAL = 1.0
+# File descriptors kept out of max_connections: listeners, Redis links, log files, /proc reads.
+FD_RESERVE = 128
+# Sockets accepted over max_connections only to be told so (4100 / 503) within a short
+# deadline; beyond these a socket is closed at once without a word.
+OVERFLOW_SLOTS = 64
+# Concurrent sockets on the chaos listener (loopback, token-guarded, harness use only).
+MAX_CHAOS_SOCKETS = 16
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (as Go and nginx do); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_limits(configured: int, file_limit: int) -> tuple[int, int, str]:
+    """(max_connections, overflow slots, how it was chosen) for a file limit.
+
+    Every accepted socket costs a descriptor; a node that runs out stops accepting anything,
+    /health included. So the limit always leaves room for the node's own descriptors and for
+    the overflow sockets that are told "over capacity".
+    """
+    reserve = min(FD_RESERVE, file_limit // 4)
+    overflow = min(OVERFLOW_SLOTS, file_limit // 8)
+    available = max(1, file_limit - reserve - overflow)
+    if configured == 0:
+        return available, overflow, (
+            f"automatic: open-file limit {file_limit} - {reserve} reserved - {overflow} "
+            "overflow slots")
+    if configured > available:
+        return available, overflow, (
+            f"--max-connections {configured} lowered to {available}: the open-file limit is "
+            f"{file_limit} ({reserve} reserved, {overflow} overflow slots)")
+    return configured, overflow, f"--max-connections {configured} (open-file limit {file_limit})"
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    """Wires one node's parts together; each part sees only its seam (server/interfaces.py)."""
+
+    def __init__(self, config: Config, *, hub: Hub | None = None) -> None:
         self.config = config
         self.stats = NodeStats()
         self.connections: dict[Connection, None] = {}
@@ -43,7 +86,8 @@ class Node:
         self.drain_reason = ""
         self.exit_code = 0
         self.port = 0
-        self.hub = Hub(
+        # ``hub``: a stand-in for unit tests of the parts around it (tests/server/test_fuzz.py).
+        self.hub = hub or Hub(
             lambda on_message, on_link: Broker(
                 host=config.redis_host, port=config.redis_port, db=config.redis_db,
                 key_prefix=config.key_prefix, node_id=config.node_id,
@@ -54,21 +98,51 @@ class Node:
             history_enabled=config.history_size > 0,
         )
         self.metrics = Metrics(self)
-        self.chaos = Chaos(self)
+        self.chaos = Chaos(config, self)
+        self.peer_log = PeerLog(config.log_rate)
+        self.error_log = ErrorLog()
+        self.context = ConnectionContext(config, self.stats, self.peer_log, self.hub)
+        self.api_route = functools.partial(api.handle_request, api.ApiContext(
+            config, self.stats, self.peer_log, self.hub.broker, self, self.metrics))
+        # Client sockets open now (every accepted socket until it is closed), and per address.
+        self.open_sockets = 0
+        self.sockets_by_ip: dict[str, int] = {}
+        self.max_connections, self.overflow_slots, self.limit_reason = connection_limits(
+            config.max_connections, raise_file_limit())
+        self.chaos_port = 0
+        self._chaos_sockets = 0
         self._listener: socket.socket | None = None
+        self._chaos_listener: socket.socket | None = None
         self._drain_requested = trio.Event()
         self._done = trio.Event()
 
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
+
     # ------------------------------------------------------------------ serving
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+    @staticmethod
+    def _bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
-        sock.listen(4096)
+        sock.bind((host, port))
+        sock.listen(backlog)
         sock.setblocking(False)
-        self.port = sock.getsockname()[1]
         return sock
+
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """An unexpected exception ended one connection: count it, log it (rate-limited)."""
+        self.stats.internal_errors += 1
+        self.error_log.log(log, what, exc)
+
+    def release_socket(self, ip: str) -> None:
+        self.open_sockets -= 1
+        left = self.sockets_by_ip.get(ip, 0) - 1
+        if left > 0:
+            self.sockets_by_ip[ip] = left
+        else:
+            self.sockets_by_ip.pop(ip, None)
 
     async def serve(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
@@ -77,14 +151,30 @@ class Node:
             root.start_soon(self._reaper)
             root.start_soon(self._lag_monitor)
             async with trio.open_nursery() as conns:
-                self._listener = self._bind()
+                self._listener = self._bind(self.config.host, self.config.port)
+                self.port = self._listener.getsockname()[1]
+                if self.config.chaos:
+                    self._chaos_listener = self._bind(
+                        self.config.chaos_host, self.config.chaos_port, 16)
+                    self.chaos_port = self._chaos_listener.getsockname()[1]
+                    conns.start_soon(self._chaos_accept_loop, self._chaos_listener, conns)
                 conns.start_soon(self._accept_loop, self._listener, conns)
                 conns.start_soon(self._drain_when_requested)
                 log.info("node %s listening on %s:%d (redis %s)", self.config.node_id,
                          self.config.host, self.port, self.config.redis_url)
+                log.info("max_connections %d (%s); per address %s", self.max_connections,
+                         self.limit_reason, self.config.max_connections_per_ip or "unlimited")
+                if self.config.chaos:
+                    log.warning("chaos endpoint on http://%s:%d/chaos/ (loopback only, token "
+                                "required)", self.config.chaos_host, self.chaos_port)
                 task_status.started(self)
                 await self._done.wait()
                 conns.cancel_scope.cancel()
+            for listener in (self._listener, self._chaos_listener):
+                if listener is not None:
+                    trio.lowlevel.notify_closing(listener)
+                    listener.close()
+            self._listener = self._chaos_listener = None
             root.cancel_scope.cancel()
         await self.hub.broker.aclose()
 
@@ -94,22 +184,64 @@ class Node:
                 await trio.lowlevel.wait_readable(listener)
             except trio.ClosedResourceError:
                 return
+            per_ip_limit = self.config.max_connections_per_ip
             for _ in range(ACCEPT_BATCH):
                 try:
                     sock, addr = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    # EMFILE and friends: log and let the backlog wait instead of spinning.
+                    # EMFILE and friends (another process's descriptors, a lowered limit):
+                    # log and let the backlog wait instead of spinning.
                     log.error("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     break
+                ip = addr[0]
+                from_ip = self.sockets_by_ip.get(ip, 0)
+                over = self.open_sockets >= self.max_connections or (
+                    per_ip_limit > 0 and from_ip >= per_ip_limit)
+                if over and self.open_sockets >= self.max_connections + self.overflow_slots:
+                    # Not even room to say why: close at once (the descriptor is what is short).
+                    self.stats.rejected_connections += 1
+                    sock.close()
+                    continue
+                self.open_sockets += 1
+                self.sockets_by_ip[ip] = from_ip + 1
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.config.socket_send_buffer:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                     self.config.socket_send_buffer)
-                conns.start_soon(serve_socket, self, sock, f"{addr[0]}:{addr[1]}")
+                conns.start_soon(serve_socket, self, self.api_route, sock, ip, f"{ip}:{addr[1]}",
+                                 over)
+
+    async def _chaos_accept_loop(self, listener: socket.socket, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except trio.ClosedResourceError:
+                return
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                log.error("chaos accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if self._chaos_sockets >= MAX_CHAOS_SOCKETS:
+                sock.close()
+                continue
+            self._chaos_sockets += 1
+            sock.setblocking(False)
+            conns.start_soon(self._serve_chaos_socket, sock, f"{addr[0]}:{addr[1]}")
+
+    async def _serve_chaos_socket(self, sock: socket.socket, peer: str) -> None:
+        try:
+            await serve_socket(self, self.chaos.handle_request, sock, "", peer, False,
+                               admin=True)
+        finally:
+            self._chaos_sockets -= 1
 
     async def _reaper(self) -> None:
         """Ping silent clients; close those that do not answer within pong_timeout (4201)."""
@@ -152,6 +284,7 @@ class Node:
         """Stop accepting, close clients with 4200 spread over the grace period, finish."""
         log.warning("draining (%s): %d connections over %.1f s", self.drain_reason,
                     len(self.connections), self.config.drain_grace)
+        # The chaos listener stays open: the harness may still stop a leak while we drain.
         if self._listener is not None:
             trio.lowlevel.notify_closing(self._listener)
             self._listener.close()

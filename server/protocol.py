@@ -98,12 +98,13 @@ def subscription_succeeded(
     return orjson.dumps(message)
 
 
-def subscription_error(channel: str, message: str, status: int) -> bytes:
+def subscription_error(channel: str, message: str, status: int,
+                       error_type: str = "AuthError") -> bytes:
     return orjson.dumps(
         {
             "event": "pusher:subscription_error",
             "channel": channel,
-            "data": {"type": "AuthError", "error": message, "status": status},
+            "data": {"type": error_type, "error": message, "status": status},
         }
     )
 

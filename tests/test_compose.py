@@ -41,7 +41,7 @@ NODES = SPEC.node_names
 LANE = 0
 TOXIPROXY = "toxiproxy"  # service name, i.e. host name inside the compose network
 # Settings that name where things are (or a per-run secret): they differ from the harness's.
-LOCAL_ONLY = {"host", "port", "redis_url", "chaos_token"}
+LOCAL_ONLY = {"host", "port", "redis_url", "chaos_token", "chaos_port"}
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -397,4 +397,4 @@ def test_dockerfile_installs_the_project_and_runs_turnout_server() -> None:
     entrypoints = [args for instr, args in steps if instr == "ENTRYPOINT"]
     assert entrypoints, "no ENTRYPOINT"
     assert json.loads(entrypoints[-1]) == ["turnout-server"], entrypoints[-1]
-    assert project["project"]["scripts"]["turnout-server"] == "server.cli:main"
+    assert project["project"]["scripts"]["turnout-server"] == "server.main:main"

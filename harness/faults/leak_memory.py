@@ -28,7 +28,7 @@ class LeakMemory(Fault):
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             for node in self._nodes:
                 response = await client.post(
-                    f"{node.url}/chaos/leak", params={"mb_per_s": rate},
+                    f"{node.chaos_url}/chaos/leak", params={"mb_per_s": rate},
                     headers={"x-chaos-token": topology.chaos_token})
                 if response.status_code != 200:
                     raise FaultError(f"{node.name} refused the leak: {response.status_code} "
@@ -40,7 +40,7 @@ class LeakMemory(Fault):
             for node in self._nodes:
                 if node.state.value in ("up", "draining"):
                     try:
-                        await client.post(f"{node.url}/chaos/stop",
+                        await client.post(f"{node.chaos_url}/chaos/stop",
                                           headers={"x-chaos-token": topology.chaos_token})
                     except httpx.HTTPError:
                         pass

@@ -143,7 +143,8 @@ def test_schema_defaults_match_dataclass_defaults() -> None:
     for key in SECTIONS["invariants"]:
         field = {"lost": "max_lost", "duplicated": "max_duplicated",
                  "reordered": "max_reordered", "unexpected": "max_unexpected",
-                 "unsubscribed": "max_unsubscribed", "recovery_s": "max_recovery_s"}
+                 "unsubscribed": "max_unsubscribed", "recovery_s": "max_recovery_s",
+                 "rss_slope_mb_per_h": "max_rss_slope_mb_per_h"}
         assert getattr(inv, field.get(key.name, key.name)) == key.default, key.name
 
 

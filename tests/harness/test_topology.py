@@ -609,11 +609,15 @@ async def test_full_topology_with_real_nodes(tmp_path: Path) -> None:
                 assert response.status_code == 200
                 for node in topo.nodes.values():
                     assert await node.health() == 200
-                    url = f"{node.url}/chaos/status"
+                    url = f"{node.chaos_url}/chaos/status"
                     ok = await client.get(url, headers={"x-chaos-token": token})
                     assert ok.status_code == 200, ok.text
                     refused = await client.get(url, headers={"x-chaos-token": "wrong"})
                     assert refused.status_code in (401, 403)
+                    # The public port has no chaos route.
+                    public = await client.get(f"{node.url}/chaos/status",
+                                              headers={"x-chaos-token": token})
+                    assert public.status_code == 404
                     cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes()
                     assert token.encode() not in cmdline
                     assert spec.app_secret.encode() not in cmdline

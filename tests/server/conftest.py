@@ -31,9 +31,11 @@ def start_nodes(
     started: list[NodeProc] = []
 
     def start(node_id: str = "node-1", *extra: str, redis_url: str | None = None,
-              wait: bool = True, port: int | None = None) -> NodeProc:
+              wait: bool = True, port: int | None = None,
+              env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
         node = start_node(tmp_path, redis_url or redis_proc.url, node_id,
-                          "--key-prefix", key_prefix, *extra, wait=wait, port=port)
+                          "--key-prefix", key_prefix, *extra, wait=wait, port=port,
+                          extra_env=env, nofile=nofile)
         started.append(node)
         return node
 

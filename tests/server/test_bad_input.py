@@ -26,8 +26,11 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from server.auth import sign_request
 from tests.support.client import publish, pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc
+from tests.support.raw import client_frame, http_exchange, upgrade_request
 
 MAX_MESSAGE = 1024  # the node's --max-message-size in this module
+MAX_FRAGMENTS = 100  # the default --max-fragments
+HEADER_TIMEOUT = 1.0  # the node's --header-timeout and --body-timeout in this module
 
 
 # ---------------------------------------------------------------------------- raw client
@@ -209,13 +212,108 @@ async def truncated_frame_then_hangup(node: NodeProc) -> None:
     await client.aclose()
 
 
-async def garbage_instead_of_http(node: NodeProc) -> None:
+async def endless_empty_continuations(node: NodeProc) -> None:
+    # FIN=0 text, then empty continuation frames: no bytes accumulate, but the fragment count
+    # does, and the message is refused with 1009 once it passes the limit.
+    client = await RawClient.connect(node)
+    await client.message()
+    await client.send_raw(client_frame(0x1, b'{"event":', fin=False)
+                          + client_frame(0x0, b"", fin=False) * (MAX_FRAGMENTS + 50))
+    assert await client.close_code() == 1009
+    await client.aclose()
+
+
+def close_case(name: str, payload: bytes, expected: int) -> Case:
+    """Send a close frame with ``payload``; expect the server's close code ``expected``."""
+    async def run(node: NodeProc) -> None:
+        client = await RawClient.connect(node)
+        await client.message()
+        await client.send_raw(client_frame(0x8, payload))
+        assert await client.close_code() == expected
+        await client.aclose()
+
+    log = r"frame error.*close" if expected in (1002, 1007) else None
+    return Case(name, run, log)
+
+
+async def http_status(node: NodeProc, request: bytes) -> tuple[int, bytes]:
+    answer = await trio.to_thread.run_sync(lambda: http_exchange(node.port, request, timeout=5))
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert match, f"no HTTP status line in {answer[:200]!r}"
+    return int(match.group(1)), answer
+
+
+def raw_http_case(name: str, request: bytes, status: int, log: str | None = None,
+                  header: bytes | None = None) -> Case:
+    async def run(node: NodeProc) -> None:
+        got, answer = await http_status(node, request)
+        assert got == status, answer[:300]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert json.loads(body)["error"], answer  # the refusal says why
+        assert b"connection: close" in head.lower(), head
+        if header is not None:
+            assert header in head.lower(), head
+
+    return Case(name, run, log or rf"refused with {status}")
+
+
+def upgrade_with(**how: Any) -> bytes:
+    return upgrade_request(1, **how)
+
+
+async def slow_head(node: NodeProc) -> None:
+    """A head dripping in one byte at a time: each byte must not restart the clock."""
     stream = await trio.open_tcp_stream("127.0.0.1", node.port)
-    await stream.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
-    with trio.fail_after(5):
-        while await stream.receive_some(4096):
-            pass  # the node answers (or not) and closes the socket
+    began = trio.current_time()
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    answer = b""
+    with trio.fail_after(HEADER_TIMEOUT + 4):
+        async with trio.open_nursery() as nursery:
+            async def drip() -> None:
+                try:
+                    while True:
+                        await trio.sleep(0.1)
+                        await stream.send_all(b"a")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            nursery.start_soon(drip)
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+            nursery.cancel_scope.cancel()
+    took = trio.current_time() - began
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert HEADER_TIMEOUT - 0.1 <= took < HEADER_TIMEOUT + 2.5, took
     await stream.aclose()
+
+
+async def slow_body(node: NodeProc) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+    await stream.send_all(f"POST /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Length: 1000\r\n\r\n{".encode())
+    answer = b""
+    with trio.fail_after(HEADER_TIMEOUT + 4):
+        async with trio.open_nursery() as nursery:
+            async def drip() -> None:
+                try:
+                    while True:
+                        await trio.sleep(0.1)
+                        await stream.send_all(b" ")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            nursery.start_soon(drip)
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+            nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    await stream.aclose()
+
+
+async def silent_connection(node: NodeProc) -> None:
+    # Connect and say nothing: closed with 408 at the head deadline, not held forever.
+    status, _ = await http_status(node, b"")
+    assert status == 408
 
 
 async def refused_upgrade(node: NodeProc, target: str, code: int) -> None:
@@ -270,7 +368,48 @@ CASES = [
     Case("reserved bits", reserved_bits, r"frame error.*reserved"),
     Case("invalid UTF-8 text", invalid_utf8, r"UTF-8"),
     Case("truncated frame then hang-up", truncated_frame_then_hangup, None),
-    Case("garbage instead of HTTP", garbage_instead_of_http, None),
+    Case("endless empty continuation frames", endless_empty_continuations,
+         rf"frame error.*more than {MAX_FRAGMENTS} fragments"),
+    *[close_case(f"close code {code}", struct.pack("!H", code), 1002)
+      for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)],
+    close_case("close payload of 1 byte", b"\x03", 1002),
+    close_case("close reason not UTF-8", struct.pack("!H", 1000) + b"\xff\xfe", 1007),
+    *[close_case(f"valid close code {code} echoed", struct.pack("!H", code) + b"bye", code)
+      for code in (1000, 1001, 1011, 1012, 3000, 4999)],
+    close_case("empty close answered 1000", b"", 1000),
+    raw_http_case("garbage instead of HTTP",
+                  b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n", 400),
+    raw_http_case("garbage request line", b"HELLO\r\n\r\n", 400),
+    raw_http_case("request target not a path", b"GET health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    raw_http_case("bad Content-Length",
+                  b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
+    raw_http_case("negative Content-Length",
+                  b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    raw_http_case("two different Content-Lengths",
+                  b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Content-Length: 3\r\n\r\n{}", 400),
+    raw_http_case("Content-Length with Transfer-Encoding",
+                  b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    raw_http_case("HTTP/1.1 without Host", b"GET /health HTTP/1.1\r\n\r\n", 400),
+    raw_http_case("100 KB header",
+                  b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+                  431),
+    raw_http_case("body over 1 MiB announced",
+                  b"POST /apps/1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+                  413),
+    raw_http_case("Sec-WebSocket-Key not base64", upgrade_with(key="not base64 at all!"), 400),
+    raw_http_case("Sec-WebSocket-Key of 15 bytes", upgrade_with(key="AAAAAAAAAAAAAAAAAAAA"), 400),
+    raw_http_case("Sec-WebSocket-Key not ASCII", upgrade_with(key="\xe9"), 400),
+    raw_http_case("Sec-WebSocket-Version 8", upgrade_with(version="8"), 426,
+                  header=b"sec-websocket-version: 13"),
+    raw_http_case("websocket handshake with a body",
+                  upgrade_with(extra="Content-Length: 5\r\n") + b"hello", 400),
+    raw_http_case("websocket handshake over HTTP/1.0",
+                  upgrade_with().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400),
+    Case("request head dripping in", slow_head, r"refused with 408"),
+    Case("request body dripping in", slow_body, r"refused with 408"),
+    Case("connection that says nothing", silent_connection, r"refused with 408"),
     *[text_case(f"invalid channel name {name!r}",
                 json.dumps({"event": "pusher:subscribe", "data": {"channel": name}}),
                 r"invalid channel name")
@@ -292,7 +431,9 @@ CASES = [
 
 
 async def test_every_bad_input_is_answered_and_harms_nobody(start_nodes):
-    node = start_nodes("node-1", "--max-message-size", str(MAX_MESSAGE))
+    node = start_nodes("node-1", "--max-message-size", str(MAX_MESSAGE),
+                       "--header-timeout", str(HEADER_TIMEOUT),
+                       "--body-timeout", str(HEADER_TIMEOUT))
     async with pusher_client(node.ws_url) as bystander:
         ok = await bystander.subscribe("bystander")
         assert ok["event"] == "pusher_internal:subscription_succeeded"
@@ -313,6 +454,11 @@ async def test_every_bad_input_is_answered_and_harms_nobody(start_nodes):
             assert json.loads(event["data"]) == {"after": case.name}
             assert event["offset"] == n + 1, f"bystander missed an event around {case.name!r}"
     assert node.proc.poll() is None
+    # Every case was an expected refusal, not a bug caught by the crash guard.
+    metrics = (await trio.to_thread.run_sync(
+        lambda: httpx.get(f"{node.url}/metrics", timeout=5))).text
+    assert re.search(r"^turnout_internal_errors_total\{[^}]*\} 0\.0$", metrics, re.M), metrics
+    assert "unexpected error" not in node.log(), node.log()
 
 
 async def wait_for_log(node: NodeProc, start: int, pattern: str, case: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for server.config (loading, precedence, validation) and server.cli (help, errors)."""
+"""Tests for server.config (loading, precedence, validation) and server.main (help, errors)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from server import cli
-from server.config import AppConfig, Config, ConfigError, load_config
+from server import main as cli
+from server.config import DEV_APP, AppConfig, Config, ConfigError, load_config
+
+# A configured app, in the environment as the README says; most tests are not about apps.
+APP_ENV = {"TURNOUT_APP_ID": "7", "TURNOUT_APP_KEY": "env-key", "TURNOUT_APP_SECRET": "env-s"}
+APP = AppConfig("7", "env-key", "env-s")
+
+
+def load(argv: list[str], env: dict[str, str] | None = None) -> Config:
+    return load_config(argv, {**APP_ENV, **(env or {})})
 
 ALL_FLAGS = [
     "--host", "--port", "--redis-url", "--node-id", "--app-id", "--app-key", "--app-secret",
     "--history-size", "--history-ttl", "--max-message-size", "--max-event-data",
     "--activity-timeout", "--pong-timeout", "--drain-grace", "--max-connections",
+    "--max-connections-per-ip", "--max-subscriptions", "--max-fragments", "--max-header-size",
+    "--header-timeout", "--body-timeout", "--slow-consumer-grace", "--log-rate",
     "--outbound-queue-bytes", "--socket-send-buffer", "--max-rss", "--chaos", "--chaos-token",
-    "--chaos-host", "--key-prefix", "--position-check-interval", "--log-level", "--config",
+    "--chaos-host", "--chaos-port", "--dev", "--key-prefix", "--position-check-interval",
+    "--log-level", "--config",
 ]  # fmt: skip
 
 ALL_ENV = [
@@ -30,6 +41,9 @@ ALL_ENV = [
     "TURNOUT_OUTBOUND_QUEUE_BYTES", "TURNOUT_MAX_RSS_MB", "TURNOUT_CHAOS",
     "TURNOUT_CHAOS_TOKEN", "TURNOUT_CHAOS_HOST", "TURNOUT_KEY_PREFIX",
     "TURNOUT_POSITION_CHECK_INTERVAL", "TURNOUT_LOG_LEVEL", "TURNOUT_CONFIG",
+    "TURNOUT_MAX_CONNECTIONS_PER_IP", "TURNOUT_MAX_SUBSCRIPTIONS", "TURNOUT_MAX_FRAGMENTS",
+    "TURNOUT_MAX_HEADER_SIZE", "TURNOUT_HEADER_TIMEOUT", "TURNOUT_BODY_TIMEOUT",
+    "TURNOUT_SLOW_CONSUMER_GRACE", "TURNOUT_LOG_RATE", "TURNOUT_CHAOS_PORT", "TURNOUT_DEV",
 ]  # fmt: skip
 
 
@@ -39,9 +53,10 @@ def write_toml(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def error_of(argv: list[str], env: dict[str, str] | None = None) -> str:
+def error_of(argv: list[str], env: dict[str, str] | None = None, *,
+             app_env: bool = True) -> str:
     with pytest.raises(ConfigError) as info:
-        load_config(argv, env or {})
+        load_config(argv, {**(APP_ENV if app_env else {}), **(env or {})})
     return str(info.value)
 
 
@@ -49,11 +64,11 @@ def error_of(argv: list[str], env: dict[str, str] | None = None) -> str:
 
 
 def test_defaults() -> None:
-    c = load_config([], {})
-    assert c == dataclasses.replace(Config(), node_id=c.node_id)
+    c = load_config(["--dev"], {})
+    assert c == dataclasses.replace(Config(dev=True), node_id=c.node_id)
     assert (c.host, c.port) == ("127.0.0.1", 6001)
     assert (c.redis_host, c.redis_port, c.redis_db) == ("127.0.0.1", 6379, 0)
-    assert c.apps == (AppConfig("1", "turnout-key", "turnout-secret"),)
+    assert c.apps == (DEV_APP,) == (AppConfig("1", "turnout-key", "turnout-secret"),)
     assert c.history_size == 1000
     assert c.history_ttl == 300.0
     assert c.max_message_size == 10240
@@ -61,7 +76,17 @@ def test_defaults() -> None:
     assert c.activity_timeout == 120
     assert c.pong_timeout == 30.0
     assert c.drain_grace == 10.0
-    assert c.max_connections == 0
+    assert c.max_connections == 0  # automatic, from the open-file limit
+    assert c.max_connections_per_ip == 0
+    assert c.max_subscriptions == 100
+    assert c.max_fragments == 100
+    assert c.max_header_size == 16384
+    assert c.header_timeout == 10.0
+    assert c.body_timeout == 30.0
+    assert c.slow_consumer_grace == 5.0
+    assert c.log_rate == 20.0
+    assert c.chaos_port == 0
+    assert c.dev is True
     assert c.outbound_queue_bytes == 1048576
     assert c.max_rss_mb == 0.0
     assert c.chaos is False
@@ -85,10 +110,10 @@ def test_app_lookup_and_secrets_not_in_repr() -> None:
 
 
 def test_config_is_frozen_and_hashable() -> None:
-    c = Config(node_id="n1")
+    c = Config(node_id="n1", apps=(APP,))
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.port = 1  # type: ignore[misc]
-    assert hash(c) == hash(Config(node_id="n1"))
+    assert hash(c) == hash(Config(node_id="n1", apps=(APP,)))
     assert dataclasses.replace(c, redis_url="redis://r:7000/3").redis_port == 7000
 
 
@@ -99,6 +124,10 @@ def test_direct_construction_is_validated() -> None:
         Config(history_ttl=0)
     with pytest.raises(ConfigError, match="port"):
         Config(port=True)  # bool is an int subclass; must not pass as one
+    with pytest.raises(ConfigError, match="no app is configured"):
+        Config()  # no built-in app unless dev
+    with pytest.raises(ConfigError, match="loopback"):
+        Config(apps=(APP,), chaos_host="0.0.0.0")
 
 
 @pytest.mark.parametrize(
@@ -111,7 +140,7 @@ def test_direct_construction_is_validated() -> None:
     ],
 )
 def test_redis_url_parsing(url: str, expected: tuple[str, int, int]) -> None:
-    c = load_config(["--redis-url", url], {})
+    c = load(["--redis-url", url], {})
     assert (c.redis_host, c.redis_port, c.redis_db) == expected
 
 
@@ -130,7 +159,7 @@ def test_precedence_flag_env_toml_default(tmp_path: Path) -> None:
         "TURNOUT_HISTORY_SIZE": "22",
         "TURNOUT_LOG_LEVEL": "WARNING",
     }
-    c = load_config(["--port", "7003"], env)
+    c = load(["--port", "7003"], env)
     assert c.port == 7003  # flag beats env and TOML
     assert c.history_size == 22  # env beats TOML
     assert c.log_level == "warning"  # env beats TOML, and is normalised
@@ -145,12 +174,12 @@ def test_config_flag_beats_config_env(tmp_path: Path) -> None:
     a.write_text("port = 1111\n")
     b = tmp_path / "b.toml"
     b.write_text("port = 2222\n")
-    assert load_config(["--config", str(a)], {"TURNOUT_CONFIG": str(b)}).port == 1111
+    assert load(["--config", str(a)], {"TURNOUT_CONFIG": str(b)}).port == 1111
 
 
 def test_empty_env_values_are_ignored(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "port = 7001\n")
-    assert load_config([], {"TURNOUT_CONFIG": path, "TURNOUT_PORT": ""}).port == 7001
+    assert load([], {"TURNOUT_CONFIG": path, "TURNOUT_PORT": ""}).port == 7001
 
 
 @pytest.mark.parametrize(
@@ -166,7 +195,7 @@ def test_empty_env_values_are_ignored(tmp_path: Path) -> None:
     ],
 )
 def test_chaos_boolean(argv: list[str], env: dict[str, str], expected: bool) -> None:
-    c = load_config([*argv, "--chaos-token", "t"], env)
+    c = load([*argv, "--chaos-token", "t"], env)
     assert c.chaos is expected
 
 
@@ -176,16 +205,22 @@ def test_all_flags_reach_their_fields() -> None:
         "--history-size", "0", "--history-ttl", "2.5", "--max-message-size", "256",
         "--max-event-data", "100", "--activity-timeout", "3600", "--pong-timeout", "0.5",
         "--drain-grace", "0", "--max-connections", "5", "--outbound-queue-bytes", "4096",
-        "--max-rss", "512.5", "--chaos", "--chaos-token", "tok", "--chaos-host", "0.0.0.0",
+        "--max-rss", "512.5", "--chaos", "--chaos-token", "tok", "--chaos-host", "127.0.0.2",
         "--key-prefix", "ns:a", "--position-check-interval", "0.25", "--log-level", "debug",
+        "--max-connections-per-ip", "6", "--max-subscriptions", "7", "--max-fragments", "8",
+        "--max-header-size", "2048", "--header-timeout", "1.5", "--body-timeout", "2.5",
+        "--slow-consumer-grace", "0", "--log-rate", "3", "--chaos-port", "9999", "--dev",
     ]  # fmt: skip
-    c = load_config(argv, {})
+    c = load(argv, {})
     assert c == Config(
         host="0.0.0.0", port=0, redis_url="redis://r:1/2", node_id="n-1", history_size=0,
         history_ttl=2.5, max_message_size=256, max_event_data=100, activity_timeout=3600,
         pong_timeout=0.5, drain_grace=0.0, max_connections=5, outbound_queue_bytes=4096,
-        max_rss_mb=512.5, chaos=True, chaos_token="tok", chaos_host="0.0.0.0",
+        max_rss_mb=512.5, chaos=True, chaos_token="tok", chaos_host="127.0.0.2",
         key_prefix="ns:a", position_check_interval=0.25, log_level="debug",
+        max_connections_per_ip=6, max_subscriptions=7, max_fragments=8, max_header_size=2048,
+        header_timeout=1.5, body_timeout=2.5, slow_consumer_grace=0.0, log_rate=3.0,
+        chaos_port=9999, dev=True, apps=(APP,),
     )  # fmt: skip
 
 
@@ -199,14 +234,22 @@ def test_all_env_vars_reach_their_fields() -> None:
         "TURNOUT_MAX_RSS_MB": "12", "TURNOUT_CHAOS": "true", "TURNOUT_CHAOS_TOKEN": "tt",
         "TURNOUT_CHAOS_HOST": "::1", "TURNOUT_KEY_PREFIX": "kp",
         "TURNOUT_POSITION_CHECK_INTERVAL": "13", "TURNOUT_LOG_LEVEL": "error",
+        "TURNOUT_MAX_CONNECTIONS_PER_IP": "14", "TURNOUT_MAX_SUBSCRIPTIONS": "15",
+        "TURNOUT_MAX_FRAGMENTS": "16", "TURNOUT_MAX_HEADER_SIZE": "1700",
+        "TURNOUT_HEADER_TIMEOUT": "18", "TURNOUT_BODY_TIMEOUT": "19",
+        "TURNOUT_SLOW_CONSUMER_GRACE": "20", "TURNOUT_LOG_RATE": "21",
+        "TURNOUT_CHAOS_PORT": "22", "TURNOUT_DEV": "yes",
     }  # fmt: skip
-    c = load_config([], env)
+    c = load([], env)
     assert c == Config(
         host="::", port=9, redis_url="redis://r", node_id="env-node", history_size=3,
         history_ttl=4.0, max_message_size=1000, max_event_data=500, activity_timeout=7,
         pong_timeout=8.0, drain_grace=9.0, max_connections=10, outbound_queue_bytes=11,
         max_rss_mb=12.0, chaos=True, chaos_token="tt", chaos_host="::1", key_prefix="kp",
-        position_check_interval=13.0, log_level="error",
+        position_check_interval=13.0, log_level="error", max_connections_per_ip=14,
+        max_subscriptions=15, max_fragments=16, max_header_size=1700, header_timeout=18.0,
+        body_timeout=19.0, slow_consumer_grace=20.0, log_rate=21.0, chaos_port=22, dev=True,
+        apps=(APP,),
     )  # fmt: skip
 
 
@@ -239,15 +282,73 @@ def test_multi_app_toml(tmp_path: Path) -> None:
 
 def test_app_flags_replace_first_app_only(tmp_path: Path) -> None:
     path = write_toml(tmp_path, MULTI_APP_TOML)
-    c = load_config(["--config", path, "--app-key", "flag-key"], {"TURNOUT_APP_SECRET": "env-s"})
-    # Unspecified parts of the first app come from defaults, not from the TOML's first app.
-    assert c.apps[0] == AppConfig("1", "flag-key", "env-s")
+    c = load_config(["--config", path, "--app-id", "9", "--app-key", "flag-key"],
+                    {"TURNOUT_APP_SECRET": "env-s"})
+    assert c.apps[0] == AppConfig("9", "flag-key", "env-s")
     assert c.apps[1] == AppConfig("2", "key-two", "secret-two")
 
 
 def test_app_flag_beats_app_env() -> None:
-    c = load_config(["--app-id", "42"], {"TURNOUT_APP_ID": "7", "TURNOUT_APP_KEY": "k"})
-    assert c.apps == (AppConfig("42", "k", "turnout-secret"),)
+    c = load(["--app-id", "42"], {"TURNOUT_APP_ID": "7", "TURNOUT_APP_KEY": "k"})
+    assert c.apps == (AppConfig("42", "k", "env-s"),)
+
+
+def test_no_app_refuses_to_start_unless_dev(tmp_path: Path) -> None:
+    msg = error_of([], app_env=False)
+    # The message says how to configure one: environment, TOML file, or --dev for local use.
+    for hint in ("TURNOUT_APP_ID", "TURNOUT_APP_SECRET", "[[apps]]", "--config", "--dev"):
+        assert hint in msg, msg
+    assert load_config(["--dev"], {}).apps == (DEV_APP,)
+    assert load_config([], {"TURNOUT_DEV": "1"}).apps == (DEV_APP,)
+    # --dev does not replace a configured app.
+    assert load_config(["--dev"], APP_ENV).apps == (APP,)
+    path = write_toml(tmp_path, MULTI_APP_TOML)
+    assert load_config(["--dev", "--config", path], {}).apps[0].key == "key-one"
+
+
+def test_a_partial_app_never_gets_the_public_secret() -> None:
+    # Only the key given: the id and secret are not filled in from the built-in app.
+    msg = error_of(["--app-key", "mine"], app_env=False)
+    assert "--app-id" in msg, msg
+    assert "--app-secret" in msg, msg
+    msg = error_of([], {"TURNOUT_APP_ID": "1", "TURNOUT_APP_KEY": "k"}, app_env=False)
+    assert "--app-secret" in msg, msg
+    # With --dev the gap comes from the development app, on purpose.
+    assert load_config(["--dev", "--app-key", "mine"], {}).apps == (
+        AppConfig(DEV_APP.id, "mine", DEV_APP.secret),)
+
+
+def test_secret_flags_warn() -> None:
+    from server.config import secret_flag_warnings
+
+    assert secret_flag_warnings(["--app-id", "1", "--port", "1"]) == []
+    warnings = secret_flag_warnings(["--app-secret", "s", "--chaos-token=t"])
+    assert len(warnings) == 2
+    assert "TURNOUT_APP_SECRET" in warnings[0]
+    assert "/proc/PID/cmdline" in warnings[0]
+    assert "TURNOUT_CHAOS_TOKEN" in warnings[1]
+
+
+def test_main_warns_about_a_secret_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ALL_ENV:
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main(["--app-id", "1", "--app-key", "k", "--app-secret", "s", "--port", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "turnout-server: warning: --app-secret on the command line is visible" in err
+    assert "TURNOUT_APP_SECRET" in err
+
+
+def test_main_without_app_says_how_to_configure_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ALL_ENV:
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "no app is configured" in err, err
+    assert "--dev" in err, err
 
 
 # ------------------------------------------------------------------------------- errors
@@ -270,6 +371,16 @@ def test_app_flag_beats_app_env() -> None:
         (["--chaos"], {}, "invalid --chaos-token (not set): required when chaos is on"),
         ([], {"TURNOUT_CHAOS": "maybe"}, "invalid --chaos (TURNOUT_CHAOS): 'maybe' is not a"),
         (["--chaos-host", "localhost"], {}, "invalid --chaos-host (command line): "),
+        (["--chaos-host", "0.0.0.0"], {}, "is not a loopback address"),
+        (["--chaos-host", "10.1.2.3"], {}, "is not a loopback address"),
+        (["--max-subscriptions", "0"], {}, "invalid --max-subscriptions (command line): "),
+        (["--max-fragments", "0"], {}, "invalid --max-fragments (command line): "),
+        (["--max-header-size", "100"], {}, "invalid --max-header-size (command line): "),
+        (["--header-timeout", "0"], {}, "invalid --header-timeout (command line): must be > 0"),
+        ([], {"TURNOUT_BODY_TIMEOUT": "-1"}, "invalid --body-timeout (TURNOUT_BODY_TIMEOUT)"),
+        (["--slow-consumer-grace", "-1"], {}, "invalid --slow-consumer-grace (command line)"),
+        (["--log-rate", "0"], {}, "invalid --log-rate (command line): must be > 0"),
+        (["--max-connections-per-ip", "-1"], {}, "invalid --max-connections-per-ip"),
         (["--log-level", "loud"], {}, "invalid --log-level (command line): 'loud' is not one"),
         (["--node-id", "a b"], {}, "invalid --node-id (command line): "),
         (["--node-id", "x" * 65], {}, "invalid --node-id (command line): "),
@@ -277,7 +388,7 @@ def test_app_flag_beats_app_env() -> None:
         ([], {"TURNOUT_ACTIVITY_TIMEOUT": "0"}, "invalid --activity-timeout (TURNOUT_ACTIV"),
         (["--max-rss", "-5"], {}, "invalid --max-rss (command line): must be >= 0"),
         (["--app-key", "a/b"], {}, "invalid --app-key (command line): "),
-        ([], {"TURNOUT_APP_SECRET": ""}, None),  # empty env is ignored, so this is fine
+        ([], {"TURNOUT_PORT": ""}, None),  # empty env is ignored, so this is fine
         (["--bogus"], {}, "invalid command line: unrecognized arguments: --bogus"),
         (["--max"], {}, "invalid command line:"),  # no abbreviations
     ],
@@ -286,13 +397,13 @@ def test_invalid_values_name_setting_and_source(
     argv: list[str], env: dict[str, str], expected: str | None
 ) -> None:
     if expected is None:
-        load_config(argv, env)
+        load(argv, env)
         return
     assert expected in error_of(argv, env)
 
 
 def test_chaos_token_from_env_satisfies_chaos_flag() -> None:
-    c = load_config(["--chaos"], {"TURNOUT_CHAOS_TOKEN": "secret"})
+    c = load(["--chaos"], {"TURNOUT_CHAOS_TOKEN": "secret"})
     assert c.chaos
     assert c.chaos_token == "secret"
 
@@ -327,7 +438,7 @@ def test_toml_chaos_without_token_names_chaos_token(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "chaos = true\n")
     assert "chaos-token" in error_of(["--config", path])
     # ...and supplying the token from any layer fixes it.
-    assert load_config(["--config", path, "--chaos-token", "x"], {}).chaos
+    assert load(["--config", path, "--chaos-token", "x"], {}).chaos
 
 
 @pytest.mark.parametrize(
@@ -341,20 +452,21 @@ def test_toml_chaos_without_token_names_chaos_token(tmp_path: Path) -> None:
         ('[[apps]]\nid = "1"\nkey = "k"\n', "invalid apps[0] in {path}: missing 'secret'"),
         ('[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\nextra = 1\n', "apps[0].extra in {path}"),
         ('[[apps]]\nid = "1"\nkey = "k k"\nsecret = "s"\n', "invalid apps[0].key in {path}"),
-        ("apps = []\n", "at least one app is required"),
+        ("apps = []\n", "no app is configured"),
         ('apps = "x"\n', "invalid apps in {path}: must be an array of tables"),
     ],
 )
 def test_bad_apps_in_toml(tmp_path: Path, toml: str, expected: str) -> None:
     path = write_toml(tmp_path, toml)
-    msg = error_of(["--config", path])
+    msg = error_of(["--config", path], app_env=False)
     assert expected.format(path=path) in msg
     assert "apps" in msg
 
 
 def test_app_flag_colliding_with_toml_app_is_an_error(tmp_path: Path) -> None:
     path = write_toml(tmp_path, MULTI_APP_TOML)
-    msg = error_of(["--config", path, "--app-key", "key-two"])
+    msg = error_of(["--config", path, "--app-id", "3", "--app-key", "key-two"],
+                   {"TURNOUT_APP_SECRET": "s"}, app_env=False)
     assert "duplicate app key 'key-two'" in msg
     assert "--app-key" in msg
     assert path in msg
@@ -365,7 +477,7 @@ def test_app_flag_colliding_with_toml_app_is_an_error(tmp_path: Path) -> None:
 
 def test_help_lists_every_flag_and_env_var() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from server.cli import main; main(['--help'])"],
+        [sys.executable, "-c", "from server.main import main; main(['--help'])"],
         capture_output=True,
         text=True,
         check=True,
@@ -425,8 +537,9 @@ def test_main_runs_node_with_config(monkeypatch: pytest.MonkeyPatch) -> None:
     root = logging.getLogger()
     before_level, before_handlers = root.level, list(root.handlers)
     try:
-        assert cli.main(["--node-id", "n7", "--log-level", "debug", "--port", "0"]) == 3
-        assert cli.main(["--node-id", "n7", "--log-level", "debug", "--port", "0"]) == 3
+        argv = ["--node-id", "n7", "--log-level", "debug", "--port", "0", "--dev"]
+        assert cli.main(argv) == 3
+        assert cli.main(argv) == 3
         assert [c.port for c in seen] == [0, 0]
         assert root.level == logging.DEBUG
         ours = [h for h in root.handlers if h not in before_handlers]
@@ -439,3 +552,29 @@ def test_main_runs_node_with_config(monkeypatch: pytest.MonkeyPatch) -> None:
             if h not in before_handlers:
                 root.removeHandler(h)
         root.setLevel(before_level)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[[apps]]\nid = "1"\nkey = "k"\nsecrt = "s"\n',
+         "invalid apps[0].secrt in {path}: unknown setting; did you mean 'secret'?"),
+        ("apps = [1]\n", "invalid apps[0] in {path}: must be a table, not an integer"),
+        ('[[apps]]\nid = 1\nkey = "k"\nsecret = "s"\n',
+         "invalid apps[0].id in {path}: must be a string, not an integer"),
+        ("history_ttl = inf\n", "invalid history_ttl in {path}: must be a finite number"),
+    ],
+)
+def test_nested_toml_errors_name_the_dotted_key(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write_toml(tmp_path, toml)
+    assert error_of(["--config", path], app_env=False).startswith(expected.format(path=path))
+
+
+def test_text_sources_are_parsed_typed_sources_are_strict(tmp_path: Path) -> None:
+    # The same setting: a string is parsed from flags and the environment, refused from TOML.
+    assert load([], {"TURNOUT_HISTORY_SIZE": " 12 "}).history_size == 12
+    assert load(["--history-size", "12"]).history_size == 12
+    path = write_toml(tmp_path, 'history_size = "12"\n')
+    assert "must be an integer, not a string" in error_of(["--config", path])
+    assert "'inf' is not a finite number" in error_of([], {"TURNOUT_POSITION_CHECK_INTERVAL":
+                                                              "inf"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 import trio
 
@@ -19,6 +18,7 @@ from server import protocol
 from server.broker import HistoryEntry
 from server.hub import Hub
 from server.redis_link import RedisError
+from tests.support.fakes import RecordingSubscriber
 
 EPOCH = "e1"
 
@@ -87,31 +87,6 @@ class FakeBroker:
                         b"%d:%s::%s" % (offset, (self.epoch or "").encode(), message))
 
 
-class FakeConnection:
-    def __init__(self, socket_id: str) -> None:
-        self.socket_id = socket_id
-        self.channels: dict[str, Any] = {}
-        self.messages: list[dict[str, Any]] = []
-        self.closed: list[int] = []
-
-    def send(self, frame: bytes) -> None:
-        # frame = 2..10 header bytes + JSON; the JSON starts at the first '{'.
-        self.messages.append(orjson.loads(frame[frame.index(b"{"):]))
-
-    def send_message(self, message: bytes) -> None:
-        self.messages.append(orjson.loads(message))
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append(code)
-
-    def offsets(self) -> list[int]:
-        return [m["offset"] for m in self.messages if m.get("event") == "e"]
-
-    def confirmation(self) -> dict[str, Any]:
-        return next(m for m in self.messages
-                    if m["event"] == "pusher_internal:subscription_succeeded")
-
-
 async def _hub(nursery: trio.Nursery, *, history: bool = True,
                check_interval: float = 0.05) -> tuple[Hub, FakeBroker]:
     hub = Hub(FakeBroker, position_check_interval=check_interval, history_enabled=history)
@@ -130,7 +105,7 @@ async def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None
 async def test_catch_up_retries_a_failed_history_read_while_the_link_stays_up() -> None:
     async with trio.open_nursery() as nursery:
         hub, broker = await _hub(nursery)
-        conn = FakeConnection("1.1")
+        conn = RecordingSubscriber("1.1")
         await hub.subscribe(conn, "1", "c", None)  # type: ignore[arg-type]
         broker.publish()
         broker.history_failures = 2
@@ -150,7 +125,7 @@ async def test_a_position_beyond_the_channels_top_is_answered_not_recovered() ->
         hub, broker = await _hub(nursery)
         for _ in range(5):
             broker.publish()
-        conn = FakeConnection("1.1")
+        conn = RecordingSubscriber("1.1")
         with trio.fail_after(2):  # well inside SETTLE_TIMEOUT: no waiting for the impossible
             await hub.subscribe(conn, "1", "c", (100, EPOCH))  # type: ignore[arg-type]
         confirmation = conn.confirmation()
@@ -167,14 +142,14 @@ async def test_history_off_a_client_ahead_waits_for_live_delivery() -> None:
         # The anti-entropy check would (rightly) call a copy missing for two checks lost; this
         # test is about the subscribe path, so keep the check out of the 0.2 s window.
         hub, broker = await _hub(nursery, history=False, check_interval=10)
-        watcher = FakeConnection("1.1")
+        watcher = RecordingSubscriber("1.1")
         await hub.subscribe(watcher, "1", "c", None)  # type: ignore[arg-type]
         for _ in range(3):
             broker.publish(keep=False)
         await _wait_for(lambda: watcher.offsets() == [1, 2, 3])
         # Offset 4 is published and seen by the client on another node; our copy is in flight.
         broker.publish(deliver=False, keep=False)
-        resumer = FakeConnection("1.2")
+        resumer = RecordingSubscriber("1.2")
 
         async def arrive_late() -> None:
             await trio.sleep(0.2)

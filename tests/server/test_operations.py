@@ -7,10 +7,7 @@ every wait polls against a deadline so the tests hold up on a loaded two-core ma
 
 from __future__ import annotations
 
-import base64
-import functools
 import json
-import os
 import re
 import signal
 import socket
@@ -27,8 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
 from server.auth import sign_request
-from tests.support.client import pusher_client
+from tests.support.client import in_thread, pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port, start_redis
+from tests.support.raw import drain_raw, raw_subscriber
 
 TOKEN = "s3cret-chaos-token"
 
@@ -47,10 +45,6 @@ REQUIRED_METRICS = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
 # One shared client: building an httpx.Client (its TLS context) costs ~0.1 s, far more than a
 # request to a local node.
 HTTP = httpx.Client(timeout=10)
@@ -134,7 +128,17 @@ def _chaos(node: NodeProc, method: str, route: str, *, token: str | None = TOKEN
         headers["x-chaos-token"] = token
     elif token is not None:
         params["token"] = token
-    return HTTP.request(method, f"{node.url}/chaos/{route}", params=params, headers=headers)
+    return HTTP.request(method, f"{node.chaos_url}/chaos/{route}", params=params,
+                        headers=headers)
+
+
+def start_chaos_node(start_nodes: Callable[..., NodeProc], name: str, *extra: str) -> NodeProc:
+    """A node with its chaos listener on a free loopback port; the token in the environment."""
+    port = free_port()
+    node = start_nodes(name, "--chaos", "--chaos-port", str(port), *extra,
+                       env={"TURNOUT_CHAOS_TOKEN": TOKEN})
+    node.chaos_port = port
+    return node
 
 
 def _pipelined_chaos(node: NodeProc, *requests: tuple[str, str]) -> list[bytes]:
@@ -145,118 +149,12 @@ def _pipelined_chaos(node: NodeProc, *requests: tuple[str, str]) -> list[bytes]:
         close = "Connection: close\r\n" if i == len(requests) - 1 else ""
         raw += (f"{method} /chaos/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"X-Chaos-Token: {TOKEN}\r\nContent-Length: 0\r\n{close}\r\n").encode()
-    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", node.chaos_port), timeout=10) as sock:
         sock.sendall(raw)
         answer = b""
         while data := sock.recv(65536):
             answer += data
     return re.findall(rb"HTTP/1\.1 \d+", answer)
-
-
-# ------------------------------------------------------------- raw websocket (never reads)
-def _read_frame(buf: bytearray) -> tuple[int, bytes] | None:
-    """Pop one unmasked server frame off ``buf``; None if it is not complete yet."""
-    if len(buf) < 2:
-        return None
-    opcode = buf[0] & 0x0F
-    length = buf[1] & 0x7F
-    offset = 2
-    if length == 126:
-        if len(buf) < 4:
-            return None
-        length = struct.unpack("!H", buf[2:4])[0]
-        offset = 4
-    elif length == 127:
-        if len(buf) < 10:
-            return None
-        length = struct.unpack("!Q", buf[2:10])[0]
-        offset = 10
-    assert not buf[1] & 0x80, "server frames must not be masked"
-    if len(buf) < offset + length:
-        return None
-    payload = bytes(buf[offset:offset + length])
-    del buf[:offset + length]
-    return opcode, payload
-
-
-def _masked_text(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | n)
-    else:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    return header + mask + masked
-
-
-def _next_message(sock: socket.socket, buf: bytearray) -> dict[str, Any]:
-    while True:
-        frame = _read_frame(buf)
-        if frame is not None:
-            opcode, payload = frame
-            assert opcode == 0x1, (opcode, payload)
-            message: dict[str, Any] = json.loads(payload)
-            return message
-        data = sock.recv(65536)
-        assert data, "server closed the raw websocket during setup"
-        buf += data
-
-
-def raw_subscriber(port: int, channel: str, rcvbuf: int = 4096) -> socket.socket:
-    """Handshake, subscribe to ``channel``, and hand back the socket (with a tiny receive
-    buffer) for the caller to leave unread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((
-        f"GET /app/{APP_KEY}?protocol=7 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(4096)
-        assert data, "server closed during the handshake"
-        buf += data
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    buf = bytearray(rest)
-    hello = _next_message(sock, buf)
-    assert hello["event"] == "pusher:connection_established", hello
-    subscribe = {"event": "pusher:subscribe", "data": {"channel": channel}}
-    sock.sendall(_masked_text(json.dumps(subscribe).encode()))
-    ok = _next_message(sock, buf)
-    assert ok["event"] == "pusher_internal:subscription_succeeded", ok
-    assert not buf, "nothing else should have arrived yet"
-    return sock
-
-
-def drain_raw(sock: socket.socket, timeout: float) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read a raw websocket to its end: every complete frame, and whether it ended cleanly
-    (EOF after whole frames, not a reset or a time-out)."""
-    sock.settimeout(1.0)
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    frames: list[tuple[int, bytes]] = []
-    clean = False
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(262144)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not data:
-            clean = not buf
-            break
-        buf += data
-        while (frame := _read_frame(buf)) is not None:
-            frames.append(frame)
-    sock.close()
-    return frames, clean
 
 
 # ------------------------------------------------------------------------ 1. health/metrics
@@ -498,23 +396,37 @@ async def test_slow_consumer_is_closed_others_get_everything(start_nodes):
 
 
 # ------------------------------------------------------------------------ 5. chaos endpoint
-async def test_chaos_endpoint_off_by_default(start_nodes):
-    node = start_nodes("node-nochaos")
-    for method, route in (("POST", "leak"), ("POST", "stop"), ("GET", "status")):
-        response = await in_thread(_chaos, node, method, route, mb_per_s=50)
-        assert response.status_code == 404, response.text
-        assert "disabled" in response.json()["error"]
+async def test_chaos_endpoint_off_by_default_and_never_on_the_public_port(start_nodes):
+    off = start_nodes("node-nochaos")
+    on = start_chaos_node(start_nodes, "node-chaos-port")
+    for node in (off, on):
+        for method, route in (("POST", "leak"), ("POST", "stop"), ("GET", "status")):
+            response = await in_thread(HTTP.request, method, f"{node.url}/chaos/{route}",
+                                       params={"mb_per_s": 50}, headers={"x-chaos-token": TOKEN})
+            assert response.status_code == 404, response.text
+            assert "no route" in response.json()["error"]
+    assert "chaos endpoint on http://127.0.0.1:" in on.log(), on.log()
+    assert "chaos endpoint" not in off.log(), off.log()
+    # The chaos listener serves /chaos/* and nothing else.
+    for path in ("/health", "/metrics", f"/apps/{APP_ID}/events"):
+        response = await in_thread(_get, f"{on.chaos_url}{path}")
+        assert response.status_code == 404, (path, response.text)
+    assert (await in_thread(_chaos, on, "GET", "status")).status_code == 200
+    # It is bound to loopback only (the node's public host is loopback here too, so check the
+    # socket itself): nothing listens on the chaos port of another local address.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", on.chaos_port), timeout=2).close()
 
 
 async def test_chaos_without_token_refuses_to_start(start_nodes):
-    node = start_nodes("node-notoken", "--chaos", wait=False)
+    node = start_nodes("node-notoken", "--chaos", "--chaos-port", str(free_port()), wait=False)
     code = await in_thread(_wait_exit, node, 15)
     assert code == 2, node.log()
     assert re.search(r"chaos[_-]token", node.log()), node.log()
 
 
 async def test_chaos_token_leak_and_stop(start_nodes):
-    node = start_nodes("node-chaos", "--chaos", "--chaos-token", TOKEN)
+    node = start_chaos_node(start_nodes, "node-chaos")
     for kwargs in ({"token": None}, {"token": "wrong"}, {"token": "wrong", "via": "query"},
                    {"token": ""}):
         for method, route in (("GET", "status"), ("POST", "leak"), ("POST", "stop")):
@@ -570,12 +482,12 @@ async def test_chaos_token_leak_and_stop(start_nodes):
 # ------------------------------------------------------------------------ 6. RSS watchdog
 async def test_max_rss_watchdog_drains_and_exits_3(start_nodes):
     # Measure what an idle node of this kind weighs, then give the real one 60 MB of room.
-    probe = start_nodes("node-probe", "--chaos", "--chaos-token", TOKEN)
+    probe = start_chaos_node(start_nodes, "node-probe")
     baseline = (await in_thread(_chaos, probe, "GET", "status")).json()["rss_mb"]
     probe.kill()
     limit = round(baseline + 60)
-    node = start_nodes("node-watchdog", "--chaos", "--chaos-token", TOKEN,
-                       "--max-rss", str(limit), "--drain-grace", "1")
+    node = start_chaos_node(start_nodes, "node-watchdog", "--max-rss", str(limit),
+                            "--drain-grace", "1")
     status = (await in_thread(_chaos, node, "GET", "status")).json()
     assert status["max_rss_mb"] == limit, status
     assert status["rss_mb"] < limit, status

@@ -15,7 +15,14 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from server.auth import channel_auth, sign_request
-from tests.support.client import PusherTestClient, publish, pusher_client, signed_get, signed_post
+from tests.support.client import (
+    PusherTestClient,
+    closed_with,
+    publish,
+    pusher_client,
+    signed_get,
+    signed_post,
+)
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, RedisProc, start_node
 
 
@@ -26,19 +33,6 @@ async def run(fn, *args):
 def sdk(node) -> pusher.Pusher:
     return pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, host="127.0.0.1",
                          port=node.port, ssl=False, timeout=10)
-
-
-async def closed_with(url: str, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
-    """Connect and read until the server closes; (messages received, close code)."""
-    messages = []
-    with trio.fail_after(timeout):
-        async with open_websocket_url(url) as ws:
-            try:
-                while True:
-                    messages.append(json.loads(await ws.get_message()))
-            except ConnectionClosed as exc:
-                return messages, exc.reason.code
-    raise AssertionError("unreachable")
 
 
 async def read_until_closed(ws, events: list[str]) -> int:

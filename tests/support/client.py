@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from server.auth import channel_auth, sign_request
 
@@ -84,3 +86,21 @@ def signed_get(base_url: str, path: str, params: dict[str, str] | None = None) -
 def publish(base_url: str, channel: str, event: str, data: Any) -> httpx.Response:
     return signed_post(base_url, f"/apps/{APP_ID}/events",
                        {"name": event, "channels": [channel], "data": json.dumps(data)})
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking helper (httpx, raw sockets) without blocking the trio test."""
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+async def closed_with(url: str, timeout: float = 10.0) -> tuple[list[dict[str, Any]], int]:
+    """Connect and read until the server closes: (messages received, close code)."""
+    messages: list[dict[str, Any]] = []
+    with trio.fail_after(timeout):
+        async with open_websocket_url(url) as ws:
+            try:
+                while True:
+                    messages.append(json.loads(await ws.get_message()))
+            except ConnectionClosed as exc:
+                return messages, exc.reason.code
+    raise AssertionError("unreachable")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,11 +34,18 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+          nofile: int | None = None) -> subprocess.Popen:
+    """Start ``argv`` logging to ``log_path``; ``nofile`` caps its open files (soft and hard)."""
+    def setup() -> None:
+        _die_with_parent()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     log = open(log_path, "ab")
     return subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent, env=env, cwd=REPO,
+        preexec_fn=setup, env=env, cwd=REPO,
     )
 
 
@@ -84,10 +92,16 @@ class NodeProc:
     proc: subprocess.Popen
     log_path: Path
     args: list[str] = field(default_factory=list)
+    chaos_port: int = 0  # the node's chaos listener, when the test started one
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def chaos_url(self) -> str:
+        assert self.chaos_port, "this node was started without a chaos port"
+        return f"http://127.0.0.1:{self.chaos_port}"
 
     @property
     def ws_url(self) -> str:
@@ -107,15 +121,20 @@ class NodeProc:
 
 
 def start_node(tmp: Path, redis_url: str, node_id: str = "node-1", *extra: str,
-               port: int | None = None, wait: bool = True) -> NodeProc:
+               port: int | None = None, wait: bool = True,
+               extra_env: dict[str, str] | None = None, nofile: int | None = None) -> NodeProc:
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
             "--redis-url", redis_url, "--node-id", node_id, "--app-id", APP_ID,
-            "--app-key", APP_KEY, "--app-secret", APP_SECRET, *extra]
+            "--app-key", APP_KEY, *extra]
+    # The secret goes in the environment, as the README tells operators to do (a flag would
+    # show in ps and make the node print a warning).
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
-    node = NodeProc(node_id, port, spawn(args, tmp / f"{node_id}.log", env), tmp / f"{node_id}.log",
-                    list(extra))
+    env["TURNOUT_APP_SECRET"] = APP_SECRET
+    env.update(extra_env or {})
+    node = NodeProc(node_id, port, spawn(args, tmp / f"{node_id}.log", env, nofile),
+                    tmp / f"{node_id}.log", list(extra))
     if wait:
         wait_healthy(node)
     return node

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from server.config import PROG, Config, ConfigError, load_config
+from server.config import DEV_APP, PROG, Config, ConfigError, load_config, secret_flag_warnings
 
 __all__ = ["configure_logging", "main"]
 
@@ -34,14 +34,22 @@ def configure_logging(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `turnout-server` and `python -m server`; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    for warning in secret_flag_warnings(args):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     try:
-        config = load_config(argv, os.environ)
+        config = load_config(args, os.environ)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help: argparse has printed it and asks to exit
         return e.code if isinstance(e.code, int) else 0
     configure_logging(config)
+    if config.dev:
+        logging.getLogger("turnout.node").warning(
+            "--dev: development mode%s; never run a production node with --dev",
+            ", serving the built-in app whose secret is public" if DEV_APP in config.apps
+            else "")
     # Imported here so --help and config errors work without loading the server stack.
     from server.node import run
 
