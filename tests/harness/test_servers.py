@@ -317,3 +317,65 @@ async def test_real_sockudo_cluster_broadcasts_across_nodes_and_survives_a_kill(
             await topo.wait_lb_ready(timeout=30)
             await one_round("after")
             nursery.cancel_scope.cancel()
+
+
+SOCKUDO_RUN = """
+description = "leak and kill against Sockudo, small"
+[cluster]
+nodes = 2
+server = "sockudo"
+max_rss_mb = 300
+[clients]
+count = 20
+processes = 1
+channels_per_client = 2
+[workload]
+channels = 2
+publish_interval_s = 0.5
+interval_jitter_s = 0.1
+[phases]
+steady_s = 3
+faults_s = 8
+heal_s = 1
+settle_s = 3
+[[faults]]
+at_s = 1
+kind = "leak_memory"
+target = "node-1"
+mb_per_s = 10
+duration_s = 4
+[[faults]]
+at_s = 2
+kind = "pause_node"
+target = "node-2"
+duration_s = 2
+[invariants]
+min_delivered = 50
+"""
+
+
+@pytest.mark.slow
+def test_a_run_against_sockudo_skips_the_leak_and_says_positions_were_unavailable(
+        tmp_path: Path) -> None:
+    from tests.harness.runs import explain, report, turnout_run
+
+    _sockudo_or_skip()
+    path = tmp_path / "sockudo.toml"
+    path.write_text(SOCKUDO_RUN)
+    run_dir = tmp_path / "run"
+    result = turnout_run(str(path), "--out", str(run_dir), timeout=240)
+    doc = report(run_dir)
+    assert doc["server"].startswith("sockudo "), doc["server"]
+    assert doc["recording"]["positions"] == "unavailable"
+    faults = {f["fault_id"]: f for f in doc["faults"]}
+    assert faults["f1"]["status"] == "skipped"
+    assert "chaos_endpoint" in faults["f1"]["error"]
+    assert faults["f2"]["status"] == "ok"  # the pause ran, against a Sockudo node
+    assert doc["totals"]["delivered"] >= 50
+    text = (run_dir / "report.md").read_text()
+    assert "Server positions (offset/epoch) were not available" in text
+    assert "## Faults skipped" in text
+    events = [json.loads(line)["type"] for line in
+              (run_dir / "events.jsonl").read_text().splitlines()]
+    assert "fault_skipped" in events
+    assert "skipped f1" in result.stderr, explain(result, run_dir)
