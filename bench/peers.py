@@ -10,7 +10,7 @@ and µs per delivery), per server side by side; then, where a server lost update
 and which updates.
 
     python -m bench.peers [--servers turnout,sockudo] [--only NAME,...] [--out DIR]
-                          [--lock /work/team/heavy.lock] [--markdown FILE]
+                          [--lock /work/team/heavy.lock] [--markdown FILE] [--table-only]
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ def shipped(only: list[str] | None) -> list[Path]:
     return out
 
 
-def run_one(path: Path, server: str, out: Path, lock: str | None) -> dict[str, Any]:
+def run_one(path: Path, server: str, out: Path, lock: str | None,
+            run: bool = True) -> dict[str, Any]:
     run_dir = out / server / path.stem
     report = run_dir / "report.json"
+    if not report.exists() and not run:
+        return {"verdict": "not run", "error": "not run (--table-only)"}
     if not report.exists():
         command = [sys.executable, "-m", "harness", "run", str(path), "--server", server,
                    "--out", str(run_dir)]
@@ -92,8 +95,9 @@ def _cpu(report: dict[str, Any]) -> str:
 
 
 def row(name: str, server: str, report: dict[str, Any]) -> str:
-    if report.get("verdict") == "error":
-        return f"| {name} | {server} | error: {str(report.get('error'))[:80]} |" + " |" * 9
+    if report.get("verdict") in ("error", "not run"):
+        why = str(report.get("error"))[:80]
+        return f"| {name} | {server} | {report.get('verdict')}: {why} |" + " |" * 9
     t = report.get("totals") or {}
     lat = report.get("latency_ms") or {}
     skipped = [f"{f['fault_id']} {f['fault']}" for f in report.get("faults") or []
@@ -133,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "peers")
     parser.add_argument("--lock", help="flock this file around each run")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: tabulate the run folders already in --out")
     args = parser.parse_args(argv)
     servers = args.servers.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     rows, lost_lines = [HEADER], []
     for path in shipped(args.only.split(",") if args.only else None):
         for server in servers:
-            report = run_one(path, server, args.out, args.lock)
+            report = run_one(path, server, args.out, args.lock, run=not args.table_only)
             rows.append(row(path.stem, server, report))
             lost_lines += losses(path.stem, server, report)
     text = "\n".join(rows) + "\n"
