@@ -28,7 +28,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,10 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.scaled(options.scale)
     if options.no_recovery:
         experiment = experiment.negative_control()
+    if options.server is not None and options.target_url is None:
+        # --server overrides cluster.server: experiment.json says what really ran.
+        experiment = replace(experiment, cluster=replace(experiment.cluster,
+                                                         server=options.server))
     return experiment
 
 
@@ -244,7 +248,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment.to_dict(), default=str,
                                                            option=orjson.OPT_INDENT_2))
     history = HistoryWriter(run_dir / "parts" / "history-harness.jsonl")
-    server = None if options.target_url else (options.server or experiment.cluster.server)
+    server = None if options.target_url else experiment.cluster.server
     events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
                 target=options.target_url, server=server, experiment=experiment.to_dict())
     error: str | None = None
@@ -333,7 +337,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
                 client_proxies=client_proxies, lb_proxies=lb_proxies,
-                server=options.server or cluster.server)
+                server=cluster.server)
             events.emit("phase", phase="setup")
             topology = await root.start(run_topology, spec, run_dir)
             ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]

@@ -127,11 +127,23 @@ def test_missing_sockudo_is_a_setup_error_naming_the_installer(
         SockudoServer().require(TopologySpec(server="sockudo"))
 
 
+def test_the_server_flag_overrides_the_experiment_and_says_so() -> None:
+    from harness.experiment import load_experiment
+    from harness.runner import RunOptions, prepare
+
+    experiment = load_experiment(Path(__file__).parents[2] / "experiments" / "baseline.toml")
+    assert experiment.cluster.server == "turnout"
+    chosen = prepare(experiment, RunOptions(server="sockudo"))
+    assert chosen.cluster.server == "sockudo"
+    assert chosen.to_dict()["cluster"]["server"] == "sockudo"  # experiment.json tells the truth
+    assert prepare(experiment, RunOptions()).cluster.server == "turnout"
+
+
 def test_cli_refuses_server_with_target(tmp_path: Path) -> None:
     from harness.cli import main
 
-    assert main(["run", "experiments/baseline.toml", "--server", "sockudo",
-                 "--target", "ws://127.0.0.1:1"]) == 2
+    baseline = str(Path(__file__).parents[2] / "experiments" / "baseline.toml")
+    assert main(["run", baseline, "--server", "sockudo", "--target", "ws://127.0.0.1:1"]) == 2
 
 
 # --- skipped faults: history, events, report ----------------------------------------------------
