@@ -1,6 +1,6 @@
 """Fan-out benchmark: server CPU per delivered message and RSS per idle connection.
 
-Three servers are measured one at a time, each alone in its own process, against the same
+Up to five servers are measured one at a time, each alone in its own process, against the same
 fleet of raw-socket websocket clients running in separate processes:
 
 ``floor``
@@ -10,11 +10,21 @@ fleet of raw-socket websocket clients running in separate processes:
 ``naive``
     trio-websocket ``serve_websocket``; on a trigger ``await ws.send_message(text)`` for each
     connection in a loop.
+``asyncio``
+    What a Python developer would pick: the ``websockets`` library's asyncio server and its
+    ``broadcast(connections, text)`` (no per-connection await; it writes to each transport).
 ``turnout``
     The real node (``python -m server``) with a real redis-server; clients connect to
     ``/app/turnout-key?protocol=7`` and subscribe to one channel. The trigger runs the node's
     own publish Lua script (server.broker.PUBLISH_LUA) directly on Redis, so the node's CPU
     covers exactly a delivery: reading the pub/sub message, sequencing, framing, the sends.
+``sockudo``
+    Sockudo (Rust), configured as the harness runs it (harness.servers.SockudoServer: Redis
+    adapter and cache on the same redis-server); the same Pusher clients. The trigger is one
+    signed ``POST /apps/1/events`` to Sockudo itself (its only way in), so its CPU also covers
+    one HTTP request per broadcast: ~0.1 % of a 10,000-connection fan-out. Measured only when
+    the binary is installed (scripts/setup-peers.sh); its frames carry no offset/epoch, ~30 B
+    shorter than turnout's.
 
 Per server and round: RSS before the clients connect and once they are all connected (and
 subscribed) and idle gives RSS per idle connection; then for each of M messages the server's
@@ -55,7 +65,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
-SERVERS = ("floor", "naive", "turnout")
+SERVERS = ("floor", "naive", "asyncio", "turnout", "sockudo")
+PUSHER_SERVERS = ("turnout", "sockudo")  # clients subscribe; they need redis-server
 APP_ID, APP_KEY, APP_SECRET = "1", "turnout-key", "turnout-secret"
 CHANNEL = "bench"
 EVENT = "bench-evt"
@@ -343,6 +354,46 @@ async def _naive_server() -> None:
         _announce(server.port)
         await _control_loop(broadcast)
         nursery.cancel_scope.cancel()
+
+
+def _asyncio_server() -> None:
+    """websockets' asyncio server; a broadcast is ``websockets.broadcast(conns, text)``."""
+    import asyncio
+
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+    from websockets.exceptions import ConnectionClosed
+
+    text = message_payload().decode()
+
+    async def main() -> None:
+        conns: set[ServerConnection] = set()
+
+        async def handler(ws: ServerConnection) -> None:
+            conns.add(ws)
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                pass
+            finally:
+                conns.discard(ws)
+
+        # No keepalive pings and no compression: like the other servers, nothing but the
+        # broadcast is on the wire while measuring.
+        async with serve(handler, "127.0.0.1", 0, ping_interval=None, compression=None,
+                         backlog=4096) as server:
+            _announce(next(iter(server.sockets)).getsockname()[1])
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         sys.stdin)
+            while line := await reader.readline():
+                if line.strip() == b"quit":
+                    return
+                if line.strip() == b"send":
+                    broadcast(conns, text)
+
+    asyncio.run(main())
 
 
 # --------------------------------------------------------------------------- clients (children)
@@ -663,11 +714,33 @@ class _TurnoutPublisher:
                         "", self.prefix)
 
 
+class _SockudoPublisher:
+    """One signed Pusher HTTP API publish to the Sockudo node (its only way in)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.body = json.dumps({"name": EVENT, "channels": [CHANNEL],
+                                "data": event_data()}).encode()
+
+    def __call__(self) -> None:
+        from urllib.parse import urlencode
+
+        from server.auth import sign_request
+
+        path = f"/apps/{APP_ID}/events"
+        query = urlencode(sign_request(APP_KEY, APP_SECRET, "POST", path, self.body))
+        request = urllib.request.Request(f"{self.url}{path}?{query}", data=self.body,
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 200:
+                raise BenchError(f"sockudo refused the publish: {response.status}")
+
+
 def _wait_http_ok(url: str, proc: Child, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
-            raise BenchError(f"turnout node exited: {proc.log_tail()}")
+            raise BenchError(f"node exited: {proc.log_tail()}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -675,7 +748,7 @@ def _wait_http_ok(url: str, proc: Child, timeout: float = 20.0) -> None:
         except OSError:
             pass
         time.sleep(0.05)
-    raise BenchError(f"turnout node not healthy after {timeout} s: {proc.log_tail()}")
+    raise BenchError(f"node not healthy after {timeout} s: {proc.log_tail()}")
 
 
 # --------------------------------------------------------------------------- one server run
@@ -714,7 +787,7 @@ def _start_server(kind: str, opts: Options, run_id: str, redis_port: int | None
                   ) -> tuple[Child, int, Callable[[], None], Callable[[], None]]:
     """The server process, its port, its trigger and the trigger's cleanup."""
     log_path = opts.tmp / f"{run_id}.log"
-    if kind in ("floor", "naive"):
+    if kind in ("floor", "naive", "asyncio"):
         server = Child(_role_argv(kind), log_path)
         line = server.read_line(time.monotonic() + 20)
         if not line.startswith("port "):
@@ -722,6 +795,25 @@ def _start_server(kind: str, opts: Options, run_id: str, redis_port: int | None
         return server, int(line.split()[1]), lambda: server.send("send"), lambda: None
     assert redis_port is not None
     port = free_port()
+    if kind == "sockudo":
+        from harness.servers import NodeLaunch, SockudoServer
+        from harness.topology import TopologySpec
+
+        adapter = SockudoServer()
+        spec = TopologySpec(server="sockudo", app_id=APP_ID, app_key=APP_KEY,
+                            app_secret=APP_SECRET, activity_timeout_s=3600)
+        launch = NodeLaunch(name="bench", port=port, cwd=opts.tmp, chaos_token="",
+                            redis_url=f"redis://127.0.0.1:{redis_port}/0")
+        process = adapter.process_spec(spec, launch)
+        env = dict(os.environ)
+        for key, value in {**process.env, "RUST_LOG": "warn"}.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        server = Child(list(process.argv), log_path, env=env, pipes=False)
+        _wait_http_ok(adapter.health_url(port), server)
+        return server, port, _SockudoPublisher(port), lambda: None
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     prefix = f"bench-{run_id}"
     server = Child([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -752,7 +844,8 @@ def measure(kind: str, rnd: int, opts: Options, redis_port: int | None) -> Run:
     try:
         time.sleep(opts.settle / 2)
         rss_before = rss_bytes(server.pid)
-        path = f"/app/{APP_KEY}?protocol=7" if kind == "turnout" else "/"
+        pusher = kind in PUSHER_SERVERS
+        path = f"/app/{APP_KEY}?protocol=7" if pusher else "/"
         base, extra = divmod(opts.connections, opts.clients)
         started = time.monotonic()
         for i in range(opts.clients):
@@ -761,7 +854,7 @@ def measure(kind: str, rnd: int, opts: Options, redis_port: int | None) -> Run:
             clients.append(client)
             client.send({"cmd": "connect", "host": "127.0.0.1", "port": port, "path": path,
                          "source": f"127.0.0.{2 + i}", "count": count,
-                         "subscribe": CHANNEL if kind == "turnout" else None})
+                         "subscribe": CHANNEL if pusher else None})
         replies = _wait_all(clients, "ready", time.monotonic() + 120 + opts.connections / 200)
         connect_s = time.monotonic() - started
         connected = sum(r["ready"] for r in replies)
@@ -926,8 +1019,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="broadcasts measured per server per round (default 10)")
     parser.add_argument("--clients", type=int, default=0,
                         help="client processes (default: max(2, connections / 5000))")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated subset of floor,naive,turnout")
+    parser.add_argument("--servers", default=None,
+                        help="comma-separated subset of floor,naive,asyncio,turnout,sockudo "
+                        "(default: all; sockudo only when installed, see scripts/setup-peers.sh)")
     parser.add_argument("--pause", type=float, default=0.1,
                         help="seconds between broadcasts (default 0.1)")
     parser.add_argument("--settle", type=float, default=1.0,
@@ -937,8 +1031,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="abort the whole run after this many seconds (default 900)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the child process logs (their directory is printed)")
-    parser.add_argument("--role", choices=("floor", "naive", "client"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("floor", "naive", "asyncio", "client"),
+                        help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def default_servers() -> list[str]:
+    """Every server, Sockudo only when its binary is installed (it is optional)."""
+    from harness.procs import HarnessSetupError
+    from harness.servers import find_sockudo
+
+    try:
+        find_sockudo()
+    except HarnessSetupError as exc:
+        print(f"fan-out: sockudo left out: {exc}", file=sys.stderr)
+        return [s for s in SERVERS if s != "sockudo"]
+    return list(SERVERS)
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -949,12 +1057,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.role == "client":
         return _client_main()
+    if args.role == "asyncio":
+        _asyncio_server()
+        return 0
     if args.role in ("floor", "naive"):
         import trio
 
         trio.run(_floor_server if args.role == "floor" else _naive_server)
         return 0
-    servers = [s for s in args.servers.split(",") if s]
+    servers = [s for s in (args.servers or ",".join(default_servers())).split(",") if s]
     if not servers or any(s not in SERVERS for s in servers):
         print(f"--servers must name some of {','.join(SERVERS)}", file=sys.stderr)
         return 2
@@ -985,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = False
     try:
         redis_port = None
-        if "turnout" in servers:
+        if any(s in PUSHER_SERVERS for s in servers):
             redis_port = free_port()
             redis = Child(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                            "--save", "", "--appendonly", "no", "--dir", str(tmp)],

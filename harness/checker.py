@@ -57,6 +57,8 @@ __all__ = [
     "check_files",
     "error_report",
     "judge",
+    "positions_note",
+    "positions_summary",
 ]
 
 Verdict = Literal["pass", "fail", "error"]
@@ -108,7 +110,9 @@ class FaultResult:
     fault: str
     target: str
     params: Mapping[str, Any]
-    status: str  # "ok" (injected), "fail", "info" or "pending" (never completed)
+    #: "ok" (injected), "fail", "info", "pending" (never completed) or "skipped" (the
+    #: cluster's server lacks a feature it needs; ``error`` says which)
+    status: str
     injected_at: float | None  # seconds since the first op of the history
     healed_at: float | None
     #: max(stale window, catch-up); None = never recovered (see harness.checks.recovery)
@@ -309,8 +313,12 @@ def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[Fa
                f"{totals['clients']} clients): the run proves nothing")
     res.append(InvariantResult("min_delivered", ok, delivered, f">= {inv.min_delivered}", msg))
 
-    bad = [f for f in faults if f.status != "ok"]
-    msg = f"faults_injected: {len(faults)} faults injected"
+    bad = [f for f in faults if f.status not in ("ok", "skipped")]
+    skipped = [f for f in faults if f.status == "skipped"]
+    msg = f"faults_injected: {len(faults) - len(skipped)} faults injected"
+    if skipped:
+        msg += f", {len(skipped)} skipped (" + "; ".join(
+            f"{f.fault_id} {f.fault}: {f.error}" for f in skipped) + ")"
     if bad:
         msg = "faults_injected: " + "; ".join(
             f"{f.fault_id} ({f.fault} {f.target}) injection {f.status}"
@@ -396,6 +404,8 @@ def _p99_check(latency: LatencyResult, inv: Invariants) -> InvariantResult:
 def _recovery_check(faults: Sequence[FaultResult], limit: float) -> InvariantResult:
     problems = []
     worst: float | None = 0.0
+    # A skipped fault never ran (faults_injected and the report say why): nothing to recover.
+    faults = [f for f in faults if f.status != "skipped"]
     for f in faults:
         label = f"{f.fault_id} ({f.fault} {f.target})"
         if f.healed_at is None:
@@ -487,6 +497,10 @@ def _report(data: RunData, invariants: Invariants,
     }
     sampled = sum(1 for v in data.viewers.values() for s in v.subs.values()
                   if s.has_record and s.delivers)
+    positioned = sum(hi - lo + 1 for v in data.viewers.values() for s in v.subs.values()
+                     for _e, lo, hi in s.runs)
+    unpositioned = sum(len(s.id_delivers) for v in data.viewers.values()
+                       for s in v.subs.values())
     return Report(
         verdict="fail" if violations else "pass", totals=full_totals,
         latency_ms=latency.overall, reconnects=reconnects, faults=tuple(faults),
@@ -496,9 +510,41 @@ def _report(data: RunData, invariants: Invariants,
         duration_s=round(data.t1 - t0, 6) if data.t1 != -math.inf else 0.0,
         latency_by_phase=latency.by_phase,
         recording={"compact": data.compact, "sampled_subscriptions": sampled,
-                   "inconsistent": len(data.inconsistent)},
+                   "inconsistent": len(data.inconsistent),
+                   **positions_summary(positioned, unpositioned)},
         groups=judge_groups(data, delivery.viewers, order.viewers),
         presence=None if presence is None or presence.viewers == 0 else presence.to_dict())
+
+
+def positions_summary(positioned: int, unpositioned: int) -> dict[str, Any]:
+    """Whether the server gave its deliveries positions (offset, epoch): "available" (every
+    delivery had one), "unavailable" (none had: a plain Pusher server, judged by update ids
+    alone), "partial", or "none" (nothing delivered)."""
+    if positioned and unpositioned:
+        state = "partial"
+    elif positioned:
+        state = "available"
+    elif unpositioned:
+        state = "unavailable"
+    else:
+        state = "none"
+    return {"positions": state, "positioned_deliveries": positioned,
+            "unpositioned_deliveries": unpositioned}
+
+
+def positions_note(recording: Mapping[str, Any]) -> str | None:
+    """The sentence a report carries when server positions were missing; None otherwise."""
+    state = recording.get("positions")
+    if state == "unavailable":
+        return ("Server positions (offset/epoch) were not available: the server sent none, so "
+                "lost and duplicated were judged by update ids and reordered by the "
+                "publisher's per-channel sequence numbers; clients could not resume.")
+    if state == "partial":
+        missing = int(recording.get("unpositioned_deliveries", 0))
+        total = missing + int(recording.get("positioned_deliveries", 0))
+        return (f"Server positions were missing on {missing} of {total} deliveries: those "
+                "were judged by update ids and sequence numbers.")
+    return None
 
 
 # --------------------------------------------------------------------------------------------

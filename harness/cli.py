@@ -1,9 +1,11 @@
 """``turnout``: run experiments headless, open the TUI, re-check a run folder.
 
     turnout run FILE [--out DIR] [--no-recovery] [--plugin-off] [--seed N] [--scale F]
+                     [--server NAME]
                      [--target URL --app-id ID --app-key KEY]   (secret: TURNOUT_APP_SECRET)
     turnout check RUN_DIR            re-judge a run folder's history (the live run's verdict)
     turnout capacity FILE [--p99-ms 250] [--max-viewers N] [--resolution N] [--out DIR]
+                          [--server NAME]
                                      the largest audience the file's pattern holds here
     turnout tui [RUN_DIR]            the Textual front end (see tui/)
 
@@ -31,6 +33,7 @@ from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .render import fault_recovery_text, render_markdown
 from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
+from .servers import SERVERS
 
 __all__ = ["main"]
 
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scale", type=float, default=1.0, help="multiply client counts")
     run.add_argument("--target", help="external Pusher-protocol endpoint (ws:// or http://) "
                      "instead of a local cluster; only client-side faults are allowed")
+    run.add_argument("--server", choices=sorted(SERVERS),
+                     help="Pusher server the local cluster's nodes run (default: the "
+                     "experiment's cluster.server, turnout); see docs/peers.md")
     run.add_argument("--app-id", default="1")
     run.add_argument("--app-key", default="turnout-key")
     # The secret of a --target's app: from the environment (a flag is visible in ps).
@@ -77,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                           "trials/ (default runs/<time>-<name>-capacity); an existing one is "
                           "resumed")
     capacity.add_argument("--seed", type=int)
+    capacity.add_argument("--server", choices=sorted(SERVERS),
+                          help="Pusher server the trials' nodes run (default: the file's)")
     capacity.add_argument("--steady-s", type=float, default=30.0, help="trial steady phase")
     capacity.add_argument("--faults-s", type=float, default=60.0,
                           help="trial fault window (the file's faults are squeezed into it)")
@@ -115,6 +123,10 @@ class _Progress:
                             + (f" (p99 {p99:.0f} ms)" if p99 is not None else "")
                             + f", published {pub.get('ok', 0)} ok/"
                             f"{pub.get('indeterminate', 0)} unknown")
+        elif kind == "fault_skipped":
+            text = f"skipped {event.get('fault_id')}: {event.get('kind')} — {event.get('reason')}"
+            self.faults.append(f"t={event['t']:.0f}s {text}")
+            console.log("[yellow]" + text)
         elif kind in ("fault", "heal", "fault_error"):
             text = (f"{kind} {event.get('fault_id')}: {event.get('kind')} "
                     f"{event.get('resolved') or event.get('target')}")
@@ -180,6 +192,9 @@ def verdict_table(result: RunResult) -> Table:
                       fault_recovery_text(fault))
     for violation in report.violations:
         table.add_row("[red]violation[/]", violation)
+    note = checker.positions_note(report.recording)
+    if note:
+        table.add_row("[yellow]positions[/]", note)
     if report.error:
         table.add_row("[yellow]error[/]", report.error)
     return table
@@ -207,9 +222,13 @@ def _run(args: argparse.Namespace) -> int:
     except (ExperimentError, OSError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR
+    if args.server and args.target:
+        console.print("[red]turnout: error:[/] --server chooses the local cluster's nodes; "
+                      "--target runs against an external endpoint instead: give one of them")
+        return EXIT_ERROR
     options = RunOptions(out_dir=args.out, no_recovery=args.no_recovery,
                          plugin_off=args.plugin_off, no_reaper=args.no_reaper,
-                         seed=args.seed,
+                         seed=args.seed, server=args.server,
                          scale=args.scale, target_url=args.target, app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
     progress = _Progress(experiment.name)
@@ -302,7 +321,8 @@ def _capacity(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir)  # an interrupted trial: run it again
         progress = _Progress(trial.name)
         progress.interactive = False
-        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed),
+        result = await run_experiment(trial, RunOptions(out_dir=run_dir, seed=args.seed,
+                                                        server=args.server),
                                       progress.on_event)
         return dict(orjson.loads((result.run_dir / "report.json").read_bytes()))
 

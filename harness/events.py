@@ -26,7 +26,9 @@ the same zero. Events:
   (``by_request``: healed by a heal command or the end of the faults phase):
   ``fault_id``, ``kind``, ``target``, ``params``, ``source`` (schedule|interactive),
   ``duration_s`` (as asked; null for kinds without one) and ``until_healed``;
-  ``fault_error`` when an injection or a heal failed.
+  ``fault_error`` when an injection or a heal failed; ``fault_skipped`` (with ``reason``)
+  when the cluster's server lacks a feature the fault needs (harness.servers), so it was not
+  run.
 - ``log``: ``level``, ``message``.
 - ``stopped``: the run was cancelled (SIGTERM, SIGHUP, Ctrl-C) before its check: no verdict.
 - ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.

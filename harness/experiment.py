@@ -425,6 +425,16 @@ SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
             "'all' proxies every link, for interactive link faults from the TUI "
             "(node->redis links are always proxied)",
         ),
+        Key(
+            "server",
+            Choice(("turnout", "sockudo")),
+            "turnout",
+            "—",
+            "the Pusher server the nodes run (turnout run --server overrides it): 'sockudo' "
+            "runs Sockudo nodes over their Redis adapter behind the same load balancer and "
+            "proxies; faults needing a turnout-only feature (leak_memory) are skipped with "
+            "the reason in the report (docs/peers.md)",
+        ),
     ),
     "clients": (
         Key("count", Integer(1), 200, "clients", "measured websocket clients"),
@@ -1039,6 +1049,7 @@ class Cluster:
     recovery: bool = True
     proxies: str = "auto"
     reaper: bool = True
+    server: str = "turnout"
 
     @property
     def effective_history_size(self) -> int:

@@ -9,6 +9,10 @@ The faults phase ends with :meth:`Nemesis.end_faults_phase`: interactive faults 
 accepted, faults held "until healed" are healed, and the run waits only for what still has a
 known end (a scheduled fault's duration, an interactive fault's own ``duration_s``), saying in
 a ``wait`` event what it waits for and for how long.
+
+A scheduled fault that needs a feature the cluster's server lacks (the chaos endpoint of
+turnout's nodes, see harness.servers) is not run: it is recorded as ``fault_skipped`` with the
+reason, which the report shows; an interactive one is refused with the reason.
 """
 
 from __future__ import annotations
@@ -80,6 +84,16 @@ class Nemesis:
         if fault.needs_cluster and self.ctx.topology is None:
             raise FaultError(f"{kind} needs the local cluster's processes and proxies: it is "
                              "refused against an external --target")
+        reason = self.skip_reason(fault)
+        if reason is not None:
+            if source == "interactive":
+                raise FaultError(reason)
+            value = {"fault_id": fault_id, "fault": kind, "target": target,
+                     "params": dict(params), "reason": reason}
+            log.warning("skipping %s %s: %s", fault_id, kind, reason)
+            self.history.record(NEMESIS, "info", "fault_skipped", value)
+            self.events.emit("fault_skipped", **value, kind=kind, source=source)
+            return fault_id
         if source == "interactive":
             self._interactive += 1
             fault_id = f"i{self._interactive}"
@@ -92,6 +106,13 @@ class Nemesis:
         self._running[fault_id] = entry
         self.nursery.start_soon(self._run, entry, delay_s)
         return fault_id
+
+    def skip_reason(self, fault: Fault) -> str | None:
+        """Why ``fault`` cannot run on this cluster's server; None when it can."""
+        topology = self.ctx.topology
+        if topology is None or not fault.needs:
+            return None
+        return topology.spec.adapter.skip_reason(fault.kind, fault.needs)
 
     def heal(self, fault_id: str) -> bool:
         entry = self.active.get(fault_id)

@@ -565,9 +565,12 @@ class Viewer:
         recorder = self.recorder
         if sub is None or not isinstance(offset, int) or isinstance(offset, bool) \
                 or not isinstance(pid, str):
-            # Not a positioned update of ours: recorded in full, judged by id.
+            # Not a positioned update of ours (a server without positions, or a foreign
+            # event): recorded in full, judged by id.
             recorder.deliver_op(self.process, channel, pid, seq, offset, epoch, now)
             recorder.unpositioned(pid, t, now)
+            if sub is not None:
+                self._stale_progress(sub, t, now)
             return
         epoch = epoch if isinstance(epoch, str) else ""
         kind = sub.note(epoch, offset)
@@ -586,6 +589,11 @@ class Viewer:
             recorder.out_of_line(kind)
         if sub.replay_until >= 0:
             self._check_replay(sub)
+        self._stale_progress(sub, t, now)
+
+    def _stale_progress(self, sub: Subscription, t: float | None, now: float) -> None:
+        """A delivery on ``sub`` during a stale window: the window closes once every channel
+        delivered an update published after the reconnect."""
         if self.stale_since >= 0 and self.reconnected_at >= 0 and not sub.stale_done:
             if t is not None and t >= self.reconnected_at:
                 sub.stale_done = True

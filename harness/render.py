@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from harness.checker import FaultResult, Report
+from harness.checker import FaultResult, Report, positions_note
 
 __all__ = ["cpu_table_markdown", "duration_text", "fault_recovery_text", "render_junit",
            "render_markdown"]
@@ -87,6 +87,9 @@ def render_markdown(report: Report, title: str = "turnout run",
     lines = [f"# {title}: {icon}", ""]
     if report.error:
         lines += [f"The harness could not run: {report.error}", ""]
+    note = positions_note(report.recording)
+    if note:
+        lines += [f"> {note}", ""]
     if report.violations:
         lines += ["## Violations", ""]
         lines += [f"- {v}" for v in report.violations]
@@ -123,6 +126,12 @@ def render_markdown(report: Report, title: str = "turnout run",
     if report.phases:
         lines += ["## Phases", ""]
         lines += [f"- {p} at {t:g} s" for p, t in report.phases]
+        lines.append("")
+    skipped = [f for f in report.faults if f.status == "skipped"]
+    if skipped:
+        lines += ["## Faults skipped", "",
+                  "Not run on this cluster's server, so the run proves nothing about them:", ""]
+        lines += [f"- {f.fault_id} {f.fault} on {f.target}: {f.error}" for f in skipped]
         lines.append("")
     if report.faults:
         lines += [
@@ -161,7 +170,10 @@ def render_markdown(report: Report, title: str = "turnout run",
                   f"{'yes' if recording.get('compact') else 'no'}",
                   f"- sampled subscriptions cross-checked against it: "
                   f"{recording.get('sampled_subscriptions', 0)}, disagreeing: "
-                  f"{recording.get('inconsistent', 0)}", ""]
+                  f"{recording.get('inconsistent', 0)}",
+                  f"- server positions: {recording.get('positions', '?')} "
+                  f"({recording.get('positioned_deliveries', 0)} deliveries with one, "
+                  f"{recording.get('unpositioned_deliveries', 0)} judged by update id)", ""]
     if report.clients:
         shown = len(report.clients)
         lines += [

@@ -28,7 +28,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +51,7 @@ from .procs import HarnessSetupError, ProcessFailed, Supervisor, open_supervisor
 from .publisher import PublisherProcess, PublisherSpec
 from .real_clients import RealClients
 from .render import render_junit, render_markdown
+from .servers import server_adapter
 from .topology import Topology, TopologySpec, run_topology
 
 log = logging.getLogger("turnout.runner")
@@ -75,6 +76,9 @@ class RunOptions:
     scale: float = 1.0
     # External Pusher-protocol endpoint (--target): no local cluster.
     target_url: str | None = None
+    #: Server the local cluster's nodes run (harness.servers); None: the experiment's
+    #: cluster.server.
+    server: str | None = None
     app_id: str = "1"
     app_key: str = "turnout-key"
     app_secret: str = "turnout-secret"
@@ -160,6 +164,10 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.plugin_off()
     if options.no_reaper:
         experiment = experiment.presence_negative_control()
+    if options.server is not None and options.target_url is None:
+        # --server overrides cluster.server: experiment.json says what really ran.
+        experiment = replace(experiment, cluster=replace(experiment.cluster,
+                                                         server=options.server))
     return experiment
 
 
@@ -213,8 +221,9 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
             links: dict[str, Any] = {}
             if topology is not None:
                 for name, node in topology.nodes.items():
+                    has_metrics = node.adapter.metrics_url(node.port) is not None
                     metrics = await _node_metrics(client, node.url) \
-                        if node.state.value == "up" else {}
+                        if node.state.value == "up" and has_metrics else {}
                     stats = node.process.statistics()
                     nodes[name] = {"state": node.state.value, "pid": node.pid,
                                    "rss_bytes": stats.rss_bytes, **metrics}
@@ -252,8 +261,9 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     # One time base: the history's first op is the events' zero, so report.json's times and
     # events.jsonl's t both count seconds since the run started.
     history.record(HARNESS, "info", "run", {"name": experiment.name}, time=events.t0)
+    server = None if options.target_url else experiment.cluster.server
     events.emit("run", name=experiment.name, run_dir=str(run_dir), seed=seed,
-                target=options.target_url, experiment=experiment.to_dict())
+                target=options.target_url, server=server, experiment=experiment.to_dict())
     error: str | None = None
     # Each node's counters at the end of the run (from /metrics): evidence that a fault bit,
     # e.g. slow-consumer disconnects. A node restarted during the run counts from its restart.
@@ -295,6 +305,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
                 "seed": seed, "target": options.target_url, "exit_code": exit_code,
+                "server": None if server is None else server_adapter(server).describe(),
                 "cluster": cluster_metrics, "cpu": cpu_table,
                 "cpu_whole_run": cpu.table("setup", "end")}
     (run_dir / "report.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
@@ -360,7 +371,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
                 reap_dead_nodes=cluster.reaper,
-                client_proxies=client_proxies, lb_proxies=lb_proxies)
+                client_proxies=client_proxies, lb_proxies=lb_proxies,
+                server=cluster.server)
             events.phase("setup", waits_for=f"Redis, Toxiproxy, HAProxy and {cluster.nodes} "
                                              "nodes to be ready")
             topology = await root.start(run_topology, spec, run_dir)
@@ -484,7 +496,8 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 if topology is not None:
                     async with httpx.AsyncClient(trust_env=False) as client:
                         for name, node in topology.nodes.items():
-                            cluster_metrics[name] = await _node_metrics(client, node.url)
+                            if node.adapter.metrics_url(node.port) is not None:
+                                cluster_metrics[name] = await _node_metrics(client, node.url)
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
                 if real.tools:
                     cluster_metrics["real_clients"] = real.totals_by_group()

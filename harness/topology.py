@@ -1,5 +1,6 @@
-"""One run's local cluster: Redis, N turnout nodes, HAProxy lanes, and Toxiproxy on the links
-the run's faults need.
+"""One run's local cluster: Redis, N nodes, HAProxy lanes, and Toxiproxy on the links the
+run's faults need. The nodes are turnout's by default, or another Pusher server's
+(``TopologySpec.server``; :mod:`harness.servers` says how each is started and checked).
 
 ::
 
@@ -41,9 +42,7 @@ import csv
 import enum
 import io
 import math
-import os
 import secrets
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ import trio
 
 from harness.ports import LOOPBACK, PortAllocator
 from harness.procs import (
-    REPO_ROOT,
     HarnessSetupError,
     ManagedProcess,
     ProcessSpec,
@@ -65,10 +63,10 @@ from harness.procs import (
     ReadyCheck,
     Supervisor,
     find_binary,
-    http_ready,
     open_supervisor,
     tcp_ready,
 )
+from harness.servers import NodeLaunch, ServerAdapter, server_adapter
 from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
 
 __all__ = [
@@ -126,8 +124,10 @@ class TopologySpec:
     reap_dead_nodes: bool = True
     #: Token of the nodes' chaos endpoints; None picks a random one per run.
     chaos_token: str | None = None
-    #: Command that starts a node (the flags are appended); None = turnout-server.
+    #: Command that starts a turnout node (the flags are appended); None = turnout-server.
     node_command: tuple[str, ...] | None = None
+    #: Server implementation of the nodes (harness.servers): "turnout" or "sockudo".
+    server: str = "turnout"
     #: clients per lane; None: the most the fd cap allows (:func:`lane_capacity`)
     lane_capacity: int | None = None
     ready_timeout_s: float = 30.0
@@ -147,6 +147,12 @@ class TopologySpec:
         most = lane_capacity(self.client_proxies, self.lb_proxies)
         if self.lane_capacity is not None and not 1 <= self.lane_capacity <= most:
             raise ValueError(f"lane_capacity must be within 1..{most} (fd cap)")
+        server_adapter(self.server)  # raises ValueError naming the known servers
+
+    @property
+    def adapter(self) -> ServerAdapter:
+        """The server implementation of the nodes."""
+        return server_adapter(self.server)
 
     @property
     def capacity(self) -> int:
@@ -181,10 +187,12 @@ class NodeState(enum.StrEnum):
 
 @final
 class NodeProcess:
-    """One turnout node.  Fault code acts on it through these methods."""
+    """One node, whatever server runs it.  Fault code acts on it through these methods: kill,
+    drain, pause and restart are process signals, the same for every server; health asks the
+    server's own health endpoint (:attr:`harness.servers.ServerAdapter.health_path`)."""
 
     def __init__(self, name: str, port: int, process: ManagedProcess, drain_grace_s: float,
-                 chaos_port: int = 0):
+                 adapter: ServerAdapter | None = None, chaos_port: int = 0):
         self.name = name
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
@@ -192,6 +200,7 @@ class NodeProcess:
         self.chaos_url = f"http://{LOOPBACK}:{chaos_port}"
         self.process = process
         self._drain_grace_s = drain_grace_s
+        self.adapter = adapter if adapter is not None else server_adapter("turnout")
 
     def __repr__(self) -> str:
         return f"<NodeProcess {self.name} :{self.port} pid={self.pid} {self.state}>"
@@ -240,10 +249,11 @@ class NodeProcess:
         return await self.process.wait()
 
     async def health(self, timeout: float = 1.0) -> int | None:
-        """Status of a direct GET /health (bypassing every proxy); None if unreachable."""
+        """Status of a direct GET of the health endpoint (bypassing every proxy); None if
+        unreachable."""
         async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
             try:
-                return (await client.get(f"{self.url}/health")).status_code
+                return (await client.get(self.adapter.health_url(self.port))).status_code
             except httpx.HTTPError:
                 return None
 
@@ -395,7 +405,7 @@ class Topology:
         self, nodes: Sequence[str] | None = None, *, timeout: float = 15.0
     ) -> None:
         """Wait until every lane's HAProxy has ``nodes`` (default: all up nodes) UP after a
-        passing check, and GET /health through every lane's entry proxy answers 200."""
+        passing check, and the health endpoint through every lane's entry answers 200."""
         wanted = (
             list(nodes)
             if nodes is not None
@@ -417,8 +427,9 @@ class Topology:
                             ):
                                 ready = False
                                 break
-                            response = await client.get(f"{lane.entry_url}/health")
-                            last = f"lane {lane.index} GET /health -> {response.status_code}"
+                            path = self.spec.adapter.health_path
+                            response = await client.get(f"{lane.entry_url}{path}")
+                            last = f"lane {lane.index} GET {path} -> {response.status_code}"
                             if response.status_code != 200:
                                 ready = False
                                 break
@@ -472,6 +483,7 @@ def render_haproxy_config(
     source: str | None = None,
     health_checks: bool = True,
     api_port: int | None = None,
+    health_path: str = "/health",
 ) -> str:
     """HAProxy config of one lane: one TCP frontend for websockets and the HTTP API.
 
@@ -545,7 +557,7 @@ frontend lane{lane}
 
 backend nodes
     balance leastconn
-    option httpchk GET /health HTTP/1.1
+    option httpchk GET {health_path} HTTP/1.1
     http-check send hdr Host turnout
     http-check expect status 200
     # A check every 2 s while all is well (each is an HTTP request the node serves: at 6
@@ -582,25 +594,6 @@ def lane_source_address(lane: int) -> str:
     return f"127.0.1.{lane + 1}"
 
 
-def _node_command(spec: TopologySpec) -> list[str]:
-    if spec.node_command:
-        return list(spec.node_command)
-    script = Path(sys.executable).parent / "turnout-server"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "server"]
-
-
-def _stray_node_env() -> dict[str, None]:
-    # The node reads TURNOUT_* variables (TURNOUT_CONFIG, TURNOUT_MAX_CONNECTIONS...) for every
-    # setting we do not pass as a flag: whatever is in the harness's environment must not leak.
-    return {key: None for key in os.environ if key.startswith("TURNOUT_")}
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
     return [
         binary,
@@ -615,36 +608,6 @@ def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
         "--logfile", "",  # stdout, i.e. the supervisor's log file
     ]  # fmt: skip
 
-
-def _node_argv(spec: TopologySpec, name: str, port: int, redis_proxy: Proxy,
-               chaos_port: int = 0) -> list[str]:
-    """The node's command line. Secrets go in the environment (``_node_secrets``): they stay
-    out of ``ps`` and of the node log's start line, and a token that begins with "-" cannot
-    be mistaken for a flag."""
-    return [
-        *_node_command(spec),
-        "--host", LOOPBACK,
-        "--port", str(port),
-        "--redis-url", f"redis://{redis_proxy.listen}/0",
-        "--node-id", name,
-        "--app-id", spec.app_id,
-        "--app-key", spec.app_key,
-        "--history-size", str(spec.history_size),
-        "--history-ttl", _num(spec.history_ttl_s),
-        "--activity-timeout", _num(spec.activity_timeout_s),
-        "--drain-grace", _num(spec.drain_grace_s),
-        "--max-rss", str(spec.max_rss_mb),
-        "--outbound-queue-bytes", str(spec.outbound_queue_bytes),
-        "--socket-send-buffer", str(spec.socket_send_buffer),
-        "--key-prefix", spec.key_prefix,
-        "--chaos",
-        "--chaos-port", str(chaos_port),
-        *(() if spec.reap_dead_nodes else ("--no-reap-dead-nodes",)),
-    ]  # fmt: skip
-
-
-def _node_secrets(spec: TopologySpec, token: str) -> dict[str, str | None]:
-    return {"TURNOUT_APP_SECRET": spec.app_secret, "TURNOUT_CHAOS_TOKEN": token}
 
 
 async def _concurrently(thunks: Sequence[Callable[[], Awaitable[object]]]) -> None:
@@ -692,9 +655,7 @@ def _require_binaries(spec: TopologySpec) -> dict[str, str]:
         "haproxy": find_binary("haproxy", hint="install it: apt-get install haproxy"),
         "toxiproxy-server": find_binary("toxiproxy-server", hint="run scripts/setup.sh"),
     }
-    command = _node_command(spec)
-    if os.sep in command[0] and not os.access(command[0], os.X_OK):
-        raise HarnessSetupError(f"node command {command[0]} is not executable")
+    spec.adapter.require(spec)
     return found
 
 
@@ -759,27 +720,16 @@ async def run_topology(
         node_ports = {name: reserve() for name in spec.node_names}
         chaos_ports = {name: reserve() for name in spec.node_names}
 
+        adapter = spec.adapter
+
         async def start_node(name: str) -> None:
             port = node_ports[name]
-            argv = _node_argv(spec, name, port, topo.proxies[f"{name}->redis"],
-                              chaos_ports[name])
-            # -m server (no installed script) must find the repo whatever the cwd.
-            pythonpath = os.pathsep.join(
-                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-            )
-            process = await supervisor.start(
-                ProcessSpec(
-                    name=name,
-                    argv=argv,
-                    env={**_stray_node_env(), **_node_secrets(spec, topo.chaos_token),
-                         "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath},
-                    cwd=run_dir / name,
-                    ready=http_ready(f"http://{LOOPBACK}:{port}/health"),
-                    ready_timeout=timeout,
-                    stop_grace=spec.drain_grace_s + 5,
-                )
-            )
-            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s,
+            launch = NodeLaunch(name=name, port=port,
+                                redis_url=f"redis://{topo.proxies[f'{name}->redis'].listen}/0",
+                                cwd=run_dir / name, chaos_token=topo.chaos_token,
+                                chaos_port=chaos_ports[name])
+            process = await supervisor.start(adapter.process_spec(spec, launch))
+            topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s, adapter,
                                            chaos_ports[name])
 
         await _concurrently([partial(start_node, n) for n in spec.node_names])
@@ -821,6 +771,7 @@ async def run_topology(
                     maxconn=maxconn,
                     source=lane_source_address(index),
                     api_port=api_port,
+                    health_path=adapter.health_path,
                 ),
             )
             haproxy = await supervisor.start(

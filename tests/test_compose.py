@@ -1,9 +1,9 @@
 """docker-compose.yml checked against the harness's local topology, since CI cannot run Docker.
 
 The compose cluster must be the cluster ``harness.topology.run_topology`` builds for three nodes
-and one lane: the same node settings (``_node_argv``), every link through a Toxiproxy proxy of
-the same name, the same HAProxy config (``render_haproxy_config``) and health check, and nothing
-published beyond 127.0.0.1.
+and one lane: the same node settings (``TurnoutServer.argv``), every link through a Toxiproxy
+proxy of the same name, the same HAProxy config (``render_haproxy_config``) and health check,
+and nothing published beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from harness.servers import NodeLaunch, TurnoutServer
 from harness.topology import (
     _LANE_HEADROOM,
     LANE_CAPACITY,
     TopologySpec,
-    _node_argv,
-    _node_secrets,
     render_haproxy_config,
 )
 from server.config import ENV_PREFIX, Config, build_parser, load_config
@@ -126,10 +124,11 @@ def _node_config(service: Mapping[str, Any]) -> Config:
 
 def _harness_inputs(name: str) -> tuple[list[str], dict[str, str]]:
     """(argv after the command, secrets environment) a harness node starts with."""
-    fake_proxy = cast(Any, SimpleNamespace(listen="127.0.0.1:1"))
-    argv = _node_argv(SPEC, name, 1, fake_proxy)
+    launch = NodeLaunch(name=name, port=1, redis_url="redis://127.0.0.1:1/0", cwd=Path("."),
+                        chaos_token="token")
+    argv = TurnoutServer().argv(SPEC, launch)
     assert argv[0] == "turnout-server"
-    env = {k: v for k, v in _node_secrets(SPEC, "token").items() if v is not None}
+    env = {k: v for k, v in TurnoutServer.secrets(SPEC, "token").items() if v is not None}
     return argv[1:], env
 
 

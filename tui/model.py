@@ -367,6 +367,12 @@ class RunState:
         view.error = str(event.get("error"))
         return LogLine(t, "error", f"fault {view.fault_id} failed: {view.error}")
 
+    def _on_fault_skipped(self, t: float, event: Mapping[str, Any]) -> LogLine:
+        view = self._fault(event)
+        view.status = "skipped"
+        view.error = str(event.get("reason"))
+        return LogLine(t, "warning", f"fault {view.fault_id} skipped: {view.error}")
+
     def _on_log(self, t: float, event: Mapping[str, Any]) -> LogLine:
         return LogLine(t, str(event.get("level", "info")), str(event.get("message", "")))
 

@@ -183,6 +183,8 @@ class _Accumulator:
             self._client(t, process, typ, f, value)
         elif f in ("fault", "heal"):
             self._fault(t, typ, f, value)
+        elif f == "fault_skipped":
+            self._skipped(value)
         elif f == "phase":
             d.phases.append((str(value.get("phase")), t))
         elif f == "nemesis_failure":
@@ -267,6 +269,18 @@ class _Accumulator:
                 None if reconnected is None else float(reconnected),
                 None if caught is None else float(caught),
                 bool(value.get("unrecovered")), bool(value.get("ended_by_drain"))))
+
+    def _skipped(self, value: Mapping[str, Any]) -> None:
+        """A scheduled fault the cluster's server cannot take (harness.nemesis): never run."""
+        fid = str(value.get("fault_id"))
+        flt = self.data.faults.setdefault(fid, Fault(fid))
+        flt.fault = str(value.get("fault", ""))
+        flt.target = str(value.get("target", ""))
+        params = value.get("params")
+        if isinstance(params, Mapping):
+            flt.params = dict(params)
+        flt.status = "skipped"
+        flt.error = str(value.get("reason", ""))
 
     def _fault(self, t: float, typ: str, f: str, value: Mapping[str, Any]) -> None:
         fid = str(value.get("fault_id"))

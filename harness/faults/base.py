@@ -98,6 +98,9 @@ class Fault:
     kind: ClassVar[str]
     #: False for faults that only act on the client side (allowed with --target).
     needs_cluster: ClassVar[bool] = True
+    #: Server features (harness.servers) the fault needs; on a server without them the
+    #: nemesis skips it and records why.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, target: str, params: Mapping[str, Any], duration_s: float | None) -> None:
         self.target = target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 import trio
 
+from ..servers import CHAOS_ENDPOINT
 from .base import Fault, FaultContext, FaultError, register
 
 EXIT_MAX_RSS = 3
@@ -17,6 +18,7 @@ EXIT_MAX_RSS = 3
 @register
 class LeakMemory(Fault):
     kind = "leak_memory"
+    needs = frozenset({CHAOS_ENDPOINT})
 
     async def inject(self, ctx: FaultContext) -> None:
         topology = ctx.require_topology(self.kind)
