@@ -333,17 +333,21 @@ def _capacity(args: argparse.Namespace) -> int:
                             shape=TrialShape(args.steady_s, args.faults_s, TRIAL_HEAL_S,
                                              args.settle_s))
     answer: int | None = None
+    finished = False
 
     async def main() -> None:
-        nonlocal answer
+        nonlocal answer, finished
         async with trio.open_nursery() as nursery:
             await nursery.start(cancel_on_signals, nursery.cancel_scope)
             answer, _ = await search.run()
+            finished = True
             nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
     except KeyboardInterrupt:
+        finished = False
+    if not finished:
         console.print(f"[yellow]interrupted; trials so far are in {out}/capacity.json[/]")
         return 130
     print((out / "capacity.md").read_text())

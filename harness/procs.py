@@ -545,7 +545,7 @@ async def run_process(
 async def cancel_on_signals(
     scope: trio.CancelScope,
     *,
-    signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP),
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Cancel ``scope`` when the harness receives one of ``signals``.
@@ -553,7 +553,10 @@ async def cancel_on_signals(
     By default SIGTERM kills a Python process without running ``finally`` blocks, which would
     leave teardown to pdeathsig alone (and not reach grandchildren).  Run this next to the run's
     work (``await nursery.start(cancel_on_signals, nursery.cancel_scope)``) so a SIGTERM tears
-    down in order, like Ctrl-C does.  Must run in the main thread (a trio restriction).
+    down in order.  SIGINT (Ctrl-C) is taken the same way rather than as trio's
+    KeyboardInterrupt, which can land between any two bytecodes of the teardown itself (a run
+    interrupted so sometimes outlived the test's 60 s in CI).  Must run in the main thread (a
+    trio restriction).
     """
     with trio.open_signal_receiver(*signals) as received:
         task_status.started()
