@@ -70,6 +70,9 @@ class CpuLedger:
     _machine: tuple[float, float] | None = None
     _busy: float = 0.0
     _total: float = 0.0
+    #: The deliveries counted at the latest sample (the status loop notes them): a run that
+    #: ends in error still gets an ``end`` mark, and its table, from them.
+    deliveries: int = 0
 
     def sample(self, pids: Mapping[str, int | None]) -> None:
         """Add every named process's CPU since its previous sample."""
@@ -108,8 +111,25 @@ class CpuLedger:
 
     def mark(self, label: str, wall: float, deliveries: int) -> None:
         """Remember the totals at a phase boundary (after a fresh sample)."""
+        self.deliveries = max(self.deliveries, deliveries)
         self.marks.append(_Mark(label, dict(self.totals), self._busy, self._total, wall,
                                 deliveries))
+
+    def finish(self, wall: float) -> None:
+        """Mark ``end`` from the latest sample if the run did not get to mark it (it ended
+        in error or was cancelled): its CPU up to the last sample is still reported."""
+        if self.marks and all(m.label != "end" for m in self.marks):
+            self.mark("end", wall, self.deliveries)
+
+    def report_table(self) -> dict[str, Any]:
+        """The report's window: steady to drain when the run got there, else the longest
+        window it did reach (setup to drain, steady to end, setup to end)."""
+        for start, end in (("steady", "drain"), ("setup", "drain"), ("steady", "end"),
+                           ("setup", "end")):
+            table = self.table(start, end)
+            if table:
+                return table
+        return {}
 
     def table(self, start: str, end: str) -> dict[str, Any]:
         """Per component between two marks: CPU s, share of the run's CPU, cores, µs per

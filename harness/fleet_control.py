@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .fleet import ClientSpec, FleetSpec
-from .procs import ProcessSpec, Supervisor
+from .procs import ProcessFailed, ProcessSpec, Supervisor
 
 __all__ = ["FleetControl", "FleetTotals", "plan_clients", "source_addresses"]
 
@@ -92,6 +92,7 @@ class FleetControl:
         self.seed = seed
         self.workers = [_Worker(i) for i in range(processes)]
         self._next_id = 0
+        self._supervisor: Supervisor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -118,6 +119,10 @@ class FleetControl:
                 except trio.BrokenResourceError:
                     data = b""
                 if not data:
+                    if worker is not None and not worker.drained.is_set():
+                        # A worker gone before its final read leaves its viewers' deliveries
+                        # unknown: the run ends now, in error, naming it (not at the drain).
+                        await self._worker_lost(worker)
                     return
                 buffer += data
                 while b"\n" in buffer:
@@ -133,6 +138,18 @@ class FleetControl:
                     if message.get("type") == "drained":
                         worker.drained.set()
 
+    async def _worker_lost(self, worker: _Worker) -> None:
+        name = f"fleet-w{worker.index}"
+        proc = self._supervisor.processes.get(name) if self._supervisor else None
+        returncode: int | None = None
+        if proc is not None:
+            with trio.move_on_after(5):
+                returncode = await proc.wait()
+        raise ProcessFailed(
+            f"fleet worker {name} exited (status {returncode}) before its final read: its "
+            "viewers cannot be judged", name=name, returncode=returncode,
+            log_tail=proc.log_tail(10) if proc is not None else "")
+
     async def start_workers(self, supervisor: Supervisor, *, entries: Sequence[str],
                             clients: Sequence[ClientSpec], history_dir: Path,
                             spec_kwargs: dict[str, Any], storm_capacity: int = 0,
@@ -143,6 +160,7 @@ class FleetControl:
         paces its own clients at its share of it. ``sources`` (the experiment's
         ``clients.source_addresses``) overrides the computed 127.0.0.x addresses.
         """
+        self._supervisor = supervisor
         spec_kwargs = dict(spec_kwargs)
         if "connect_rate_per_s" in spec_kwargs:
             spec_kwargs["connect_rate_per_s"] = spec_kwargs["connect_rate_per_s"] / self.processes

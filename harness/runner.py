@@ -217,6 +217,7 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
     async with httpx.AsyncClient(trust_env=False) as client:
         while True:
             cpu.sample(_run_pids(topology, *supervisors))
+            cpu.deliveries = fleet.totals().delivered
             nodes: dict[str, Any] = {}
             links: dict[str, Any] = {}
             if topology is not None:
@@ -288,6 +289,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         events.log(error, level="error")
     finally:
         history.close()
+        cpu.finish(trio.current_time())
         if stopped:
             events.emit("stopped", reason="the run was cancelled (signal or Ctrl-C) before "
                                           "its check: no verdict")
@@ -302,7 +304,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         report = leak_check.apply_rss_invariant(
             report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
-    cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
+    cpu_table = cpu.report_table()
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
                 "seed": seed, "target": options.target_url, "exit_code": exit_code,
                 "server": None if server is None else server_adapter(server).describe(),
