@@ -139,8 +139,10 @@ class FleetControl:
                         worker.drained.set()
 
     async def _worker_lost(self, worker: _Worker) -> None:
+        if self._supervisor is None or self._supervisor.closing:
+            return  # the run's teardown stops the workers: not a loss
         name = f"fleet-w{worker.index}"
-        proc = self._supervisor.processes.get(name) if self._supervisor else None
+        proc = self._supervisor.processes.get(name)
         returncode: int | None = None
         if proc is not None:
             with trio.move_on_after(5):

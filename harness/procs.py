@@ -421,6 +421,11 @@ class Supervisor:
     def processes(self) -> Mapping[str, ManagedProcess]:
         return dict(self._procs)
 
+    @property
+    def closing(self) -> bool:
+        """True once teardown began: children exiting now were stopped on purpose."""
+        return self._closed
+
     async def start(self, spec: ProcessSpec) -> ManagedProcess:
         """Start a child and wait until its readiness check passes.
 

@@ -115,23 +115,32 @@ def test_no_process_outlives_a_stopped_run(tmp_path: Path, how: signal.Signals):
             proc.kill()
 
 
-def test_a_run_that_ends_in_error_still_says_where_the_cpu_went(tmp_path: Path):
-    """A fleet worker dying mid-run ends the run in error; its report still carries the CPU
-    table up to the last sample (window steady to end), as report.md does."""
+@pytest.mark.parametrize(("victim", "cause"), [
+    ("harness.fleet", "fleet worker fleet-w0 exited (status -9) before its final read"),
+    # A dead Redis ends nothing at once (a Redis restart is a fault the nodes ride out): the
+    # run notices at the heal, when the load balancer finds the nodes unhealthy
+    ("redis-server", "load balancer not ready"),
+])
+def test_a_run_that_ends_in_error_still_says_where_the_cpu_went(
+        tmp_path: Path, victim: str, cause: str):
+    """A fleet worker or Redis dying mid-run ends the run in error naming it (and only it: the
+    teardown's stopping of the workers is not a loss); the report still carries the CPU table
+    up to the last sample (window steady to end), as report.md does."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ['PATH']}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=60)),
+        [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=10)),
          "--out", str(run_dir)], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_phase(run_dir, "steady", proc, timeout=120)
         time.sleep(2.5)  # a few status samples into steady
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "harness.fleet" in " ".join(p.cmdline())]
-        assert workers
-        next(w for w in workers if "fleet-w0" in " ".join(w.cmdline())).kill()
+        victims = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if victim in " ".join(p.cmdline())]
+        assert victims
+        next(v for v in victims if victim != "harness.fleet"
+             or "fleet-w0" in " ".join(v.cmdline())).kill()
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -139,7 +148,9 @@ def test_a_run_that_ends_in_error_still_says_where_the_cpu_went(tmp_path: Path):
     assert proc.returncode == 2, stderr[-3000:]
     doc = report(run_dir)
     assert doc["verdict"] == "error"
-    assert "fleet worker fleet-w0 exited (status -9) before its final read" in doc["error"]
+    assert cause in doc["error"]
+    if victim != "harness.fleet":
+        assert "fleet worker" not in doc["error"]
     assert doc["cpu"]["window"] == "steady to end"
     assert doc["cpu"]["components"]["nodes"]["cpu_s"] > 0
     assert "## Where the CPU went" in (run_dir / "report.md").read_text()
