@@ -32,6 +32,17 @@ from .history import NEMESIS, HistoryWriter
 
 log = logging.getLogger("turnout.nemesis")
 
+#: How long one fault's inject (or heal) may take before it is recorded as failed.
+INJECT_LIMIT_S = 120.0
+HEAL_LIMIT_S = 120.0
+
+
+def _describe(exc: Exception, limit_s: float, step: str) -> str:
+    """An error's text that says what happened (trio's TooSlowError has none)."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"its {step} did not finish within {limit_s:g} s"
+    return str(exc) or type(exc).__name__
+
 __all__ = ["ActiveFault", "Nemesis"]
 
 
@@ -199,14 +210,15 @@ class Nemesis:
         self.events.emit("fault_start", **value, **shown)
         self.active[entry.fault_id] = entry
         try:
-            with trio.fail_after(120):
+            with trio.fail_after(INJECT_LIMIT_S):
                 await fault.inject(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
-            message = f"{entry.kind} on {entry.target} failed: {exc}"
+            error = _describe(exc, INJECT_LIMIT_S, "inject")
+            message = f"{entry.kind} on {entry.target} failed: {error}"
             log.error(message)
             self.failures.append(message)
-            self.history.record(NEMESIS, "info", "fault", {**value, "error": str(exc)[:300]})
-            self.events.emit("fault_error", **value, **shown, error=str(exc))
+            self.history.record(NEMESIS, "info", "fault", {**value, "error": error[:300]})
+            self.events.emit("fault_error", **value, **shown, error=error)
             self.active.pop(entry.fault_id, None)
             return
         entry.injected = True
@@ -218,13 +230,14 @@ class Nemesis:
         with trio.move_on_after(hold):
             await entry.heal_now.wait()
         try:
-            with trio.fail_after(120):
+            with trio.fail_after(HEAL_LIMIT_S):
                 await fault.heal(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
-            message = f"healing {entry.kind} on {entry.target} failed: {exc}"
+            error = _describe(exc, HEAL_LIMIT_S, "heal")
+            message = f"healing {entry.kind} on {entry.target} failed: {error}"
             log.error(message)
             self.failures.append(message)
-            self.events.emit("fault_error", **value, **shown, error=f"heal: {exc}")
+            self.events.emit("fault_error", **value, **shown, error=f"heal: {error}")
         finally:
             self.active.pop(entry.fault_id, None)
             self.history.record(NEMESIS, "ok", "heal",

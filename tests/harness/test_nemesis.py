@@ -204,3 +204,26 @@ async def test_the_control_socket_answers_with_what_will_run(
     assert inject(nemesis, events, kind="kill_node", target="node-1") == {
         "ok": False, "error": "the faults phase is over: this run takes no more faults"}
     nemesis.heal_all()
+
+
+async def test_an_inject_that_runs_out_of_time_says_so(tmp_path: Path, autojump_clock: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """trio's TooSlowError has no text: a slow inject ("rolling_restart on all failed: ") must
+    say what happened, in the failures, the history and the event."""
+
+    class Slow(StandIn):
+        kind = "kill_node"
+
+        async def inject(self, ctx: FaultContext) -> None:
+            await trio.sleep(1000)
+
+    monkeypatch.setitem(FAULTS, "kill_node", Slow)
+    async with trio.open_nursery() as nursery:
+        nemesis, events = make(tmp_path, nursery)
+        nemesis.start("f1", "kill_node", "node-1", {}, None)
+        await nemesis.wait_idle()
+    events.close()
+    assert nemesis.failures == ["kill_node on node-1 failed: its inject did not finish within "
+                                "120 s"]
+    errors = [e for e in read_events(tmp_path) if e["type"] == "fault_error"]
+    assert errors[0]["error"] == "its inject did not finish within 120 s"
