@@ -138,8 +138,12 @@ def losses(name: str, server: str, report: dict[str, Any],
     lost = (report.get("totals") or {}).get("lost", 0)
     if not lost:
         return []
+    groups = report.get("groups") or {}
+    # clients_with_problems also counts viewers that only saw a reorder or a duplicate.
+    losing = (sum(int(g.get("clients_losing") or 0) for g in groups.values()) if groups
+              else report.get("clients_with_problems"))
     lines = [f"- **{name} on {server}**: {lost} (viewer, update) pairs lost by "
-             f"{report.get('clients_with_problems')} viewers; first ones:"]
+             f"{losing} viewers; first ones:"]
     for client in (report.get("clients") or [])[:5]:
         for channel, ids in (client.get("lost_ids") or {}).items():
             lines.append(f"  - {client['client']} {channel}: {', '.join(ids[:8])}"

@@ -84,3 +84,9 @@ def test_lost_updates_counts_every_viewer_that_missed_each_update(tmp_path: Path
                                     "clients": []}, updates)
     assert lines[-1] == ("  - 2 distinct updates lost: p2 on results-1 (3 viewers, t=2.1 s), "
                          "p3 on results-1 (1 viewer, t=3.1 s)")
+
+
+def test_losses_count_only_the_viewers_that_lost_something() -> None:
+    report = {**REPORT, "clients_with_problems": 100,
+              "groups": {"fleet": {"clients_losing": 60}, "pusher-js": {"clients_losing": 6}}}
+    assert "lost by 66 viewers" in losses("node-pause", "sockudo", report)[0]
