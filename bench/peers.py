@@ -152,7 +152,8 @@ def losses(name: str, server: str, report: dict[str, Any],
         shown = ", ".join(f"{pid} on {channel} ({viewers} viewer{'' if viewers == 1 else 's'}, "
                           f"t={at:g} s)" for channel, pid, viewers, at in updates[:12])
         more = f", and {len(updates) - 12} more" if len(updates) > 12 else ""
-        lines.append(f"  - {len(updates)} distinct updates lost: {shown}{more}")
+        lines.append(f"  - {len(updates)} distinct update{'' if len(updates) == 1 else 's'} lost: "
+                     f"{shown}{more}")
     return lines
 
 
