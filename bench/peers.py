@@ -7,7 +7,8 @@ sweep resumes. ``--lock PATH`` wraps each run in ``flock PATH`` (the team's heav
 rather than holding it for the whole sweep. The table: verdict, lost, duplicated, reordered,
 p50/p99, stale windows, reconnects, skipped faults, and where the CPU went (the nodes' share
 and µs per delivery), per server side by side; then, where a server lost updates, which viewers
-and which updates.
+and which updates: the first viewers from the report, then every lost update with the number of
+viewers that missed it, re-judged from the run's history (the report lists 200 viewers only).
 
     python -m bench.peers [--servers turnout,sockudo] [--only NAME,...] [--out DIR]
                           [--lock /work/team/heavy.lock] [--markdown FILE] [--table-only]
@@ -23,6 +24,10 @@ import time
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from harness.checks.delivery import judge_delivery
+from harness.checks.model import accumulate
+from harness.history import iter_history
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"
@@ -110,17 +115,45 @@ def row(name: str, server: str, report: dict[str, Any]) -> str:
             f"{positions} | {', '.join(skipped) or '—'} |")
 
 
-def losses(name: str, server: str, report: dict[str, Any]) -> list[str]:
-    """Which viewers lost which updates (the report's first clients)."""
+def lost_updates(history: Path) -> list[tuple[str, str, int, float]]:
+    """Every update a run lost: (channel, update id, viewers that missed it, published at s
+    from the run's start), most missed first, judged from the run's history as the checker
+    does (its report names the first 200 viewers only)."""
+    data = accumulate((op.time, op.process, op.type, op.f, op.value)
+                      for op in iter_history(history))
+    delivery = judge_delivery(data)
+    out = []
+    for pid, viewers in delivery.lost_by_update.items():
+        pub = data.pubs.get(pid)
+        channel = pub.channel if pub is not None else "?"
+        at = pub.invoke - data.start if pub is not None else float("nan")
+        out.append((channel, pid, viewers, round(at, 1)))
+    return sorted(out, key=lambda u: (-u[2], u[3]))
+
+
+def losses(name: str, server: str, report: dict[str, Any],
+           updates: list[tuple[str, str, int, float]] | None = None) -> list[str]:
+    """Which viewers lost which updates: the report's first clients, then every lost update
+    (``updates``, from :func:`lost_updates`) with how many viewers missed it."""
     lost = (report.get("totals") or {}).get("lost", 0)
     if not lost:
         return []
+    groups = report.get("groups") or {}
+    # clients_with_problems also counts viewers that only saw a reorder or a duplicate.
+    losing = (sum(int(g.get("clients_losing") or 0) for g in groups.values()) if groups
+              else report.get("clients_with_problems"))
     lines = [f"- **{name} on {server}**: {lost} (viewer, update) pairs lost by "
-             f"{report.get('clients_with_problems')} viewers; first ones:"]
+             f"{losing} viewers; first ones:"]
     for client in (report.get("clients") or [])[:5]:
         for channel, ids in (client.get("lost_ids") or {}).items():
             lines.append(f"  - {client['client']} {channel}: {', '.join(ids[:8])}"
                          + (" …" if len(ids) > 8 else ""))
+    if updates:
+        shown = ", ".join(f"{pid} on {channel} ({viewers} viewer{'' if viewers == 1 else 's'}, "
+                          f"t={at:g} s)" for channel, pid, viewers, at in updates[:12])
+        more = f", and {len(updates) - 12} more" if len(updates) > 12 else ""
+        lines.append(f"  - {len(updates)} distinct update{'' if len(updates) == 1 else 's'} lost: "
+                     f"{shown}{more}")
     return lines
 
 
@@ -147,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             report = run_one(path, server, args.out, args.lock, run=not args.table_only)
             rows.append(row(path.stem, server, report))
-            lost_lines += losses(path.stem, server, report)
+            history = args.out / server / path.stem / "history.jsonl"
+            updates = (lost_updates(history) if (report.get("totals") or {}).get("lost")
+                       and history.exists() else None)
+            lost_lines += losses(path.stem, server, report, updates)
     text = "\n".join(rows) + "\n"
     if lost_lines:
         text += "\nWhere updates were lost:\n\n" + "\n".join(lost_lines) + "\n"

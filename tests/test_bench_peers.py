@@ -3,9 +3,11 @@ the runs themselves are `turnout run`, tested elsewhere)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from bench.peers import HEADER, losses, row, shipped
+from bench.peers import HEADER, losses, lost_updates, row, shipped
+from harness.history import HistoryWriter
 
 REPORT: dict[str, Any] = {
     "verdict": "fail",
@@ -51,3 +53,40 @@ def test_losses_name_viewers_and_updates() -> None:
     assert "73 (viewer, update) pairs lost by 2 viewers" in lines[0]
     assert lines[1].strip() == "- client-2 results-2: p46, p47"
     assert losses("baseline", "turnout", {"totals": {"lost": 0}}) == []
+
+
+def test_lost_updates_counts_every_viewer_that_missed_each_update(tmp_path: Path) -> None:
+    """Judged from the history, so it sees past the report's 200 listed viewers."""
+    path = tmp_path / "history.jsonl"
+    with HistoryWriter(path) as history:
+        for n in range(4):
+            client = f"client-{n}"
+            history.record(client, "invoke", "subscribe", {"channel": "results-1"}, time=0.9)
+            history.record(client, "ok", "subscribe", {"channel": "results-1", "recovered": None,
+                                                       "offset": None, "epoch": None}, time=1.0)
+        for seq in (1, 2, 3):
+            value = {"id": f"p{seq}", "channel": "results-1", "seq": seq}
+            history.record("publisher", "invoke", "publish", value, time=1.0 + seq)
+            history.record("publisher", "ok", "publish", value, time=1.01 + seq)
+        # p2 reaches only client-0; p3 reaches everyone but client-3.
+        received = {0: (1, 2, 3), 1: (1, 3), 2: (1, 3), 3: (1,)}
+        for n, seqs in received.items():
+            for seq in seqs:
+                delivery = {"channel": "results-1", "id": f"p{seq}", "seq": seq}
+                history.record(f"client-{n}", "ok", "deliver", delivery, time=6.0 + seq)
+            history.record(f"client-{n}", "ok", "drain", {"channels": ["results-1"]}, time=20.0)
+    updates = lost_updates(path)
+    assert [(ch, pid, viewers) for ch, pid, viewers, _ in updates] == [
+        ("results-1", "p2", 3), ("results-1", "p3", 1)]
+    # Published at 3.0 and 4.0 on the history's clock; the run starts at its first op.
+    assert [at for *_, at in updates] == [2.1, 3.1]
+    lines = losses("x", "sockudo", {"totals": {"lost": 4}, "clients_with_problems": 3,
+                                    "clients": []}, updates)
+    assert lines[-1] == ("  - 2 distinct updates lost: p2 on results-1 (3 viewers, t=2.1 s), "
+                         "p3 on results-1 (1 viewer, t=3.1 s)")
+
+
+def test_losses_count_only_the_viewers_that_lost_something() -> None:
+    report = {**REPORT, "clients_with_problems": 100,
+              "groups": {"fleet": {"clients_losing": 60}, "pusher-js": {"clients_losing": 6}}}
+    assert "lost by 66 viewers" in losses("node-pause", "sockudo", report)[0]
