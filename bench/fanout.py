@@ -40,7 +40,6 @@ Internal roles (``--role floor|naive|client``) are the child processes this modu
 from __future__ import annotations
 
 import argparse
-import base64
 import ctypes
 import datetime as dt
 import errno
@@ -63,6 +62,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+
+from harness.ws_wire import (
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    WireError,
+    handshake_request,
+    masked_frame,
+    parse_handshake_response,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = ("floor", "naive", "asyncio", "turnout", "sockudo")
@@ -401,47 +410,17 @@ CONNECTING, HANDSHAKE, WAIT_ESTABLISHED, WAIT_SUBSCRIBED, READY = range(5)
 
 
 class _Conn:
-    __slots__ = ("attempts", "buf", "count", "since", "sock", "state")
+    __slots__ = ("accept", "attempts", "buf", "count", "reader", "since", "sock", "state")
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.state = CONNECTING
-        self.buf = b""
+        self.buf = b""  # the handshake response, until it is whole
+        self.accept = b""
+        self.reader = FrameReader()
         self.count = 0
         self.attempts = 0
         self.since = 0.0
-
-
-def _masked_text(payload: bytes) -> bytes:
-    n = len(payload)
-    assert n < 126
-    mask = os.urandom(4)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return bytes((0x81, 0x80 | n)) + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(
-        n, "little")
-
-
-def _parse_frames(conn: _Conn, data: bytes) -> list[tuple[int, bytes]]:
-    buf = conn.buf + data if conn.buf else data
-    out = []
-    pos, end = 0, len(buf)
-    while end - pos >= 2:
-        n = buf[pos + 1] & 0x7F
-        head = 2
-        if n == 126:
-            if end - pos < 4:
-                break
-            n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-        elif n == 127:
-            if end - pos < 10:
-                break
-            n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-        if end - pos < head + n:
-            break
-        out.append((buf[pos] & 0x0F, buf[pos + head:pos + head + n]))
-        pos += head + n
-    conn.buf = buf[pos:] if pos < end else b""
-    return out
 
 
 class _Fleet:
@@ -453,11 +432,9 @@ class _Fleet:
         self.source: str = cmd["source"]
         self.subscribe: str | None = cmd.get("subscribe")
         self.count: int = cmd["count"]
-        self.request_head = (f"GET {cmd['path']} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                             "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ").encode()
+        self.path: str = cmd["path"]
         sub = json.dumps({"event": "pusher:subscribe", "data": {"channel": self.subscribe}})
-        self.subscribe_frame = _masked_text(sub.encode()) if self.subscribe else b""
+        self.subscribe_frame = masked_frame(OP_TEXT, sub.encode()) if self.subscribe else b""
         self.ep = ep
         self.by_fd: dict[int, _Conn] = {}
         self.todo: list[_Conn] = [_Conn() for _ in range(self.count)]
@@ -486,6 +463,7 @@ class _Fleet:
                 self.retry(conn, None, errno.errorcode.get(err, str(err)))
                 continue
             conn.sock, conn.state, conn.buf, conn.since = sock, CONNECTING, b"", time.monotonic()
+            conn.reader = FrameReader()
             self.by_fd[sock.fileno()] = conn
             self.ep.register(sock.fileno(), select.EPOLLOUT)
             self.inflight += 1
@@ -527,9 +505,9 @@ class _Fleet:
             if err:
                 self.retry(conn, sock, errno.errorcode.get(err, str(err)))
                 return
-            key = base64.b64encode(os.urandom(16))
+            request, conn.accept = handshake_request(self.host, self.port, self.path)
             try:
-                sock.send(self.request_head + key + b"\r\n\r\n")
+                sock.send(request)
             except OSError as exc:
                 self.retry(conn, sock, type(exc).__name__)
                 return
@@ -546,32 +524,30 @@ class _Fleet:
         else:
             why = "eof"
         if not data:
-            if conn.state == READY:
-                self.lost += 1
-                self.ready -= 1
-                self.errors["lost:" + why] = self.errors.get("lost:" + why, 0) + 1
-                if conn.count >= self.target > 0:
-                    self.reached -= 1
-                self.drop(conn)
-            else:
-                self.retry(conn, sock, "handshake:" + why)
+            self.fail(conn, sock, why)
             return
         if conn.state == HANDSHAKE:
             conn.buf += data
-            if b"\r\n\r\n" not in conn.buf:
+            try:
+                used = parse_handshake_response(conn.buf, conn.accept)
+            except HandshakeError as exc:
+                self.retry(conn, sock, "handshake:" + str(exc)[:40])
                 return
-            head, data = conn.buf.split(b"\r\n\r\n", 1)
-            conn.buf = b""
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.retry(conn, sock, "status:" + head[:12].decode(errors="replace"))
+            if not used:
                 return
+            data, conn.buf = conn.buf[used:], b""
             if self.subscribe:
                 conn.state = WAIT_ESTABLISHED
             else:
                 self.became_ready(conn)
             if not data:
                 return
-        for opcode, payload in _parse_frames(conn, data):
+        try:
+            frames = conn.reader.feed(data)
+        except WireError as exc:
+            self.fail(conn, sock, "wire:" + exc.reason[:40])
+            return
+        for opcode, payload in frames:
             if conn.state == READY:
                 if opcode == 0x1 and MARKER in payload:
                     conn.count += 1
@@ -585,6 +561,18 @@ class _Fleet:
             elif b"pusher:error" in payload or opcode == 0x8:
                 self.retry(conn, sock, "refused:" + payload[:60].decode(errors="replace"))
                 return
+
+    def fail(self, conn: _Conn, sock: socket.socket, why: str) -> None:
+        """The connection ended (or broke the protocol): lost once ready, else retried."""
+        if conn.state == READY:
+            self.lost += 1
+            self.ready -= 1
+            self.errors["lost:" + why] = self.errors.get("lost:" + why, 0) + 1
+            if conn.count >= self.target > 0:
+                self.reached -= 1
+            self.drop(conn)
+        else:
+            self.retry(conn, sock, "handshake:" + why)
 
     def check_stuck(self) -> None:
         now = time.monotonic()

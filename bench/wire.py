@@ -13,7 +13,6 @@ CPU time of a process is the sum of ``/proc/<pid>/task/*/schedstat`` run times (
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import json
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+
+from harness.ws_wire import HandshakeError, handshake_request, parse_handshake_response
 
 REPO = Path(__file__).resolve().parents[1]
 IP_BIND_ADDRESS_NO_PORT = 24
@@ -304,10 +305,7 @@ def open_websockets(host: str, port: int, count: int, sources: Sequence[str],
     conns: dict[int, list[Any]] = {}
     done: list[socket.socket] = []
     deadline = time.monotonic() + timeout
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    request, accept = handshake_request(host, port, path)  # one key serves every connection
     attempts = 0
     while todo or conns:
         if time.monotonic() > deadline:
@@ -342,9 +340,11 @@ def open_websockets(host: str, port: int, count: int, sources: Sequence[str],
                 if not data:
                     raise OSError("closed during handshake")
                 entry[2] += data
-                if b"\r\n\r\n" in entry[2]:
-                    if b" 101 " not in entry[2].split(b"\r\n", 1)[0]:
-                        raise OSError("refused: " + entry[2][:60].decode(errors="replace"))
+                try:
+                    used = parse_handshake_response(entry[2], accept)
+                except HandshakeError as exc:
+                    raise OSError(str(exc)) from exc
+                if used:
                     ep.unregister(fd)
                     del conns[fd]
                     done.append(sock)
