@@ -40,7 +40,6 @@ Internal roles (``--role floor|naive|client``) are the child processes this modu
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import errno
 import json
@@ -63,6 +62,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from harness.spawn import spawn
 from harness.ws_wire import (
     OP_TEXT,
     FrameReader,
@@ -111,27 +111,13 @@ def event_data() -> str:
 
 
 # --------------------------------------------------------------------------- child processes
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class Child:
     """A child process (killed with us) speaking JSON lines / text lines on stdin and stdout."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
                  pipes: bool = True) -> None:
         self.log_path = log_path
-        log = open(log_path, "ab")  # owned by the child for its lifetime
-        try:
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stderr=log,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+        self.proc = spawn(argv, log_path, pipes=pipes, env=env, cwd=REPO)
         self._buf = b""
 
     @property

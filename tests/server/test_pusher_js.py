@@ -22,8 +22,9 @@ import pusher
 import pytest
 import trio
 
+from harness.spawn import die_with_parent
 from server.auth import channel_auth
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc, _die_with_parent
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc
 
 NODE = shutil.which("node")
 COMPAT = REPO / "tests" / "compat"
@@ -173,7 +174,7 @@ async def test_pusher_js_receives_sdk_events_across_the_cluster(
 
     proc = await trio.lowlevel.open_process(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        cwd=COMPAT, preexec_fn=_die_with_parent)
+        cwd=COMPAT, preexec_fn=die_with_parent())
     script = NodeScript(proc, [node1, node2])
     try:
         async with trio.open_nursery() as nursery:

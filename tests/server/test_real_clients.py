@@ -23,6 +23,7 @@ import pusher
 import pytest
 import trio
 
+from harness.spawn import die_with_parent
 from tests.support.client import in_thread
 from tests.support.procs import (
     APP_ID,
@@ -30,7 +31,6 @@ from tests.support.procs import (
     APP_SECRET,
     REPO,
     NodeProc,
-    _die_with_parent,
     app_toml,
 )
 from tests.support.webhook_receiver import WebhookReceiver
@@ -150,7 +150,7 @@ def clients() -> Iterator[Callable[..., Any]]:
         proc = await trio.lowlevel.open_process(
             [NODE, str(COMPAT / "scripted_clients.js")], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=COMPAT,
-            preexec_fn=_die_with_parent, env={"PATH": "/usr/bin:/bin", "SCRIPT_TIMEOUT": "150"})
+            preexec_fn=die_with_parent(), env={"PATH": "/usr/bin:/bin", "SCRIPT_TIMEOUT": "150"})
         script = Script(proc, nodes)
         try:
             async with trio.open_nursery() as nursery:

@@ -1,14 +1,12 @@
 """Start real redis-server and turnout-server processes on free loopback ports for tests.
 
-Every process is started with PR_SET_PDEATHSIG so it dies with the test run, and is killed
-explicitly on teardown.
+Every process is started by harness.spawn (PR_SET_PDEATHSIG: it dies with the test run), and is
+killed explicitly on teardown.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -18,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from harness.spawn import spawn as spawn_child
 
 REPO = Path(__file__).resolve().parents[2]
 APP_ID, APP_KEY, APP_SECRET = "1", "turnout-key", "turnout-secret"
@@ -29,24 +29,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
           nofile: int | None = None) -> subprocess.Popen:
-    """Start ``argv`` logging to ``log_path``; ``nofile`` caps its open files (soft and hard)."""
-    def setup() -> None:
-        _die_with_parent()
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=setup, env=env, cwd=REPO,
-    )
+    """Start ``argv`` from the repo, logging to ``log_path``; ``nofile`` caps its open files."""
+    return spawn_child(argv, log_path, env=env, cwd=REPO, nofile=nofile)
 
 
 def wait_tcp(port: int, timeout: float = 10.0) -> None:
