@@ -62,6 +62,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from harness.procs import HarnessSetupError
+from harness.redis_server import RedisServer, start_redis
 from harness.spawn import spawn
 from harness.ws_wire import (
     OP_TEXT,
@@ -1063,7 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    args.settle, tmp, lambda line: console.print(line, highlight=False))
     started = dt.datetime.now(dt.UTC)
     load = os.getloadavg()
-    redis: Child | None = None
+    redis: RedisServer | None = None
     runs: list[Run] = []
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, args.timeout)
@@ -1071,20 +1073,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         redis_port = None
         if any(s in PUSHER_SERVERS for s in servers):
-            redis_port = free_port()
-            redis = Child(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                          tmp / "redis.log", pipes=False)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", redis_port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or redis.proc.poll() is not None:
-                        raise BenchError(f"redis-server did not start: {redis.log_tail()}"
-                                         ) from None
-                    time.sleep(0.05)
+            try:
+                redis = start_redis(tmp)
+            except HarnessSetupError as exc:
+                raise BenchError(str(exc)) from None
+            redis_port = redis.port
         opts.log(f"fan-out benchmark: {args.connections} connections over {clients} client "
                  f"processes, {args.rounds} rounds x {args.messages} messages; logs in {tmp}")
         for rnd in range(1, args.rounds + 1):
@@ -1099,7 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if redis is not None:
-            redis.kill()
+            redis.stop()
         if ok and not args.keep_logs:
             for path in tmp.iterdir():
                 path.unlink()

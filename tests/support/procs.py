@@ -1,4 +1,5 @@
-"""Start real redis-server and turnout-server processes on free loopback ports for tests.
+"""Start real turnout-server processes on free loopback ports for tests (Redis:
+harness.redis_server.start_redis).
 
 Every process is started by harness.spawn (PR_SET_PDEATHSIG: it dies with the test run), and is
 killed explicitly on teardown.
@@ -44,31 +45,6 @@ def wait_tcp(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
-
-
-@dataclass
-class RedisProc:
-    port: int
-    proc: subprocess.Popen
-    dir: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def start_redis(tmp: Path, port: int | None = None) -> RedisProc:
-    port = port or free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    proc = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no", "--dir", str(tmp)], tmp / f"redis-{port}.log")
-    wait_tcp(port)
-    return RedisProc(port, proc, tmp)
 
 
 @dataclass
