@@ -82,6 +82,11 @@ class NodeProc:
             self.proc.send_signal(signal.SIGTERM)
 
 
+def logs_of(nodes: list[NodeProc], tail: int = 4000) -> str:
+    """The end of each node's log, for a failing test's report."""
+    return "\n".join(f"--- {n.node_id} log (tail) ---\n{n.log()[-tail:]}" for n in nodes)
+
+
 def app_toml(**settings: object) -> str:
     """An [[apps]] table for the test app (APP_ID/APP_KEY/APP_SECRET) with extra settings."""
     lines = ["[[apps]]", f'id = "{APP_ID}"', f'key = "{APP_KEY}"', f'secret = "{APP_SECRET}"']
