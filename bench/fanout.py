@@ -62,6 +62,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from harness.ports import allocate_port as free_port
 from harness.procs import HarnessSetupError
 from harness.redis_server import RedisServer, start_redis
 from harness.spawn import spawn
@@ -182,12 +183,6 @@ class Child:
 
 def _role_argv(role: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bench.fanout", "--role", role, *extra]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- measurements

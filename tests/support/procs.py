@@ -18,16 +18,11 @@ from pathlib import Path
 
 import httpx
 
+from harness.ports import allocate_port as free_port
 from harness.spawn import spawn as spawn_child
 
 REPO = Path(__file__).resolve().parents[2]
 APP_ID, APP_KEY, APP_SECRET = "1", "turnout-key", "turnout-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
