@@ -181,6 +181,20 @@ class Child:
                     pass
 
 
+def upgrade_response(request: bytes) -> bytes:
+    """The 101 a benchmark's stand-in server answers a websocket upgrade request with."""
+    from server.frames import accept_key
+
+    key = ""
+    for line in request.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip().decode("ascii")
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key).encode()
+            + b"\r\n\r\n")
+
+
 def _role_argv(role: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bench.fanout", "--role", role, *extra]
 
@@ -243,7 +257,7 @@ async def _floor_server() -> None:
     """Hand-rolled handshake; broadcast = one non-blocking send of one prebuilt frame each."""
     import trio
 
-    from server.frames import accept_key, encode_text
+    from server.frames import encode_text
 
     frame = encode_text(message_payload())
     conns: set[socket.socket] = set()
@@ -265,14 +279,7 @@ async def _floor_server() -> None:
                 if not data or len(request) > 16384:
                     return
                 request += data
-            key = ""
-            for line in request.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"sec-websocket-key":
-                    key = value.strip().decode("ascii")
-            sock.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                      + accept_key(key).encode() + b"\r\n\r\n")
+            sock.send(upgrade_response(request))
             conns.add(sock)
             while True:
                 await trio.lowlevel.wait_readable(sock)

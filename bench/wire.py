@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from bench.fanout import BenchError, Child, cpu_ns, free_port
+from bench.fanout import BenchError, Child, cpu_ns, free_port, upgrade_response
 from harness.ws_wire import HandshakeError, handshake_request, parse_handshake_response
 
 IP_BIND_ADDRESS_NO_PORT = 24
@@ -85,7 +85,7 @@ def run_source() -> None:
     """Accept upgrades (any path), speak just enough Pusher for the fleet's viewers
     (connection_established, subscription_succeeded, pong) and broadcast one update frame to
     every connection on command, stamped with the monotonic time of the broadcast."""
-    from server.frames import FrameParser, accept_key
+    from server.frames import FrameParser
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -149,14 +149,7 @@ def run_source() -> None:
                     pending[fd] = (sock, req)
                     continue
                 del pending[fd]
-                key = ""
-                for line in req.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"sec-websocket-key":
-                        key = value.strip().decode("ascii")
-                sock.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                          + accept_key(key).encode() + b"\r\n\r\n" + established)
+                sock.send(upgrade_response(req) + established)
                 ready[fd] = sock
                 parsers[fd] = FrameParser(1 << 16)
             else:

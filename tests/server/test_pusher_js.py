@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pusher
@@ -24,6 +22,7 @@ import trio
 from server.auth import channel_auth
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc, logs_of
 from tests.support.scripts import LineScript, start_script
+from tests.support.webhook_receiver import HttpEndpoint
 
 NODE = shutil.which("node")
 COMPAT = REPO / "tests" / "compat"
@@ -38,50 +37,23 @@ DELIVERY_DEADLINE = 60.0
 SCRIPT_TIMEOUT = 150  # the Node script gives up on its own after this many seconds
 
 
-class AuthEndpoint:
-    """A pusher auth endpoint on a thread: POST {"socket_id", "channel_name"} -> {"auth"}."""
+class AuthEndpoint(HttpEndpoint):
+    """A pusher auth endpoint: POST {"socket_id", "channel_name"} -> {"auth"}, signed with a
+    wrong secret for ``bad_channels``."""
 
     def __init__(self, bad_channels: set[str]) -> None:
         self.bad_channels = bad_channels
         self.requests: list[dict[str, str]] = []
-        endpoint = self
+        super().__init__("/pusher/auth", self._sign)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                socket_id, channel = body.get("socket_id"), body.get("channel_name")
-                endpoint.requests.append({"socket_id": socket_id, "channel_name": channel})
-                if not isinstance(socket_id, str) or not isinstance(channel, str):
-                    self._answer(400, {"error": "socket_id and channel_name are required"})
-                    return
-                secret = "wrong-secret" if channel in endpoint.bad_channels else APP_SECRET
-                self._answer(200, {"auth": channel_auth(APP_KEY, secret, socket_id, channel)})
-
-            def _answer(self, status: int, obj: dict[str, Any]) -> None:
-                raw = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pusher/auth"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> AuthEndpoint:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+    def _sign(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str]]:
+        body = json.loads(raw or b"{}")
+        socket_id, channel = body.get("socket_id"), body.get("channel_name")
+        self.requests.append({"socket_id": socket_id, "channel_name": channel})
+        if not isinstance(socket_id, str) or not isinstance(channel, str):
+            return 400, {"error": "socket_id and channel_name are required"}
+        secret = "wrong-secret" if channel in self.bad_channels else APP_SECRET
+        return 200, {"auth": channel_auth(APP_KEY, secret, socket_id, channel)}
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from tests.support.procs import (
     logs_of,
 )
 from tests.support.scripts import LineScript, start_script
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.webhook_receiver import HttpEndpoint, WebhookReceiver
 
 NODE = shutil.which("node")
 COMPAT = REPO / "tests" / "compat"
@@ -50,49 +48,29 @@ def sdk(node: NodeProc | None = None) -> pusher.Pusher:
                          port=node.port, ssl=False, timeout=10)
 
 
-class Backend:
+class Backend(HttpEndpoint):
     """The app's auth endpoint, signing with the official SDK. Channels in ``refuse`` are
     signed with a wrong secret (the server must refuse them)."""
 
     def __init__(self) -> None:
         self.refuse: set[str] = set()
-        backend = self
-        signer, forger = sdk(), pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret="wrong")
+        self.signer = sdk()
+        self.forger = pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret="wrong")
+        super().__init__("/auth", self._sign)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                user = body.get("user_id")
-                info = {"name": f"User {user}"}
-                if body.get("signin"):
-                    user_data = {"id": user, "user_info": info}
-                    if body.get("watchlist"):
-                        user_data["watchlist"] = body["watchlist"]
-                    answer = signer.authenticate_user(body["socket_id"], user_data)
-                else:
-                    channel = body["channel_name"]
-                    client = forger if channel in backend.refuse else signer
-                    custom = {"user_id": user, "user_info": info} \
-                        if channel.startswith("presence-") else None
-                    answer = client.authenticate(channel, body["socket_id"], custom)
-                raw = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _sign(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        body = json.loads(raw)
+        user = body.get("user_id")
+        info = {"name": f"User {user}"}
+        if body.get("signin"):
+            user_data = {"id": user, "user_info": info}
+            if body.get("watchlist"):
+                user_data["watchlist"] = body["watchlist"]
+            return 200, self.signer.authenticate_user(body["socket_id"], user_data)
+        channel = body["channel_name"]
+        client = self.forger if channel in self.refuse else self.signer
+        custom = {"user_id": user, "user_info": info} if channel.startswith("presence-") else None
+        return 200, client.authenticate(channel, body["socket_id"], custom)
 
 
 class Script(LineScript):
