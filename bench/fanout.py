@@ -63,8 +63,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from harness.ports import allocate_port as free_port
-from harness.procs import HarnessSetupError
-from harness.redis_server import RedisServer, start_redis
 from harness.spawn import spawn
 from harness.ws_wire import (
     OP_TEXT,
@@ -1060,6 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from rich.console import Console
+
+    from harness.procs import HarnessSetupError
+    from harness.redis_server import RedisServer, start_redis
 
     console = Console(stderr=True)
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
