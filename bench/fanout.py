@@ -40,8 +40,6 @@ Internal roles (``--role floor|naive|client``) are the child processes this modu
 from __future__ import annotations
 
 import argparse
-import base64
-import ctypes
 import datetime as dt
 import errno
 import json
@@ -63,6 +61,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+
+from harness.ports import allocate_port as free_port
+from harness.spawn import spawn
+from harness.ws_wire import (
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    WireError,
+    handshake_request,
+    masked_frame,
+    parse_handshake_response,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = ("floor", "naive", "asyncio", "turnout", "sockudo")
@@ -102,27 +112,13 @@ def event_data() -> str:
 
 
 # --------------------------------------------------------------------------- child processes
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class Child:
     """A child process (killed with us) speaking JSON lines / text lines on stdin and stdout."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
                  pipes: bool = True) -> None:
         self.log_path = log_path
-        log = open(log_path, "ab")  # owned by the child for its lifetime
-        try:
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stderr=log,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+        self.proc = spawn(argv, log_path, pipes=pipes, env=env, cwd=REPO)
         self._buf = b""
 
     @property
@@ -183,14 +179,22 @@ class Child:
                     pass
 
 
+def upgrade_response(request: bytes) -> bytes:
+    """The 101 a benchmark's stand-in server answers a websocket upgrade request with."""
+    from server.frames import accept_key
+
+    key = ""
+    for line in request.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip().decode("ascii")
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key).encode()
+            + b"\r\n\r\n")
+
+
 def _role_argv(role: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bench.fanout", "--role", role, *extra]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- measurements
@@ -251,7 +255,7 @@ async def _floor_server() -> None:
     """Hand-rolled handshake; broadcast = one non-blocking send of one prebuilt frame each."""
     import trio
 
-    from server.frames import accept_key, encode_text
+    from server.frames import encode_text
 
     frame = encode_text(message_payload())
     conns: set[socket.socket] = set()
@@ -273,14 +277,7 @@ async def _floor_server() -> None:
                 if not data or len(request) > 16384:
                     return
                 request += data
-            key = ""
-            for line in request.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"sec-websocket-key":
-                    key = value.strip().decode("ascii")
-            sock.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                      + accept_key(key).encode() + b"\r\n\r\n")
+            sock.send(upgrade_response(request))
             conns.add(sock)
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -401,47 +398,17 @@ CONNECTING, HANDSHAKE, WAIT_ESTABLISHED, WAIT_SUBSCRIBED, READY = range(5)
 
 
 class _Conn:
-    __slots__ = ("attempts", "buf", "count", "since", "sock", "state")
+    __slots__ = ("accept", "attempts", "buf", "count", "reader", "since", "sock", "state")
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.state = CONNECTING
-        self.buf = b""
+        self.buf = b""  # the handshake response, until it is whole
+        self.accept = b""
+        self.reader = FrameReader()
         self.count = 0
         self.attempts = 0
         self.since = 0.0
-
-
-def _masked_text(payload: bytes) -> bytes:
-    n = len(payload)
-    assert n < 126
-    mask = os.urandom(4)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return bytes((0x81, 0x80 | n)) + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(
-        n, "little")
-
-
-def _parse_frames(conn: _Conn, data: bytes) -> list[tuple[int, bytes]]:
-    buf = conn.buf + data if conn.buf else data
-    out = []
-    pos, end = 0, len(buf)
-    while end - pos >= 2:
-        n = buf[pos + 1] & 0x7F
-        head = 2
-        if n == 126:
-            if end - pos < 4:
-                break
-            n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-        elif n == 127:
-            if end - pos < 10:
-                break
-            n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-        if end - pos < head + n:
-            break
-        out.append((buf[pos] & 0x0F, buf[pos + head:pos + head + n]))
-        pos += head + n
-    conn.buf = buf[pos:] if pos < end else b""
-    return out
 
 
 class _Fleet:
@@ -453,11 +420,9 @@ class _Fleet:
         self.source: str = cmd["source"]
         self.subscribe: str | None = cmd.get("subscribe")
         self.count: int = cmd["count"]
-        self.request_head = (f"GET {cmd['path']} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                             "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ").encode()
+        self.path: str = cmd["path"]
         sub = json.dumps({"event": "pusher:subscribe", "data": {"channel": self.subscribe}})
-        self.subscribe_frame = _masked_text(sub.encode()) if self.subscribe else b""
+        self.subscribe_frame = masked_frame(OP_TEXT, sub.encode()) if self.subscribe else b""
         self.ep = ep
         self.by_fd: dict[int, _Conn] = {}
         self.todo: list[_Conn] = [_Conn() for _ in range(self.count)]
@@ -486,6 +451,7 @@ class _Fleet:
                 self.retry(conn, None, errno.errorcode.get(err, str(err)))
                 continue
             conn.sock, conn.state, conn.buf, conn.since = sock, CONNECTING, b"", time.monotonic()
+            conn.reader = FrameReader()
             self.by_fd[sock.fileno()] = conn
             self.ep.register(sock.fileno(), select.EPOLLOUT)
             self.inflight += 1
@@ -527,9 +493,9 @@ class _Fleet:
             if err:
                 self.retry(conn, sock, errno.errorcode.get(err, str(err)))
                 return
-            key = base64.b64encode(os.urandom(16))
+            request, conn.accept = handshake_request(self.host, self.port, self.path)
             try:
-                sock.send(self.request_head + key + b"\r\n\r\n")
+                sock.send(request)
             except OSError as exc:
                 self.retry(conn, sock, type(exc).__name__)
                 return
@@ -546,32 +512,30 @@ class _Fleet:
         else:
             why = "eof"
         if not data:
-            if conn.state == READY:
-                self.lost += 1
-                self.ready -= 1
-                self.errors["lost:" + why] = self.errors.get("lost:" + why, 0) + 1
-                if conn.count >= self.target > 0:
-                    self.reached -= 1
-                self.drop(conn)
-            else:
-                self.retry(conn, sock, "handshake:" + why)
+            self.fail(conn, sock, why)
             return
         if conn.state == HANDSHAKE:
             conn.buf += data
-            if b"\r\n\r\n" not in conn.buf:
+            try:
+                used = parse_handshake_response(conn.buf, conn.accept)
+            except HandshakeError as exc:
+                self.retry(conn, sock, "handshake:" + str(exc)[:40])
                 return
-            head, data = conn.buf.split(b"\r\n\r\n", 1)
-            conn.buf = b""
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.retry(conn, sock, "status:" + head[:12].decode(errors="replace"))
+            if not used:
                 return
+            data, conn.buf = conn.buf[used:], b""
             if self.subscribe:
                 conn.state = WAIT_ESTABLISHED
             else:
                 self.became_ready(conn)
             if not data:
                 return
-        for opcode, payload in _parse_frames(conn, data):
+        try:
+            frames = conn.reader.feed(data)
+        except WireError as exc:
+            self.fail(conn, sock, "wire:" + exc.reason[:40])
+            return
+        for opcode, payload in frames:
             if conn.state == READY:
                 if opcode == 0x1 and MARKER in payload:
                     conn.count += 1
@@ -585,6 +549,18 @@ class _Fleet:
             elif b"pusher:error" in payload or opcode == 0x8:
                 self.retry(conn, sock, "refused:" + payload[:60].decode(errors="replace"))
                 return
+
+    def fail(self, conn: _Conn, sock: socket.socket, why: str) -> None:
+        """The connection ended (or broke the protocol): lost once ready, else retried."""
+        if conn.state == READY:
+            self.lost += 1
+            self.ready -= 1
+            self.errors["lost:" + why] = self.errors.get("lost:" + why, 0) + 1
+            if conn.count >= self.target > 0:
+                self.reached -= 1
+            self.drop(conn)
+        else:
+            self.retry(conn, sock, "handshake:" + why)
 
     def check_stuck(self) -> None:
         now = time.monotonic()
@@ -1083,13 +1059,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from harness.procs import HarnessSetupError
+    from harness.redis_server import RedisServer, start_redis
+
     console = Console(stderr=True)
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     opts = Options(args.connections, args.rounds, args.messages, clients, servers, args.pause,
                    args.settle, tmp, lambda line: console.print(line, highlight=False))
     started = dt.datetime.now(dt.UTC)
     load = os.getloadavg()
-    redis: Child | None = None
+    redis: RedisServer | None = None
     runs: list[Run] = []
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, args.timeout)
@@ -1097,20 +1076,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         redis_port = None
         if any(s in PUSHER_SERVERS for s in servers):
-            redis_port = free_port()
-            redis = Child(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                          tmp / "redis.log", pipes=False)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", redis_port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or redis.proc.poll() is not None:
-                        raise BenchError(f"redis-server did not start: {redis.log_tail()}"
-                                         ) from None
-                    time.sleep(0.05)
+            try:
+                redis = start_redis(tmp)
+            except HarnessSetupError as exc:
+                raise BenchError(str(exc)) from None
+            redis_port = redis.port
         opts.log(f"fan-out benchmark: {args.connections} connections over {clients} client "
                  f"processes, {args.rounds} rounds x {args.messages} messages; logs in {tmp}")
         for rnd in range(1, args.rounds + 1):
@@ -1125,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if redis is not None:
-            redis.kill()
+            redis.stop()
         if ok and not args.keep_logs:
             for path in tmp.iterdir():
                 path.unlink()

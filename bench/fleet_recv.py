@@ -105,7 +105,7 @@ class FloorReceiver:
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
         self.child.send({"host": "127.0.0.1", "port": port, "count": connections,
                          "sources": sources})
-        got = self.child.read_json(180)["connected"]
+        got = self.child.read_json(time.monotonic() + 180)["connected"]
         if got != connections:
             raise BenchError(f"floor: {got} of {connections} connected")
         self.connections = connections
@@ -125,7 +125,7 @@ def measure(kind: str, work: Path, connections: int, messages: int,
     receiver: FleetReceiver | FloorReceiver | None = None
     started = time.monotonic()
     try:
-        port = int(source.read_json(15)["port"])
+        port = int(source.read_json(time.monotonic() + 15)["port"])
         if kind == "fleet":
             receiver = FleetReceiver(work, port, connections, sources)
             receiver.wait("subscribed", connections, 180)
@@ -140,12 +140,12 @@ def measure(kind: str, work: Path, connections: int, messages: int,
         cpu_src0, cpu0, t0 = cpu_ns(source.pid), cpu_ns(receiver.pid), time.monotonic()
         for _ in range(messages):
             source.send({"cmd": "send"})
-            source.read_json(30)
+            source.read_json(time.monotonic() + 30)
             time.sleep(0.1)
         if isinstance(receiver, FleetReceiver):
             receiver.wait("delivered", connections * messages, 120)
         else:
-            receiver.child.read_json(120)
+            receiver.child.read_json(time.monotonic() + 120)
         cpu1, cpu_src1 = cpu_ns(receiver.pid), cpu_ns(source.pid)
         times1 = psutil.Process(receiver.pid).cpu_times()
         deliveries = connections * messages

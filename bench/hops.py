@@ -184,14 +184,14 @@ def measure(config: str, connections: int, messages: int, work: Path,
     source = Child(_python_role("bench.wire", "source"), work / f"source-{config}.log")
     children = [source]
     try:
-        port = source.read_json(15)["port"]
+        port = source.read_json(time.monotonic() + 15)["port"]
         hop = build(config, port, work, connections)
         children += hop.children
         sink = Child(_python_role("bench.wire", "floor-sink"), work / f"sink-{config}.log")
         children.append(sink)
         sink.send({"host": "127.0.0.1", "port": hop.port, "count": connections,
                    "sources": sources})
-        got = sink.read_json(180)["connected"]
+        got = sink.read_json(time.monotonic() + 180)["connected"]
         if got != connections:
             raise BenchError(f"{config}: {got} of {connections} connected")
         time.sleep(1.0)
@@ -203,8 +203,8 @@ def measure(config: str, connections: int, messages: int, work: Path,
             before = {k: cpu_ns(pid) for k, pid in procs.items()}
             sink.send({"cmd": "expect", "frames": connections})
             source.send({"cmd": "send"})
-            source.read_json(30)
-            sink.read_json(60)
+            source.read_json(time.monotonic() + 30)
+            sink.read_json(time.monotonic() + 60)
             after = {k: cpu_ns(pid) for k, pid in procs.items()}
             for k in procs:
                 samples[k].append((after[k] - before[k]) / 1000 / connections)

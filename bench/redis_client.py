@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,34 +27,11 @@ from typing import Any
 
 import trio
 
+from harness.procs import HarnessSetupError
+from harness.redis_server import start_redis
 from server.redis_link import RedisClient
 
 CLIENTS = ("redis-py (blocking)", "turnout RedisClient (trio)", "coredis (trio via anyio)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench.redis_client: redis-server is not on PATH (run scripts/setup.sh)")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit(f"bench.redis_client: redis-server did not listen on {port} within 10 s")
 
 
 def _time_sync(n: int, call: Callable[[], Any]) -> float:
@@ -110,8 +85,11 @@ async def _measure_coredis(port: int, n: int) -> dict[str, float]:
 def run(round_trips: int, rounds: int) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {c: {"ping": [], "hmget": []} for c in CLIENTS}
     with tempfile.TemporaryDirectory(prefix="turnout-bench-redis-") as tmp:
-        port = _free_port()
-        redis_process = _start_redis(port, Path(tmp))
+        try:
+            redis = start_redis(Path(tmp))
+        except HarnessSetupError as exc:
+            sys.exit(f"bench.redis_client: {exc}")
+        port = redis.port
         try:
             subprocess.run(["redis-cli", "-p", str(port), "HSET", "bench:m", "offset", "42",
                             "epoch", "0123abcd"], check=False, capture_output=True)
@@ -125,8 +103,7 @@ def run(round_trips: int, rounds: int) -> dict[str, Any]:
                     for op, value in by_op.items():
                         samples[client][op].append(value)
         finally:
-            redis_process.kill()
-            redis_process.wait()
+            redis.stop()
     floor = {op: statistics.median(samples[CLIENTS[0]][op]) for op in ("ping", "hmget")}
     out: dict[str, Any] = {"round_trips": round_trips, "rounds": rounds, "clients": {}}
     for client in CLIENTS:

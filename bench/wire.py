@@ -7,38 +7,29 @@ then does nothing but ``epoll`` + ``recv`` and count frames: the raw receive flo
 plain ``select.epoll`` loops (no trio), controlled by JSON lines on stdin/stdout, and die with
 their parent.
 
-CPU time of a process is the sum of ``/proc/<pid>/task/*/schedstat`` run times (ns), as in
-``bench.fanout``.
+Child processes, their CPU time (``/proc/<pid>/task/*/schedstat``) and BenchError are
+``bench.fanout``'s, re-exported here for the delivery benchmarks.
 """
 
 from __future__ import annotations
 
-import base64
-import ctypes
 import json
 import os
 import select
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.fanout import BenchError, Child, cpu_ns, free_port, upgrade_response
+from harness.ws_wire import HandshakeError, handshake_request, parse_handshake_response
+
 IP_BIND_ADDRESS_NO_PORT = 24
 CHANNEL = "results-3"
 EPOCH = "9f1c2a7b"
-
-
-class BenchError(Exception):
-    """A benchmark could not measure (a process died, connections failed...)."""
-
-
 FRAME_LEN = 760  # every broadcast frame of the benchmarks is exactly this long
 
 
@@ -70,100 +61,6 @@ def event_message(offset: int, seq: int | None = None, t: float | None = None) -
     return message
 
 
-# --------------------------------------------------------------------------- processes
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Child:
-    """A child process (killed with us) speaking JSON lines on stdin/stdout."""
-
-    def __init__(self, argv: Sequence[str], log_path: Path,
-                 env: dict[str, str] | None = None, pipes: bool = True) -> None:
-        self.log_path = log_path
-        log = open(log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                list(argv), cwd=REPO, env=env, stderr=log,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log, preexec_fn=_die_with_parent)
-        finally:
-            log.close()
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def read_json(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"timed out waiting for {self.log_path.name}")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise BenchError(f"{self.log_path.name} exited: {self.log_tail()}")
-                self._buf += chunk
-            elif self.proc.poll() is not None:
-                raise BenchError(f"{self.log_path.name} exited: {self.log_tail()}")
-        line, self._buf = self._buf.split(b"\n", 1)
-        return cast(dict[str, Any], json.loads(line))
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` in nanoseconds (scheduler run time)."""
-    total = 0
-    task_dir = f"/proc/{pid}/task"
-    try:
-        tids = os.listdir(task_dir)
-    except FileNotFoundError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"{task_dir}/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -188,7 +85,7 @@ def run_source() -> None:
     """Accept upgrades (any path), speak just enough Pusher for the fleet's viewers
     (connection_established, subscription_succeeded, pong) and broadcast one update frame to
     every connection on command, stamped with the monotonic time of the broadcast."""
-    from server.frames import FrameParser, accept_key
+    from server.frames import FrameParser
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -252,14 +149,7 @@ def run_source() -> None:
                     pending[fd] = (sock, req)
                     continue
                 del pending[fd]
-                key = ""
-                for line in req.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"sec-websocket-key":
-                        key = value.strip().decode("ascii")
-                sock.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                          + accept_key(key).encode() + b"\r\n\r\n" + established)
+                sock.send(upgrade_response(req) + established)
                 ready[fd] = sock
                 parsers[fd] = FrameParser(1 << 16)
             else:
@@ -304,10 +194,7 @@ def open_websockets(host: str, port: int, count: int, sources: Sequence[str],
     conns: dict[int, list[Any]] = {}
     done: list[socket.socket] = []
     deadline = time.monotonic() + timeout
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    request, accept = handshake_request(host, port, path)  # one key serves every connection
     attempts = 0
     while todo or conns:
         if time.monotonic() > deadline:
@@ -342,9 +229,11 @@ def open_websockets(host: str, port: int, count: int, sources: Sequence[str],
                 if not data:
                     raise OSError("closed during handshake")
                 entry[2] += data
-                if b"\r\n\r\n" in entry[2]:
-                    if b" 101 " not in entry[2].split(b"\r\n", 1)[0]:
-                        raise OSError("refused: " + entry[2][:60].decode(errors="replace"))
+                try:
+                    used = parse_handshake_response(entry[2], accept)
+                except HandshakeError as exc:
+                    raise OSError(str(exc)) from exc
+                if used:
                     ep.unregister(fd)
                     del conns[fd]
                     done.append(sock)

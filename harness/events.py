@@ -33,7 +33,7 @@ the same zero. Events:
 - ``stopped``: the run was cancelled (SIGTERM, SIGHUP, Ctrl-C) before its check: no verdict.
 - ``verdict``: the final ``report`` (report.json's content) and ``exit_code``.
 
-Commands flow the other way through ``control.sock`` (see harness.control).
+Commands flow the other way through ``control.sock`` (see harness.control_server).
 """
 
 from __future__ import annotations

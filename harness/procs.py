@@ -7,9 +7,9 @@ Guarantees, in the order they kick in:
 2. Process groups: every child leads its own group, so teardown also reaches grandchildren,
    and a Ctrl-C in the terminal (SIGINT to the foreground group) hits only the harness, which
    then tears down in order instead of every child dying at once.
-3. ``PR_SET_PDEATHSIG=SIGKILL``: if the harness itself is SIGKILLed, the kernel kills the
-   children.  The death signal fires when the *thread* that forked the child exits, which is
-   why children are forked from the trio thread with a plain :class:`subprocess.Popen`:
+3. ``PR_SET_PDEATHSIG=SIGKILL`` (harness.spawn): if the harness itself is SIGKILLed, the kernel
+   kills the children.  The death signal fires when the *thread* that forked the child exits,
+   which is why children are forked from the trio thread with a plain :class:`subprocess.Popen`:
    ``trio.lowlevel.open_process`` forks from a worker thread of trio's thread cache, and those
    threads exit after idling, which would SIGKILL perfectly healthy children seconds later.
 
@@ -19,15 +19,12 @@ short poll as fallback where pidfds do not exist.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
 import math
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -38,6 +35,8 @@ from typing import Final, NoReturn, final
 import httpx
 import psutil
 import trio
+
+from .spawn import spawn
 
 __all__ = [
     "HarnessSetupError",
@@ -139,36 +138,6 @@ def http_ready(url: str, *, status: int = 200) -> ReadyCheck:
             return response.status_code == status
 
     return probe
-
-
-# --- pdeathsig -----------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG: Final = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    prctl = libc.prctl
-    # Resolved and typed here, in the parent: the forked child must do as little as possible.
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_prctl = _load_prctl()
-
-
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child between fork and exec
-        if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(126)
-        # The parent may have died before prctl ran; then no signal will ever come.
-        if os.getppid() != parent_pid:
-            os._exit(126)
-
-    return preexec
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -350,23 +319,13 @@ class ManagedProcess:
         with self.log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"=== {stamp} start #{self._starts}: {list(self.spec.argv)}\n".encode())
-            log.flush()
-            try:
-                popen = subprocess.Popen(
-                    list(self.spec.argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.spec.cwd,
-                    env=env,
-                    process_group=0,
-                    preexec_fn=_child_setup(os.getpid()),
-                    close_fds=True,
-                )
-            except (FileNotFoundError, PermissionError) as exc:
-                raise HarnessSetupError(
-                    f"{self.spec.argv[0]} cannot be executed ({self.name}): {exc}"
-                ) from exc
+        try:
+            popen = spawn(self.spec.argv, self.log_path, env=env, cwd=self.spec.cwd,
+                          new_group=True)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise HarnessSetupError(
+                f"{self.spec.argv[0]} cannot be executed ({self.name}): {exc}"
+            ) from exc
         self._popen = popen
         self._exited = trio.Event()
         self._returncode = None

@@ -38,7 +38,7 @@ import orjson
 import trio
 
 from . import checker, leak_check
-from .control import serve_control
+from .control_server import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
 from .experiment import Experiment

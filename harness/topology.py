@@ -60,12 +60,12 @@ from harness.procs import (
     ProcessSpec,
     ProcState,
     ProcStats,
-    ReadyCheck,
     Supervisor,
     find_binary,
     open_supervisor,
     tcp_ready,
 )
+from harness.redis_server import redis_argv, redis_ready
 from harness.servers import NodeLaunch, ServerAdapter, server_adapter
 from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
 
@@ -81,7 +81,6 @@ __all__ = [
     "TopologyStatistics",
     "check_haproxy_config",
     "lane_capacity",
-    "redis_ready",
     "render_haproxy_config",
     "run_topology",
 ]
@@ -456,23 +455,6 @@ class Topology:
 # --- building blocks -----------------------------------------------------------------------
 
 
-def redis_ready(host: str, port: int) -> ReadyCheck:
-    """Ready once Redis answers PING with +PONG (not -LOADING)."""
-
-    async def probe() -> bool:
-        with trio.move_on_after(1.0):
-            try:
-                stream = await trio.open_tcp_stream(host, port)
-            except OSError:
-                return False
-            async with stream:
-                await stream.send_all(b"PING\r\n")
-                return (await stream.receive_some(64)).startswith(b"+PONG")
-        return False
-
-    return probe
-
-
 def render_haproxy_config(
     *,
     lane: int,
@@ -594,22 +576,6 @@ def lane_source_address(lane: int) -> str:
     return f"127.0.1.{lane + 1}"
 
 
-def _redis_argv(binary: str, port: int, data_dir: Path) -> list[str]:
-    return [
-        binary,
-        "--port", str(port),
-        "--bind", LOOPBACK,
-        # Persisted like a production Redis: a graceful restart (restart_redis) keeps every
-        # stream and epoch; restart_redis with flush=true deletes the data to lose it all.
-        "--save", "",
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--dir", str(data_dir),
-        "--logfile", "",  # stdout, i.e. the supervisor's log file
-    ]  # fmt: skip
-
-
-
 async def _concurrently(thunks: Sequence[Callable[[], Awaitable[object]]]) -> None:
     """Run setup steps concurrently; re-raise the first real failure unwrapped, so run_topology
     fails with e.g. ``ProcessFailed: node-2 exited...`` rather than a nested ExceptionGroup."""
@@ -699,7 +665,8 @@ async def run_topology(
         topo.redis = await supervisor.start(
             ProcessSpec(
                 name="redis",
-                argv=_redis_argv(binaries["redis-server"], topo.redis_port, run_dir / "redis"),
+                argv=redis_argv(binaries["redis-server"], topo.redis_port, run_dir / "redis",
+                                persist=True),
                 ready=redis_ready(LOOPBACK, topo.redis_port),
                 ready_timeout=timeout,
             )

@@ -28,6 +28,7 @@ __all__ = [
     "FrameReader",
     "HandshakeError",
     "WireError",
+    "client_frame",
     "close_payload",
     "handshake_request",
     "masked_frame",
@@ -97,18 +98,7 @@ def parse_handshake_response(buf: bytes, accept: bytes) -> int:
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """One unfragmented client frame, masked with a random key (RFC 6455 5.3)."""
-    n = len(payload)
-    mask = os.urandom(4)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
-    if n:
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-        payload = (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
-    return head + mask + payload
+    return client_frame(opcode, payload)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -207,3 +197,34 @@ class FrameReader:
                 raise WireError(1002, f"unknown data opcode {opcode:#x}")
         self.buffer = buf[pos:] if pos < end else b""
         return out
+
+
+# --- client frames: the one encoder ---------------------------------------------------------
+# Every client frame of the harness, the benchmarks and the tests is built here; the knobs
+# beyond ``fin`` exist so tests of a peer's parser can break the rules on purpose.
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,
+                 key: bytes | None = None, rsv: int = 0, length: int | None = None) -> bytes:
+    """One client frame (RFC 6455 5.2), masked with ``key`` (4 random bytes unless given).
+
+    Valid by default. On purpose, for tests: ``mask=False`` sends it unmasked, ``rsv`` sets the
+    reserved bits, ``length`` announces a length other than the payload's.
+    """
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((b0, bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, bit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4) if key is None else key
+    size = len(payload)
+    if size:
+        stream = int.from_bytes((key * (size // 4 + 1))[:size], "little")
+        payload = (int.from_bytes(payload, "little") ^ stream).to_bytes(size, "little")
+    return head + key + payload

@@ -27,3 +27,18 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean_on_the_packages() -> None:
     result = _run([sys.executable, "-m", "mypy", "server", "harness", "tui"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("package", ["server", "tui"])
+def test_public_surface_is_re_exported_explicitly(package: str) -> None:
+    """``from .x import Y as Y`` for every public name, as trio does, and __all__ lists them."""
+    import ast
+    import importlib
+
+    tree = ast.parse((REPO / package / "__init__.py").read_text())
+    imported = [alias for node in tree.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names]
+    assert imported, f"{package}/__init__.py re-exports nothing"
+    assert [a.name for a in imported if a.asname != a.name] == []
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(a.name for a in imported)

@@ -2,7 +2,7 @@
 
 The app opens on the experiment browser (tui.screens.browser). A run is shown by the live run
 screen (tui.screens.live), fed by the run folder's events.jsonl and driving its control.sock;
-harness/events.py and harness/control.py define both, docs/tui.md explains them.
+harness/events.py and harness/control_server.py define both, docs/tui.md explains them.
 """
 
 from __future__ import annotations

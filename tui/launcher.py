@@ -8,46 +8,16 @@ the folder like any other run. The child's console output goes to ``DIR/logs/tur
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from harness.spawn import die_with_parent
 
 __all__ = ["HarnessProcess"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    prctl = libc.prctl
-    # Resolved here, in the parent: the forked child must do as little as possible.
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_prctl = _load_prctl()
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """In the child: SIGTERM when the TUI dies, however it dies (a closed terminal, a kill):
-    the harness then tears its cluster down in order, as on a stop key (harness.cli's signal
-    handling), instead of running on unwatched."""
-    def preexec() -> None:
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the TUI died before prctl ran
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 class HarnessProcess:
@@ -86,7 +56,10 @@ class HarnessProcess:
                 # Its own session: keys and signals meant for the TUI do not reach it;
                 # stop() sends SIGTERM, which the harness turns into an orderly teardown,
                 # and so does the kernel if the TUI dies first.
-                start_new_session=True, env=env, preexec_fn=_die_with_parent(os.getpid()))
+                start_new_session=True, env=env,
+                # SIGTERM when the TUI dies, however (a closed terminal, a kill): the harness
+                # then tears its cluster down in order instead of running on unwatched.
+                preexec_fn=die_with_parent(signal.SIGTERM))
         return cls(experiment_file, run_dir, process)
 
     def terminate(self) -> None:

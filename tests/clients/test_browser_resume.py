@@ -35,9 +35,10 @@ import httpx
 import trio
 
 from harness.topology import Topology, TopologySpec, run_topology
-from tests.clients.fleet import Fleet, start_fleet
+from tests.clients.fleet import start_fleet
 from tests.support.client import signed_post
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET
+from tests.support.scripts import LineScript
 
 PUBLISH_INTERVAL_S = 0.1
 STEADY_S = 2.5  # publishing before the kill
@@ -107,11 +108,11 @@ def outcome(got: list[int], acked: list[int]) -> dict[str, Any]:
             "in_order": got == sorted(got), "first_missing": missing[:5]}
 
 
-def received(fleet: Fleet, client: str, channel: str) -> list[int]:
+def received(fleet: LineScript, client: str, channel: str) -> list[int]:
     return [r["id"] for r in fleet.of("delivery", client=client, channel=channel)]
 
 
-def reconnects(fleet: Fleet, client: str) -> int:
+def reconnects(fleet: LineScript, client: str) -> int:
     """Times the page's pusher-js left the connected state (before the fleet was stopped)."""
     return sum(1 for r in fleet.of("state", client=client) if r["previous"] == "connected"
                and r["current"] != "disconnected")
@@ -131,8 +132,8 @@ async def test_browser_pages_keep_every_update_through_node_kill_and_drain(
         entry = topo.lanes[0].entry
         where = {"key": APP_KEY, "secret": APP_SECRET, "ws_host": entry.listen_host,
                  "ws_port": entry.listen_port}
-        fleet = await start_fleet(nursery, "browser-fleet", **where)
-        node_fleet = await start_fleet(nursery, "node-fleet", **where)
+        fleet = await start_fleet(nursery, "browser-fleet", tmp_path, **where)
+        node_fleet = await start_fleet(nursery, "node-fleet", tmp_path, **where)
         try:
             await _scenario(topo, fleet, node_fleet, channels, summary, nursery)
         finally:
@@ -141,13 +142,13 @@ async def test_browser_pages_keep_every_update_through_node_kill_and_drain(
                 (tmp_path / f"{name}-records.jsonl").write_text(
                     "".join(json.dumps(r) + "\n" for r in which.records))
             with trio.CancelScope(shield=True):
-                await fleet.stop()
-                await node_fleet.stop()
+                await fleet.stop(30, farewell={"op": "stop"})
+                await node_fleet.stop(30, farewell={"op": "stop"})
             nursery.cancel_scope.cancel()
     print(json.dumps(summary, indent=2))
 
 
-async def _scenario(topo: Topology, fleet: Fleet, node_fleet: Fleet, channels: list[str],
+async def _scenario(topo: Topology, fleet: LineScript, node_fleet: LineScript, channels: list[str],
                     summary: dict[str, Any], nursery: trio.Nursery) -> None:
     # --- pages, one at a time, each located on its node ---------------------------------------
     placement: dict[str, str] = {}

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import trio
 
+from harness.redis_server import start_redis
 from tests.support.haproxy import start_haproxy
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, start_node, start_redis
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, start_node
 
 from .live import Bystander, Target, fuzz
 

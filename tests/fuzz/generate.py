@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from harness.ws_wire import client_frame
 from server.auth import channel_auth, sign_request
 
 __all__ = ["EVIL_STRINGS", "HEADER_NAMES", "METHODS", "TARGETS", "Generator"]
@@ -256,45 +257,26 @@ class Generator:
         raw = json.dumps(message).encode()
         return self.mutate(raw) if self.rng.random() < 0.1 else raw
 
-    def frame(self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
-              mask: bool = True, length: int | None = None) -> bytes:
-        n = len(payload) if length is None else length
-        b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-        bit = 0x80 if mask else 0
-        if n < 126:
-            head = bytes((b0, bit | n))
-        elif n < 65536:
-            head = struct.pack("!BBH", b0, bit | 126, n)
-        else:
-            head = struct.pack("!BBQ", b0, bit | 127, n)
-        if not mask:
-            return head + payload
-        key = os.urandom(4)
-        stream = (key * (len(payload) // 4 + 1))[:len(payload)]
-        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(
-            len(payload), "little") if payload else b""
-        return head + key + masked
-
     def frames(self, socket_id: str) -> list[bytes]:
         """A burst of client frames after a handshake (each item one write)."""
         out: list[bytes] = []
         for _ in range(self.rng.randint(1, 30)):
             kind: Callable[[], bytes] = self.pick([
-                lambda: self.frame(0x1, self.pusher_message(socket_id)),
-                lambda: self.frame(0x1, self.pusher_message(socket_id)),
-                lambda: self.frame(0x1, self.pusher_message(socket_id)),
+                lambda: client_frame(0x1, self.pusher_message(socket_id)),
+                lambda: client_frame(0x1, self.pusher_message(socket_id)),
+                lambda: client_frame(0x1, self.pusher_message(socket_id)),
                 self._fragmented,
-                lambda: self.frame(self.pick([0x9, 0xA]), os.urandom(self.rng.randint(0, 125))),
+                lambda: client_frame(self.pick([0x9, 0xA]), os.urandom(self.rng.randint(0, 125))),
                 self._close,
-                lambda: self.frame(0x2, os.urandom(self.rng.randint(0, 300))),
-                lambda: self.frame(self.rng.randrange(16), os.urandom(self.rng.randint(0, 200)),
+                lambda: client_frame(0x2, os.urandom(self.rng.randint(0, 300))),
+                lambda: client_frame(self.rng.randrange(16), os.urandom(self.rng.randint(0, 200)),
                                    fin=self.rng.random() < 0.5, rsv=self.rng.randrange(8),
                                    mask=self.rng.random() < 0.8),
-                lambda: self.frame(0x1, b"", length=self.pick([126, 65535, 2**31, 2**63 - 1])),
-                lambda: self.frame(0x1, "\ud800".encode("utf-8", "surrogatepass")),
-                lambda: self.frame(0x0, b"x", fin=self.rng.random() < 0.5),
+                lambda: client_frame(0x1, b"", length=self.pick([126, 65535, 2**31, 2**63 - 1])),
+                lambda: client_frame(0x1, "\ud800".encode("utf-8", "surrogatepass")),
+                lambda: client_frame(0x0, b"x", fin=self.rng.random() < 0.5),
                 self._empty_continuations,
-                lambda: self.mutate(self.frame(0x1, self.pusher_message(socket_id))),
+                lambda: self.mutate(client_frame(0x1, self.pusher_message(socket_id))),
                 lambda: os.urandom(self.rng.randint(1, 64)),
             ])
             out.append(kind())
@@ -307,12 +289,12 @@ class Generator:
         out = b""
         for i, part in enumerate(parts):
             if self.rng.random() < 0.2:
-                out += self.frame(0x9, b"interleaved")
-            out += self.frame(0x1 if i == 0 else 0x0, part, fin=i == len(parts) - 1)
+                out += client_frame(0x9, b"interleaved")
+            out += client_frame(0x1 if i == 0 else 0x0, part, fin=i == len(parts) - 1)
         return out
 
     def _empty_continuations(self) -> bytes:
-        return self.frame(0x1, b"{", fin=False) + self.frame(0x0, b"", fin=False) * \
+        return client_frame(0x1, b"{", fin=False) + client_frame(0x0, b"", fin=False) * \
             self.rng.choice([5, 99, 150, 2000])
 
     def _close(self) -> bytes:
@@ -328,4 +310,4 @@ class Generator:
         else:
             payload = struct.pack("!H", 1000) + self.text(50).encode("utf-8", "surrogatepass")[
                 :123]
-        return self.frame(0x8, payload)
+        return client_frame(0x8, payload)

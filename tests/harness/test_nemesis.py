@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from harness.control import handle_command
+from harness.control_server import handle_command
 from harness.events import EventLog
 from harness.faults import FaultContext, FaultError
 from harness.faults.base import FAULTS, Fault

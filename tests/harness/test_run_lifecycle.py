@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.procs import start_node, start_redis
+from harness.redis_server import start_redis
+from tests.support.procs import start_node
 
 from .runs import REPO, explain, report, turnout_run
 

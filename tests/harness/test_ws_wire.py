@@ -15,6 +15,7 @@ from harness.ws_wire import (
     FrameReader,
     HandshakeError,
     WireError,
+    client_frame,
     close_payload,
     handshake_request,
     masked_frame,
@@ -71,6 +72,17 @@ def test_oversized_message_is_refused_from_its_header() -> None:
 def test_masked_frames_are_what_the_server_parser_reads() -> None:
     for payload in (b"", b'{"event":"pusher:ping","data":{}}', b"q" * 300, b"w" * 70_000):
         assert FrameParser(1 << 20).feed(masked_frame(OP_TEXT, payload)) == [(OP_TEXT, payload)]
+
+
+def test_client_frame_matches_rfc_6455_and_breaks_rules_only_when_told() -> None:
+    # RFC 6455 5.7: a single-frame masked text message containing "Hello".
+    hello = bytes.fromhex("818537fa213d7f9f4d5158")
+    assert client_frame(OP_TEXT, b"Hello", key=bytes.fromhex("37fa213d")) == hello
+    assert client_frame(OP_TEXT, b"Hello", mask=False) == bytes.fromhex("810548656c6c6f")
+    assert client_frame(OP_TEXT, b"Hel", fin=False, mask=False)[0] == 0x01
+    assert client_frame(OP_TEXT, b"", rsv=0b100, mask=False)[0] == 0xC1
+    assert client_frame(OP_TEXT, b"", length=70_000, mask=False)[1:10] == b"\x7f" + (
+        70_000).to_bytes(8, "big")
 
 
 def test_handshake_accepts_only_a_101_with_the_right_key() -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from pytest_trio.enable_trio_mode import *  # noqa: F403
 
-from tests.support.procs import NodeProc, RedisProc, start_node, start_redis
+from harness.redis_server import RedisServer, start_redis
+from tests.support.procs import NodeProc, start_node
 
 
 @pytest.fixture(scope="session")
-def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session; tests isolate themselves by key prefix."""
     proc = start_redis(tmp_path_factory.mktemp("redis"))
     yield proc
@@ -25,7 +26,7 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def start_nodes(
-    tmp_path: Path, redis_proc: RedisProc, key_prefix: str
+    tmp_path: Path, redis_proc: RedisServer, key_prefix: str
 ) -> Iterator[Callable[..., NodeProc]]:
     """Start real turnout-server processes (same Redis, same key prefix); killed on teardown."""
     started: list[NodeProc] = []

@@ -10,7 +10,6 @@ receives an event published afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from collections.abc import Awaitable, Callable
@@ -23,10 +22,11 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from harness.ws_wire import client_frame
 from server.auth import channel_auth, sign_request, user_auth
 from tests.support.client import publish, pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, app_toml
-from tests.support.raw import client_frame, http_exchange, upgrade_request
+from tests.support.raw import http_exchange, upgrade_request
 
 MAX_MESSAGE = 1024  # the node's --max-message-size in this module
 MAX_FRAGMENTS = 100  # the default --max-fragments
@@ -81,23 +81,6 @@ class RawClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
-
-
-def frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True,
-          length: int | None = None) -> bytes:
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | opcode
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((b0, bit | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, bit | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 # ---------------------------------------------------------------------------- cases
@@ -173,7 +156,7 @@ async def oversize_announced(node: NodeProc) -> None:
     # Only a header announcing 1 GiB: refused from the header alone, nothing buffered.
     client = await RawClient.connect(node)
     assert (await client.message())["event"] == "pusher:connection_established"
-    await client.send_raw(frame(0x1, b"", length=1 << 30))
+    await client.send_raw(client_frame(0x1, b"", length=1 << 30))
     assert await client.close_code() == 1009
     await client.aclose()
 
@@ -182,8 +165,8 @@ async def oversize_fragments(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
     chunk = b"x" * (MAX_MESSAGE // 2)
-    await client.send_raw(frame(0x1, chunk, fin=False) + frame(0x0, chunk, fin=False)
-                          + frame(0x0, chunk, fin=True))
+    await client.send_raw(client_frame(0x1, chunk, fin=False) + client_frame(0x0, chunk, fin=False)
+                          + client_frame(0x0, chunk, fin=True))
     assert await client.close_code() == 1009
     await client.aclose()
 
@@ -191,7 +174,7 @@ async def oversize_fragments(node: NodeProc) -> None:
 async def unmasked_frame(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
-    await client.send_raw(frame(0x1, b'{"event":"pusher:ping","data":{}}', mask=False))
+    await client.send_raw(client_frame(0x1, b'{"event":"pusher:ping","data":{}}', mask=False))
     assert await client.close_code() == 1002
     await client.aclose()
 
@@ -199,7 +182,7 @@ async def unmasked_frame(node: NodeProc) -> None:
 async def orphan_continuation(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
-    await client.send_raw(frame(0x0, b"orphan"))
+    await client.send_raw(client_frame(0x0, b"orphan"))
     assert await client.close_code() == 1002
     await client.aclose()
 
@@ -207,7 +190,7 @@ async def orphan_continuation(node: NodeProc) -> None:
 async def reserved_bits(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
-    data = bytearray(frame(0x1, b"{}"))
+    data = bytearray(client_frame(0x1, b"{}"))
     data[0] |= 0x40  # RSV1 without a negotiated extension
     await client.send_raw(bytes(data))
     assert await client.close_code() == 1002
@@ -217,7 +200,7 @@ async def reserved_bits(node: NodeProc) -> None:
 async def invalid_utf8(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
-    await client.send_raw(frame(0x1, b'{"event":"pusher:ping","data":"\xff\xfe"}'))
+    await client.send_raw(client_frame(0x1, b'{"event":"pusher:ping","data":"\xff\xfe"}'))
     assert await client.close_code() == 1007
     await client.aclose()
 
@@ -229,7 +212,7 @@ async def binary_frame(node: NodeProc) -> None:
 async def truncated_frame_then_hangup(node: NodeProc) -> None:
     client = await RawClient.connect(node)
     await client.message()
-    await client.send_raw(frame(0x1, b"x" * 100)[:20])
+    await client.send_raw(client_frame(0x1, b"x" * 100)[:20])
     await client.aclose()
 
 

@@ -1,8 +1,8 @@
 """Unit tests of server/frames.py: the hand-written RFC 6455 parser and encoder.
 
-Frames are built by hand (``client_frame``) to reach every header form and every violation,
-and cross-checked against wsproto: what a wsproto client encodes our parser must decode, and
-what our encoder produces a wsproto client must decode.
+Frames are built with the one client encoder (``harness.ws_wire.client_frame``, whose knobs reach
+every header form and every violation) and cross-checked against wsproto: what a wsproto client
+encodes our parser must decode, and what our encoder produces a wsproto client must decode.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from harness.ws_wire import client_frame
 from server.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -38,24 +39,6 @@ from server.frames import (
 )
 
 MAX = 1024 * 1024
-
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = b"\x01"
-                 b"\x02\x03\x04", rsv: int = 0, length: int | None = None) -> bytes:
-    """One client frame; ``mask=None`` leaves it unmasked, ``length`` overrides the header."""
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    mask_bit = 0x80 if mask is not None else 0
-    if n < 126:
-        header = bytes((b0, mask_bit | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    if mask is None:
-        return header + payload
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
 
 
 def parse_server_frame(frame: bytes) -> tuple[bool, int, bytes]:
@@ -99,7 +82,7 @@ def test_accept_key_matches_what_a_wsproto_client_expects():
 def test_masked_text_of_every_length_form(size):
     payload = os.urandom(size)
     parser = FrameParser(MAX)
-    assert parser.feed(client_frame(OP_TEXT, payload, mask=os.urandom(4))) == [(OP_TEXT, payload)]
+    assert parser.feed(client_frame(OP_TEXT, payload, key=os.urandom(4))) == [(OP_TEXT, payload)]
 
 
 def test_length_header_forms_are_chosen_by_size():
@@ -182,7 +165,7 @@ def test_control_frames_do_not_count_towards_the_fragment_limit():
 
 def test_unmasked_client_frame_is_1002():
     with pytest.raises(FrameError) as exc:
-        FrameParser(MAX).feed(client_frame(OP_TEXT, b"hi", mask=None))
+        FrameParser(MAX).feed(client_frame(OP_TEXT, b"hi", mask=False))
     assert exc.value.code == 1002
 
 

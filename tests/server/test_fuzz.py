@@ -28,6 +28,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.ws_wire import FrameReader, client_frame
 from server.auth import channel_auth, sign_request, user_auth
 from server.broker import PublishResult
 from server.config import AppConfig, Config
@@ -49,7 +50,6 @@ from server.http import serve_socket
 from server.node import Node
 from tests.fuzz.generate import CHANNELS, EVENTS, EVIL_STRINGS, HEADER_NAMES, METHODS, TARGETS
 from tests.support.fakes import CountingCluster, MemoryChannels, RecordingPublisher
-from tests.support.raw import client_frame, read_frame
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -203,12 +203,9 @@ def make_node(**overrides: Any) -> Node:
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Every server frame in ``data``, which must be whole, unmasked, well-formed frames."""
-    buf = bytearray(data)
-    frames = []
-    while buf:
-        frame = read_frame(buf)
-        assert frame is not None, f"truncated server frame in {bytes(buf[:60])!r}"
-        frames.append(frame)
+    reader = FrameReader()
+    frames = reader.feed(data)
+    assert not reader.buffered, f"truncated server frame in {reader.buffer[:60]!r}"
     return frames
 
 

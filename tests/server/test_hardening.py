@@ -21,6 +21,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from harness.redis_server import RedisServer
 from server import api
 from server.config import AppConfig, Config
 from server.node import serve_node
@@ -33,7 +34,7 @@ from tests.support.client import (
     pusher_client,
 )
 from tests.support.haproxy import start_haproxy
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, RedisProc
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc
 from tests.support.raw import drain_raw, http_exchange, raw_subscriber, upgrade_request
 
 
@@ -106,7 +107,7 @@ async def test_the_requests_that_killed_a_node_get_answers(start_nodes, tmp_path
 
 
 async def test_an_unexpected_exception_ends_one_connection_only(
-    redis_proc: RedisProc, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    redis_proc: RedisServer, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # In process, so a bug can be planted; everything else is real (sockets, Redis).

@@ -23,9 +23,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
+from harness.redis_server import start_redis
 from server.auth import sign_request
 from tests.support.client import in_thread, pusher_client
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port, start_redis
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port
 from tests.support.raw import drain_raw, raw_subscriber
 
 TOKEN = "s3cret-chaos-token"

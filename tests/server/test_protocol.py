@@ -14,6 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from harness.redis_server import RedisServer
 from server.auth import channel_auth, sign_request
 from tests.support.client import (
     PusherTestClient,
@@ -23,7 +24,7 @@ from tests.support.client import (
     signed_get,
     signed_post,
 )
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, RedisProc, start_node
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, start_node
 
 
 async def run(fn, *args):
@@ -59,7 +60,7 @@ async def assert_open(client: PusherTestClient) -> None:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, redis_proc: RedisProc) -> Iterator[NodeProc]:
+def node(tmp_path_factory: pytest.TempPathFactory, redis_proc: RedisServer) -> Iterator[NodeProc]:
     """One node with default settings shared by the tests of this module that need no flags.
 
     Starting a node costs about a second; no test here depends on state another left behind.

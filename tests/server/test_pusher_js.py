@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pusher
@@ -23,7 +20,9 @@ import pytest
 import trio
 
 from server.auth import channel_auth
-from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc, _die_with_parent
+from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, REPO, NodeProc, logs_of
+from tests.support.scripts import LineScript, start_script
+from tests.support.webhook_receiver import HttpEndpoint
 
 NODE = shutil.which("node")
 COMPAT = REPO / "tests" / "compat"
@@ -38,102 +37,23 @@ DELIVERY_DEADLINE = 60.0
 SCRIPT_TIMEOUT = 150  # the Node script gives up on its own after this many seconds
 
 
-class AuthEndpoint:
-    """A pusher auth endpoint on a thread: POST {"socket_id", "channel_name"} -> {"auth"}."""
+class AuthEndpoint(HttpEndpoint):
+    """A pusher auth endpoint: POST {"socket_id", "channel_name"} -> {"auth"}, signed with a
+    wrong secret for ``bad_channels``."""
 
     def __init__(self, bad_channels: set[str]) -> None:
         self.bad_channels = bad_channels
         self.requests: list[dict[str, str]] = []
-        endpoint = self
+        super().__init__("/pusher/auth", self._sign)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                socket_id, channel = body.get("socket_id"), body.get("channel_name")
-                endpoint.requests.append({"socket_id": socket_id, "channel_name": channel})
-                if not isinstance(socket_id, str) or not isinstance(channel, str):
-                    self._answer(400, {"error": "socket_id and channel_name are required"})
-                    return
-                secret = "wrong-secret" if channel in endpoint.bad_channels else APP_SECRET
-                self._answer(200, {"auth": channel_auth(APP_KEY, secret, socket_id, channel)})
-
-            def _answer(self, status: int, obj: dict[str, Any]) -> None:
-                raw = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pusher/auth"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> AuthEndpoint:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
-
-
-class NodeScript:
-    """The pusher-js script as a subprocess; its stdout JSON lines collected in ``lines``."""
-
-    def __init__(self, proc: trio.Process, nodes: list[NodeProc]) -> None:
-        self.proc = proc
-        self.stderr = b""
-        self.nodes = nodes
-        self.lines: list[dict[str, Any]] = []
-
-    async def read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        buffer = b""
-        async for chunk in self.proc.stdout:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                if line.strip():
-                    try:
-                        self.lines.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        text = line.decode(errors="replace")
-                        self.lines.append({"type": "unparsed", "text": text})
-
-    async def read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for chunk in self.proc.stderr:
-            self.stderr += chunk
-
-    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("type") == kind
-                and all(line.get(k) == v for k, v in match.items())]
-
-    def report(self) -> str:
-        stderr = self.stderr.decode(errors="replace")
-        nodes = "\n".join(f"--- {n.node_id} log (tail) ---\n{n.log()[-4000:]}" for n in self.nodes)
-        return (f"pusher-js script (exit {self.proc.returncode}) printed:\n"
-                + "\n".join(json.dumps(line) for line in self.lines)
-                + f"\n--- its stderr ---\n{stderr[-4000:]}\n{nodes}")
-
-    async def wait_until(self, condition: Callable[[], bool], what: str, deadline: float) -> None:
-        with trio.move_on_after(deadline):
-            while not condition():
-                if self.proc.returncode is not None:
-                    await trio.sleep(0.2)  # let the reader drain the last lines
-                    if condition():
-                        return
-                    pytest.fail(f"pusher-js script exited before {what}\n{self.report()}")
-                await trio.sleep(0.05)
-            return
-        pytest.fail(f"timed out after {deadline} s waiting for {what}\n{self.report()}")
+    def _sign(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str]]:
+        body = json.loads(raw or b"{}")
+        socket_id, channel = body.get("socket_id"), body.get("channel_name")
+        self.requests.append({"socket_id": socket_id, "channel_name": channel})
+        if not isinstance(socket_id, str) or not isinstance(channel, str):
+            return 400, {"error": "socket_id and channel_name are required"}
+        secret = "wrong-secret" if channel in self.bad_channels else APP_SECRET
+        return 200, {"auth": channel_auth(APP_KEY, secret, socket_id, channel)}
 
 
 @pytest.fixture
@@ -151,7 +71,7 @@ def auth_endpoint() -> Iterator[Callable[[set[str]], AuthEndpoint]]:
 
 
 async def test_pusher_js_receives_sdk_events_across_the_cluster(
-    start_nodes, auth_endpoint
+    start_nodes, auth_endpoint, tmp_path
 ) -> None:
     if not (COMPAT / "node_modules" / "pusher-js").is_dir():
         pytest.fail("tests/compat/node_modules/pusher-js is missing: run scripts/setup.sh "
@@ -171,30 +91,20 @@ async def test_pusher_js_receives_sdk_events_across_the_cluster(
     expected_count = 2 * len(both) + 1 + 1 + 2
     argv += ["--expect", str(expected_count)]
 
-    proc = await trio.lowlevel.open_process(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        cwd=COMPAT, preexec_fn=_die_with_parent)
-    script = NodeScript(proc, [node1, node2])
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(script.read_stdout)
-            nursery.start_soon(script.read_stderr)
+    async with trio.open_nursery() as nursery:
+        script = start_script(nursery, argv, tmp_path / "pusher_client.log",
+                              name="pusher-js script", cwd=COMPAT,
+                              context=lambda: logs_of([node1, node2]))
+        try:
             await _exercise(script, node2, public, private, bad, both, expected_count, auth)
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            with trio.move_on_after(10):
-                await proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    await stream.aclose()
+        finally:
+            with trio.CancelScope(shield=True):
+                await script.stop(0)
 
 
-async def _exercise(script: NodeScript, node2: NodeProc, public: str, private: str, bad: str,
+async def _exercise(script: LineScript, node2: NodeProc, public: str, private: str, bad: str,
                     both: list[dict[str, Any]], expected_count: int, auth: AuthEndpoint) -> None:
-    await script.wait_until(
+    await script.wait_for(
         lambda: bool(script.of("subscription_succeeded", channel=public))
         and bool(script.of("subscription_succeeded", channel=private))
         and bool(script.of("subscription_error", channel=bad)),
@@ -246,7 +156,7 @@ async def _exercise(script: NodeScript, node2: NodeProc, public: str, private: s
     await trio.to_thread.run_sync(publish_all)
     assert sum(len(v) for v in sent.values()) == expected_count
 
-    await script.wait_until(lambda: bool(script.of("done")),
+    await script.wait_for(lambda: bool(script.of("done")),
                             f"{expected_count} events through pusher-js", DELIVERY_DEADLINE)
     (done,) = script.of("done")
     assert done["reason"] == "count", script.report()
@@ -263,6 +173,6 @@ async def _exercise(script: NodeScript, node2: NodeProc, public: str, private: s
     assert not script.of("event", channel=bad), script.report()
     # One connection throughout: the refused subscription did not cost the socket.
     assert len(script.of("connected")) == 1, script.report()
-    before_done = script.lines[:script.lines.index(done)]
+    before_done = script.records[:script.records.index(done)]
     assert not [line for line in before_done
                 if line["type"] == "state" and line["previous"] == "connected"], script.report()

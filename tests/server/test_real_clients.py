@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pusher
@@ -30,10 +28,11 @@ from tests.support.procs import (
     APP_SECRET,
     REPO,
     NodeProc,
-    _die_with_parent,
     app_toml,
+    logs_of,
 )
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.scripts import LineScript, start_script
+from tests.support.webhook_receiver import HttpEndpoint, WebhookReceiver
 
 NODE = shutil.which("node")
 COMPAT = REPO / "tests" / "compat"
@@ -49,120 +48,61 @@ def sdk(node: NodeProc | None = None) -> pusher.Pusher:
                          port=node.port, ssl=False, timeout=10)
 
 
-class Backend:
+class Backend(HttpEndpoint):
     """The app's auth endpoint, signing with the official SDK. Channels in ``refuse`` are
     signed with a wrong secret (the server must refuse them)."""
 
     def __init__(self) -> None:
         self.refuse: set[str] = set()
-        backend = self
-        signer, forger = sdk(), pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret="wrong")
+        self.signer = sdk()
+        self.forger = pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret="wrong")
+        super().__init__("/auth", self._sign)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                user = body.get("user_id")
-                info = {"name": f"User {user}"}
-                if body.get("signin"):
-                    user_data = {"id": user, "user_info": info}
-                    if body.get("watchlist"):
-                        user_data["watchlist"] = body["watchlist"]
-                    answer = signer.authenticate_user(body["socket_id"], user_data)
-                else:
-                    channel = body["channel_name"]
-                    client = forger if channel in backend.refuse else signer
-                    custom = {"user_id": user, "user_info": info} \
-                        if channel.startswith("presence-") else None
-                    answer = client.authenticate(channel, body["socket_id"], custom)
-                raw = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _sign(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        body = json.loads(raw)
+        user = body.get("user_id")
+        info = {"name": f"User {user}"}
+        if body.get("signin"):
+            user_data = {"id": user, "user_info": info}
+            if body.get("watchlist"):
+                user_data["watchlist"] = body["watchlist"]
+            return 200, self.signer.authenticate_user(body["socket_id"], user_data)
+        channel = body["channel_name"]
+        client = self.forger if channel in self.refuse else self.signer
+        custom = {"user_id": user, "user_info": info} if channel.startswith("presence-") else None
+        return 200, client.authenticate(channel, body["socket_id"], custom)
 
 
-class Script:
-    """tests/compat/scripted_clients.js as a subprocess: commands in, reports collected."""
+class Script(LineScript):
+    """tests/compat/scripted_clients.js: commands in, reports collected."""
 
-    def __init__(self, proc: trio.Process, nodes: list[NodeProc]) -> None:
-        self.proc = proc
-        self.nodes = nodes
-        self.reports: list[dict[str, Any]] = []
-        self.stderr = b""
-
-    async def read(self) -> None:
-        assert self.proc.stdout is not None
-        buffer = b""
-        async for chunk in self.proc.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            self.reports += [json.loads(line) for line in lines if line.strip()]
-
-    async def read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for chunk in self.proc.stderr:
-            self.stderr += chunk
-
-    async def send(self, op: str, name: str, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send_all(json.dumps({"op": op, "name": name, **fields}).encode()
-                                       + b"\n")
+    async def command(self, op: str, name: str, **fields: Any) -> None:
+        await self.send({"op": op, "name": name, **fields})
         await self.wait("ready", op=op, name=name)
 
-    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [r for r in self.reports if r["type"] == kind
-                and all(r.get(k) == v for k, v in match.items())]
-
     async def wait(self, kind: str, count: int = 1, **match: Any) -> list[dict[str, Any]]:
-        with trio.move_on_after(STEP):
-            while len(self.of(kind, **match)) < count:
-                if self.of("script_error"):
-                    pytest.fail(f"script error\n{self.report()}")
-                await trio.sleep(0.02)
-            return self.of(kind, **match)
-        pytest.fail(f"no {count} x {kind} {match} after {STEP} s\n{self.report()}")
-
-    def report(self) -> str:
-        nodes = "\n".join(f"--- {n.node_id} ---\n{n.log()[-3000:]}" for n in self.nodes)
-        return ("\n".join(json.dumps(r) for r in self.reports)
-                + f"\n--- stderr ---\n{self.stderr.decode(errors='replace')[-4000:]}\n{nodes}")
+        await self.wait_for(lambda: len(self.of(kind, **match)) >= count,
+                            f"{count} x {kind} {match}", STEP)
+        return self.of(kind, **match)
 
 
 @pytest.fixture
-def clients() -> Iterator[Callable[..., Any]]:
+def clients(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start the Node script (and an app backend) inside the test's own nursery."""
     backend = Backend()
 
     async def run(nodes: list[NodeProc], body: Callable[[Script, Backend], Any]) -> None:
-        proc = await trio.lowlevel.open_process(
-            [NODE, str(COMPAT / "scripted_clients.js")], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=COMPAT,
-            preexec_fn=_die_with_parent, env={"PATH": "/usr/bin:/bin", "SCRIPT_TIMEOUT": "150"})
-        script = Script(proc, nodes)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(script.read)
-                nursery.start_soon(script.read_stderr)
+        async with trio.open_nursery() as nursery:
+            script = start_script(
+                nursery, [NODE, str(COMPAT / "scripted_clients.js")],
+                tmp_path / "scripted_clients.log", name="scripted_clients.js", cwd=COMPAT,
+                env={"PATH": "/usr/bin:/bin", "SCRIPT_TIMEOUT": "150"}, fatal=("script_error",),
+                context=lambda: logs_of(nodes), cls=Script)
+            try:
                 await body(script, backend)
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await script.stop(0)
 
     yield run
     backend.close()
@@ -177,25 +117,25 @@ async def test_pusher_js_presence_whispers_and_sign_in(start_nodes, clients):
         room = f"presence-room-{uuid.uuid4().hex[:6]}"
 
         async def body(script: Script, backend: Backend) -> None:
-            await script.send("pusher", "ada", port=node1.port, auth_url=backend.url)
-            await script.send("pusher", "bob", port=node2.port, auth_url=backend.url)
+            await script.command("pusher", "ada", port=node1.port, auth_url=backend.url)
+            await script.command("pusher", "bob", port=node2.port, auth_url=backend.url)
             await script.wait("connected", name="ada")
             await script.wait("connected", name="bob")
             # Ada watches bob (pusher.user.watchlist): bob's sign-in on node 2 is an online
             # event on node 1, his connection ending an offline one (below).
-            await script.send("signin", "ada", user_id="ada", watchlist=["bob"])
+            await script.command("signin", "ada", user_id="ada", watchlist=["bob"])
             (signed,) = await script.wait("signed_in", name="ada")
             assert signed["user_data"]["id"] == "ada"
-            await script.send("signin", "bob", user_id="bob")
+            await script.command("signin", "bob", user_id="bob")
             await script.wait("signed_in", name="bob")
             (online,) = await script.wait("watchlist", name="ada", status="online")
             assert online["user_ids"] == ["bob"]
-            await script.send("subscribe", "ada", channel=room, user_id="ada")
+            await script.command("subscribe", "ada", channel=room, user_id="ada")
             (ada_in,) = await script.wait("subscribed", name="ada", channel=room)
             assert ada_in["members"] == {"ada": {"name": "User ada"}}
             assert ada_in["me"] == {"id": "ada", "info": {"name": "User ada"}}
-            await script.send("subscribe", "bob", channel=room, user_id="bob",
-                              bind=["client-typing"])
+            await script.command("subscribe", "bob", channel=room, user_id="bob",
+                                 bind=["client-typing"])
             (bob_in,) = await script.wait("subscribed", name="bob", channel=room)
             assert set(bob_in["members"]) == {"ada", "bob"}
             (added,) = await script.wait("member_added", name="ada")
@@ -205,8 +145,8 @@ async def test_pusher_js_presence_whispers_and_sign_in(start_nodes, clients):
                 listed = await in_thread(sdk(node).users_info, room)
                 assert sorted(u["id"] for u in listed["users"]) == ["ada", "bob"]
             # A whisper crosses nodes with its sender's user id, and is not echoed.
-            await script.send("trigger", "ada", channel=room, event="client-typing",
-                              data={"typing": True})
+            await script.command("trigger", "ada", channel=room, event="client-typing",
+                                 data={"typing": True})
             (whisper,) = await script.wait("bound", name="bob", event="client-typing")
             assert whisper["data"] == {"typing": True}
             assert whisper["metadata"] == {"user_id": "ada"}
@@ -254,45 +194,45 @@ async def test_laravel_echo_join_here_joining_leaving_and_whispers(start_nodes, 
 
     async def body(script: Script, backend: Backend) -> None:
         backend.refuse.add(refused)
-        await script.send("echo", "one", port=node1.port, auth_url=backend.url)
-        await script.send("echo", "two", port=node2.port, auth_url=backend.url)
+        await script.command("echo", "one", port=node1.port, auth_url=backend.url)
+        await script.command("echo", "two", port=node2.port, auth_url=backend.url)
         await script.wait("connected", name="one")
         await script.wait("connected", name="two")
-        await script.send("join", "one", channel=room, user_id="1")
+        await script.command("join", "one", channel=room, user_id="1")
         (here,) = await script.wait("here", name="one")
         assert here["users"] == [{"name": "User 1"}]
-        await script.send("join", "two", channel=room, user_id="2")
+        await script.command("join", "two", channel=room, user_id="2")
         (here,) = await script.wait("here", name="two")
         assert sorted(u["name"] for u in here["users"]) == ["User 1", "User 2"]
         (joining,) = await script.wait("joining", name="one")
         assert joining["user"] == {"name": "User 2"}
         # whisper / listenForWhisper on the presence channel and on a private one.
-        await script.send("whisper", "two", channel=room, kind="presence", data={"k": 1})
+        await script.command("whisper", "two", channel=room, kind="presence", data={"k": 1})
         (whisper,) = await script.wait("whisper", name="one", channel=room)
         assert whisper["data"] == {"k": 1}
         for name in ("one", "two"):
-            await script.send("private", name, channel=chat, user_id=name)
+            await script.command("private", name, channel=chat, user_id=name)
             await script.wait("echo_subscribed", name=name, channel=chat)
-        await script.send("whisper", "one", channel=chat, kind="private", data="hello")
+        await script.command("whisper", "one", channel=chat, kind="private", data="hello")
         (whisper,) = await script.wait("whisper", name="two", channel=chat)
         assert whisper["data"] == "hello"
         assert not script.of("whisper", name="one", channel=chat)  # never echoed
         assert not script.of("whisper", name="two", channel=room)
         # .error() fires for a refused private channel and for an invalid channel name.
-        await script.send("private", "one", channel=refused.removeprefix("private-"))
+        await script.command("private", "one", channel=refused.removeprefix("private-"))
         (error,) = await script.wait("echo_error", name="one")
         assert error["error"]["status"] == 401
-        await script.send("public", "one", channel="not valid!")
+        await script.command("public", "one", channel="not valid!")
         (error,) = await script.wait("echo_error", name="one", channel="not valid!")
         assert error["error"]["status"] == 400
         # A public channel still works alongside.
-        await script.send("public", "two", channel=f"news-{tag}")
+        await script.command("public", "two", channel=f"news-{tag}")
         await script.wait("echo_subscribed", name="two", channel=f"news-{tag}")
         await in_thread(sdk(node1).trigger, f"news-{tag}", "update", {"n": 1})
         (update,) = await script.wait("echo_event", name="two")
         assert update["data"] == {"n": 1}
         # Leaving: the other side's leaving() gets the user's info.
-        await script.send("leave", "two", channel=room)
+        await script.command("leave", "two", channel=room)
         (leaving,) = await script.wait("leaving", name="one")
         assert leaving["user"] == {"name": "User 2"}
 

@@ -1,14 +1,13 @@
-"""Start real redis-server and turnout-server processes on free loopback ports for tests.
+"""Start real turnout-server processes on free loopback ports for tests (Redis:
+harness.redis_server.start_redis).
 
-Every process is started with PR_SET_PDEATHSIG so it dies with the test run, and is killed
-explicitly on teardown.
+Every process is started by harness.spawn (PR_SET_PDEATHSIG: it dies with the test run), and is
+killed explicitly on teardown.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -19,34 +18,17 @@ from pathlib import Path
 
 import httpx
 
+from harness.ports import allocate_port as free_port
+from harness.spawn import spawn as spawn_child
+
 REPO = Path(__file__).resolve().parents[2]
 APP_ID, APP_KEY, APP_SECRET = "1", "turnout-key", "turnout-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
           nofile: int | None = None) -> subprocess.Popen:
-    """Start ``argv`` logging to ``log_path``; ``nofile`` caps its open files (soft and hard)."""
-    def setup() -> None:
-        _die_with_parent()
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=setup, env=env, cwd=REPO,
-    )
+    """Start ``argv`` from the repo, logging to ``log_path``; ``nofile`` caps its open files."""
+    return spawn_child(argv, log_path, env=env, cwd=REPO, nofile=nofile)
 
 
 def wait_tcp(port: int, timeout: float = 10.0) -> None:
@@ -58,31 +40,6 @@ def wait_tcp(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
-
-
-@dataclass
-class RedisProc:
-    port: int
-    proc: subprocess.Popen
-    dir: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def start_redis(tmp: Path, port: int | None = None) -> RedisProc:
-    port = port or free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    proc = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no", "--dir", str(tmp)], tmp / f"redis-{port}.log")
-    wait_tcp(port)
-    return RedisProc(port, proc, tmp)
 
 
 @dataclass
@@ -118,6 +75,11 @@ class NodeProc:
     def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+
+def logs_of(nodes: list[NodeProc], tail: int = 4000) -> str:
+    """The end of each node's log, for a failing test's report."""
+    return "\n".join(f"--- {n.node_id} log (tail) ---\n{n.log()[-tail:]}" for n in nodes)
 
 
 def app_toml(**settings: object) -> str:

@@ -51,7 +51,7 @@ def unfinished_copy(recorded: Path, target: Path, until_t: float | None = None) 
 
 
 class FakeHarness:
-    """A control.sock answering like harness/control.py; records every command."""
+    """A control.sock answering like harness/control_server.py; records every command."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tui.catalog import FaultRequest
-from tui.control import ControlClient, ControlError
+from tui.control_client import ControlClient, ControlError
 from tui.feed import EventTail, Replay, read_events
 
 pytestmark = pytest.mark.asyncio
@@ -67,7 +67,7 @@ async def test_a_replay_plays_at_its_speed(fixtures: Path) -> None:
 
 
 class FakeHarness:
-    """A control.sock that answers like harness/control.py and records the commands."""
+    """A control.sock that answers like harness/control_server.py and records the commands."""
 
     def __init__(self) -> None:
         self.commands: list[dict[str, Any]] = []

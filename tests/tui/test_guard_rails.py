@@ -190,9 +190,9 @@ def test_a_run_gets_sigterm_when_the_tui_dies_without_a_word(tmp_path: Path) -> 
     """The launcher's parent-death signal: a TUI killed outright (SIGKILL) still stops the
     runs it started."""
     code = textwrap.dedent("""
-        import os, subprocess, sys, time
-        from tui.launcher import _die_with_parent
-        child = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent(os.getpid()))
+        import os, signal, subprocess, sys, time
+        from harness.spawn import die_with_parent
+        child = subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent(signal.SIGTERM))
         print(child.pid, flush=True)
         time.sleep(60)
     """)

@@ -12,7 +12,7 @@ TUI = Path(__file__).resolve().parents[2] / "tui"
 
 def test_importing_the_tui_does_not_import_trio() -> None:
     code = ("import sys\n"
-            "import tui.app, tui.commands, tui.control, tui.feed, tui.launcher\n"
+            "import tui.app, tui.commands, tui.control_client, tui.feed, tui.launcher\n"
             "import tui.screens.browser, tui.screens.live, tui.screens.fault_dialog\n"
             "assert 'trio' not in sys.modules, sorted(m for m in sys.modules if 'trio' in m)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=TUI.parent, capture_output=True,

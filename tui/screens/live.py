@@ -10,7 +10,7 @@ Three ways in, one screen:
 
 Every event is folded into the run's state as it is read (tui.model.RunState); only the
 repaint is coalesced, four times a second. In ``run`` and ``attach`` the fault keys talk to
-the run's control.sock (tui.control), after the same checks the harness makes
+the run's control.sock (tui.control_client), after the same checks the harness makes
 (harness.fault_request) and, for destructive faults and faults on every or a random node, a
 confirmation.
 """
@@ -35,7 +35,7 @@ from harness.fault_request import FaultRequestError
 
 from ..catalog import FaultRequest, confirmation
 from ..commands import FaultCommands
-from ..control import ControlClient, ControlError
+from ..control_client import ControlClient, ControlError
 from ..feed import EventTail, Replay, read_events
 from ..launcher import HarnessProcess
 from ..messages import FeedEnded, HarnessExited

@@ -1,6 +1,6 @@
 """The TUI's side of a run's command channel: ``control.sock`` in the run folder.
 
-One JSON object per line each way (harness/control.py has the commands). A command opens its
+One JSON object per line each way (harness/control_server.py has the commands). A command opens its
 own connection with ``asyncio.open_unix_connection``: a run that restarts its channel, or a
 TUI that attaches late, needs no reconnect logic.
 """
