@@ -28,7 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
 
+from pydantic import ValidationError
+
+from harness import targets
 from harness.checker import Invariants
+from harness.faults import FAULTS as FAULT_KINDS
+from harness.faults import FaultKind as FaultKind
+from harness.targets import Target as Target
+from harness.targets import parse as parse_target
+from server.schema import got as _got
+from server.schema import problem, validate
 
 __all__ = [
     "CLIENT_GROUP_KEYS",
@@ -73,16 +82,6 @@ class ExperimentError(ValueError):
 
 class _Invalid(Exception):
     """Raised by a check; turned into an ExperimentError with the file and key attached."""
-
-
-def _got(value: object) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,67 +235,6 @@ class Names(_Check):
 
 
 # --------------------------------------------------------------------------------------------
-# Fault targets.
-
-_NODE: Final = r"node-[1-9][0-9]*"
-_LB: Final = r"lb(?:\[[0-9]+\])?"  # lb or one load-balancer lane, lb[0]
-_TARGET_FORMS: Final[dict[str, tuple[str, str]]] = {
-    # class: (regex, how it is written in docs and errors)
-    "node": (_NODE, "'node-<n>'"),
-    "random": ("random", "'random'"),
-    "all": ("all", "'all'"),
-    "redis": ("redis", "'redis'"),
-    "clients": ("clients", "'clients'"),
-    "lb": (_LB, "'lb'"),
-    "client_link": (rf"clients->{_LB}", "'clients->lb'"),
-    "lb_link": (rf"{_LB}->(?:{_NODE}|random|all)", "'lb->node-<n>'"),
-    "redis_link": (rf"(?:{_NODE}|random|all)->redis", "'node-<n>->redis'"),
-}
-_LINK_CLASSES: Final = ("clients", "redis", "client_link", "lb_link", "redis_link")
-_NODE_CLASSES: Final = ("node", "random", "all")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A parsed target. ``cls`` is one of the keys of the target table in the docs."""
-
-    text: str
-    cls: str
-    node: int | None = None  # node-<n> named by the target, if any
-
-    @property
-    def is_link(self) -> bool:
-        return self.cls.endswith("_link")
-
-
-def parse_target(text: str) -> Target | None:
-    """Classify a target string; None if it matches no known form (existence is not checked)."""
-    for cls, (pattern, _) in _TARGET_FORMS.items():
-        if re.fullmatch(pattern, text):
-            m = re.search(r"node-([0-9]+)", text)
-            return Target(text, cls, int(m.group(1)) if m else None)
-    return None
-
-
-@dataclass(frozen=True)
-class TargetCheck(_Check):
-    classes: tuple[str, ...] = ()
-
-    def expected(self) -> str:
-        forms = [_TARGET_FORMS[c][1] for c in self.classes]
-        body = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
-        return "a target " + body
-
-    def convert(self, value: object) -> str:
-        if not isinstance(value, str):
-            raise self.fail(value)
-        target = parse_target(value)
-        if target is None or target.cls not in self.classes:
-            raise self.fail(value)
-        return value
-
-
-# --------------------------------------------------------------------------------------------
 # The schema.
 
 
@@ -318,9 +256,9 @@ class Key:
     unit: str
     doc: str
 
+    def expected(self) -> str:
+        return self.check.expected()
 
-_DIRECTION = Choice(("upstream", "downstream", "both"))
-_DIRECTION_DOC = "which stream of the link: upstream (towards the server side), downstream, both"
 
 SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
     "": (
@@ -659,271 +597,19 @@ _INVARIANT_FIELDS: Final = {
 
 
 @dataclass(frozen=True)
-class FaultKind:
-    """A fault kind: its targets, whether it has a duration, its own keys, and how it heals."""
+class _Kinds(_Check):
+    """One of the registered fault kinds (harness.faults), as registered when checked."""
 
-    name: str
-    summary: str
-    targets: tuple[str, ...]
-    default_target: str
-    duration_s: float | None  # default duration; None: the kind takes no duration_s
-    heal: str
-    params: tuple[Key, ...] = ()
+    def expected(self) -> str:
+        return Choice(tuple(FAULT_KINDS)).expected()
 
+    def convert(self, value: object) -> str:
+        return Choice(tuple(FAULT_KINDS)).convert(value)
 
-_RESTART = Key(
-    "restart",
-    Boolean(),
-    True,
-    "—",
-    "start the node again (false: it stays dead; the heal is logged at once)",
-)
-
-FAULT_KINDS: Final[dict[str, FaultKind]] = {
-    k.name: k
-    for k in (
-        FaultKind(
-            "kill_node",
-            "SIGKILL a node. Its clients lose their sockets, reconnect through the load "
-            "balancer to another node and resume from their last position.",
-            _NODE_CLASSES,
-            "random",
-            None,
-            "the restart, restart_after_s after the kill",
-            (
-                _RESTART,
-                Key(
-                    "restart_after_s",
-                    _seconds(),
-                    2.0,
-                    "s",
-                    "delay between the kill and the restart",
-                ),
-            ),
-        ),
-        FaultKind(
-            "stop_node",
-            "SIGTERM a node: a graceful drain. It closes its clients with a reconnect code "
-            "within cluster.drain_grace_s and exits; they resume elsewhere.",
-            _NODE_CLASSES,
-            "random",
-            None,
-            "the restart, restart_after_s after the stop",
-            (
-                _RESTART,
-                Key(
-                    "restart_after_s",
-                    _seconds(),
-                    2.0,
-                    "s",
-                    "delay between the node exiting and its restart",
-                ),
-            ),
-        ),
-        FaultKind(
-            "pause_node",
-            "SIGSTOP a node, SIGCONT after duration_s: its sockets stay open but silent. "
-            "Clients must notice (activity timeout, ping) and move.",
-            _NODE_CLASSES,
-            "random",
-            10.0,
-            "SIGCONT",
-        ),
-        FaultKind(
-            "rolling_restart",
-            "Restart every node in turn as a deploy does: stop one, start it, wait until the "
-            "load balancer sees it healthy, wait interval_s, next.",
-            ("all",),
-            "all",
-            None,
-            "when the last node is healthy again",
-            (
-                Key(
-                    "interval_s",
-                    _seconds(),
-                    5.0,
-                    "s",
-                    "pause between one node being healthy and stopping the next",
-                ),
-                Key("graceful", Boolean(), True, "—", "SIGTERM with drain (true) or SIGKILL"),
-            ),
-        ),
-        FaultKind(
-            "restart_redis",
-            "Stop Redis and start it again after restart_after_s, with its data (saved on "
-            "shutdown) unless flush = true. Every node loses its connection and subscriptions "
-            "and must catch up from the streams.",
-            ("redis",),
-            "redis",
-            None,
-            "Redis accepting commands again",
-            (
-                Key("restart_after_s", _seconds(), 1.0, "s", "downtime"),
-                Key(
-                    "flush",
-                    Boolean(),
-                    False,
-                    "—",
-                    "restart with an empty dataset: epochs change, clients must be told "
-                    "recovered:false and the gap counts as lost (relax invariants.lost)",
-                ),
-            ),
-        ),
-        FaultKind(
-            "partition_redis",
-            "Cut nodes off from Redis through Toxiproxy for duration_s.",
-            ("redis", "redis_link"),
-            "redis",
-            5.0,
-            "toxic removed / proxy enabled",
-            (
-                Key(
-                    "mode",
-                    Choice(("blackhole", "cut")),
-                    "blackhole",
-                    "—",
-                    "blackhole: timeout toxic with timeout 0, bytes silently dropped and "
-                    "connections closed on heal; cut: proxy disabled, every connection closed "
-                    "at once and new ones refused",
-                ),
-            ),
-        ),
-        FaultKind(
-            "latency",
-            "Delay each chunk on a link by latency_ms ± jitter_ms (Toxiproxy latency toxic).",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key("latency_ms", _ms(), 200.0, "ms", "added delay"),
-                Key("jitter_ms", _ms(), 0.0, "ms", "random ± variation of the delay"),
-                Key("direction", _DIRECTION, "both", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "bandwidth",
-            "Throttle a link to rate_kbps (Toxiproxy bandwidth toxic).",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key(
-                    "rate_kbps",
-                    Number(0, None, False, "a number of KB/s"),
-                    64.0,
-                    "KB/s",
-                    "throughput limit (0 stalls the link)",
-                ),
-                Key("direction", _DIRECTION, "downstream", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "reset_peer",
-            "Reset connections on a link with a TCP RST after timeout_ms (Toxiproxy "
-            "reset_peer toxic), for as long as the toxic stays.",
-            _LINK_CLASSES,
-            "clients",
-            5.0,
-            "toxic removed",
-            (
-                Key("timeout_ms", _ms(), 0.0, "ms", "delay before the reset"),
-                Key("direction", _DIRECTION, "both", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "slicer",
-            "Fragment the stream into small pieces with a pause between them (Toxiproxy "
-            "slicer): websocket frames arrive in many TCP segments.",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key(
-                    "average_size",
-                    Integer(1, None, "an integer number of bytes"),
-                    64,
-                    "bytes",
-                    "mean piece size",
-                ),
-                Key(
-                    "size_variation",
-                    Integer(0, None, "an integer number of bytes"),
-                    32,
-                    "bytes",
-                    "± variation of the piece size (below average_size)",
-                ),
-                Key(
-                    "delay_us",
-                    Integer(0, None, "an integer number of microseconds"),
-                    10,
-                    "µs",
-                    "pause between pieces",
-                ),
-                Key("direction", _DIRECTION, "downstream", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "leak_memory",
-            "Make a node allocate and hold mb_per_s of memory through its chaos endpoint "
-            "(off by default; the harness enables it). With cluster.max_rss_mb the node must "
-            "shed clients gracefully rather than be OOM-killed.",
-            _NODE_CLASSES,
-            "random",
-            20.0,
-            "the leaked memory is released",
-            (
-                Key(
-                    "mb_per_s", Number(0, None, True, "a number of MB/s"), 10.0, "MB/s", "leak rate"
-                ),
-            ),
-        ),
-        FaultKind(
-            "slow_consumers",
-            "A share of the measured clients stop reading their sockets. The server must "
-            "disconnect them with a reconnect code once cluster.outbound_queue_bytes fill up "
-            "(they then resume without loss) and must not slow the other clients down.",
-            ("clients",),
-            "clients",
-            15.0,
-            "the clients read again",
-            (
-                Key(
-                    "share",
-                    Number(0, 1, True, "a fraction"),
-                    0.1,
-                    "fraction",
-                    "share of the clients that stop reading (0 < share <= 1)",
-                ),
-            ),
-        ),
-        FaultKind(
-            "connection_storm",
-            "Open `clients` extra websocket connections at once against the target, each "
-            "subscribing to a channel, hold them for duration_s, then close them. The measured "
-            "clients must not lose updates meanwhile. Needs ulimit -n above clients.",
-            ("lb", "node"),
-            "lb",
-            10.0,
-            "the storm connections are closed",
-            (
-                Key(
-                    "clients",
-                    Integer(1, None, "an integer number of connections"),
-                    10000,
-                    "connections",
-                    "storm connections (scaled by --scale)",
-                ),
-            ),
-        ),
-    )
-}
 
 FAULT_KEYS: Final[tuple[Key, ...]] = (
     Key("at_s", _seconds(), REQUIRED, "s", "start, in seconds from the start of the faults phase"),
-    Key("kind", Choice(tuple(FAULT_KINDS)), REQUIRED, "—", "the fault kind (below)"),
+    Key("kind", _Kinds(), REQUIRED, "—", "the fault kind (below)"),
     Key("target", Text(), "per kind", "—", "what the fault hits (per kind, below)"),
     Key(
         "duration_s",
@@ -1358,15 +1044,16 @@ class _Loader:
             raise self.error(prefix + "kind", f"missing; expected {kind_key.check.expected()}")
         kind = FAULT_KINDS[self.value(prefix + "kind", kind_key, raw["kind"])]
         common = [k.name for k in FAULT_KEYS]
-        allowed = common + [k.name for k in kind.params]
+        allowed = common + [k.name for k in kind.keys]
+        why = f"for kind '{kind.kind}'"
         for name in raw:
             if name == "duration_s" and kind.duration_s is None:
                 raise self.error(
                     prefix + name,
-                    f"{kind.name} takes no duration_s; it heals at {kind.heal}",
+                    f"{kind.kind} takes no duration_s; it heals at {kind.heal_at}",
                 )
             if name not in allowed:
-                self.unknown(prefix, name, allowed, f"for kind '{kind.name}'")
+                self.unknown(prefix, name, allowed, why)
         if "at_s" not in raw:
             raise self.error(prefix + "at_s", f"missing; expected {at_key.check.expected()}")
         at_s = self.value(prefix + "at_s", at_key, raw["at_s"])
@@ -1376,24 +1063,20 @@ class _Loader:
                 f"expected a number of seconds within the faults phase (0 .. phases.faults_s = "
                 f"{phases.faults_s:g}), got {_got(raw['at_s'])}",
             )
-        target = kind.default_target
-        if "target" in raw:
-            target = self.value(
-                prefix + "target",
-                Key("target", TargetCheck(kind.targets), None, "", ""),
-                raw["target"],
-            )
+        target = raw.get("target", kind.default_target)
+        form = parse_target(target) if isinstance(target, str) else None
+        if form is None or form.cls not in kind.targets:
+            raise self.error(prefix + "target",
+                             f"expected {targets.expected(kind.targets)}, got {_got(target)}")
         duration = kind.duration_s
         if "duration_s" in raw:
             duration = self.value(prefix + "duration_s", duration_key, raw["duration_s"])
-        params = self.keys(prefix, kind.params, {k: v for k, v in raw.items() if k not in common})
-        if kind.name == "slicer" and params["size_variation"] >= params["average_size"]:
-            raise self.error(
-                prefix + "size_variation",
-                f"expected an integer number of bytes below average_size "
-                f"({params['average_size']}), got {params['size_variation']}",
-            )
-        return Fault(index, kind.name, at_s, target, duration, Params(params))
+        try:
+            params = validate(kind.Params, {k: v for k, v in raw.items() if k not in common})
+        except ValidationError as exc:
+            key, text = problem(exc, kind.Params, allowed=allowed, why=why)
+            raise self.error(prefix + key, text) from None
+        return Fault(index, kind.kind, at_s, target, duration, Params(dataclasses.asdict(params)))
 
     def client_groups(self, raw: object) -> tuple[ClientGroup, ...]:
         if not isinstance(raw, list):
@@ -1512,12 +1195,10 @@ def _toml(value: object) -> str:
     return str(value)
 
 
-def _table(keys: Sequence[Key]) -> list[str]:
+def _table(keys: Sequence[Any]) -> list[str]:
     lines = ["| key | accepts | unit | default | meaning |", "|---|---|---|---|---|"]
     for k in keys:
-        lines.append(
-            f"| `{k.name}` | {k.check.expected()} | {k.unit} | {_toml(k.default)} | {k.doc} |"
-        )
+        lines.append(f"| `{k.name}` | {k.expected()} | {k.unit} | {_toml(k.default)} | {k.doc} |")
     return lines
 
 
@@ -1531,41 +1212,30 @@ def reference_markdown() -> str:
     out += _table(FAULT_KEYS)
     out += ["", "Target forms (existence is not checked, only the form):", ""]
     out += ["| form | means |", "|---|---|"]
-    meaning = {
-        "node": "one node, e.g. `node-2`",
-        "random": "one node chosen with the experiment's seed",
-        "all": "every node",
-        "redis": "Redis itself, or every node->redis link",
-        "clients": "every clients->lb link (all load-balancer lanes)",
-        "lb": "the load balancer's entry point",
-        "client_link": "`clients->lb` or one lane `clients->lb[0]`",
-        "lb_link": "`lb->node-1` (also `lb->all`, `lb->random`, `lb[0]->node-1`)",
-        "redis_link": "`node-1->redis` (also `all->redis`, `random->redis`)",
-    }
-    for cls, (_, form) in _TARGET_FORMS.items():
-        out.append(f"| `{form.strip(chr(39))}` | {meaning[cls]} |")
+    for _, form, meaning in targets.FORMS.values():
+        out.append(f"| `{form}` | {meaning} |")
     out += ["", "### `[[client_groups]]`", "",
             "Real Pusher clients next to the Python fleet (see \"Real clients\" above):", ""]
     out += _table(CLIENT_GROUP_KEYS)
     out += ["", "### Fault kinds", ""]
     for kind in FAULT_KINDS.values():
-        targets = ", ".join(f"`{_TARGET_FORMS[c][1].strip(chr(39))}`" for c in kind.targets)
+        forms = ", ".join(f"`{targets.FORMS[c][1]}`" for c in kind.targets)
         duration = (
             f"`duration_s` default {kind.duration_s:g} s"
             if kind.duration_s is not None
             else "no `duration_s`"
         )
         out += [
-            f"#### `{kind.name}`",
+            f"#### `{kind.kind}`",
             "",
             kind.summary,
             "",
-            f"- target: {targets} (default `{kind.default_target}`)",
-            f"- {duration}; heal: {kind.heal}",
+            f"- target: {forms} (default `{kind.default_target}`)",
+            f"- {duration}; heal: {kind.heal_at}",
             "",
         ]
-        if kind.params:
-            out += _table(kind.params)
+        if kind.keys:
+            out += _table(kind.keys)
             out.append("")
     return "\n".join(out).strip("\n") + "\n"
 

@@ -27,7 +27,7 @@ import trio
 
 from .events import EventLog
 from .experiment import FAULT_KINDS
-from .faults import Fault, FaultContext, FaultError, make_fault
+from .faults import FaultContext, FaultError, FaultKind, make_fault
 from .history import NEMESIS, HistoryWriter
 
 log = logging.getLogger("turnout.nemesis")
@@ -42,7 +42,7 @@ class ActiveFault:
     target: str
     params: dict[str, Any]
     source: str
-    fault: Fault
+    fault: FaultKind
     heal_now: trio.Event = field(default_factory=trio.Event)
     injected: bool = False
     #: trio time at which the fault is due to start (after its delay) and to heal (set when
@@ -107,7 +107,7 @@ class Nemesis:
         self.nursery.start_soon(self._run, entry, delay_s)
         return fault_id
 
-    def skip_reason(self, fault: Fault) -> str | None:
+    def skip_reason(self, fault: FaultKind) -> str | None:
         """Why ``fault`` cannot run on this cluster's server; None when it can."""
         topology = self.ctx.topology
         if topology is None or not fault.needs:

@@ -18,7 +18,7 @@ import trio
 from harness.control import handle_command
 from harness.events import EventLog
 from harness.faults import FaultContext, FaultError
-from harness.faults.base import FAULTS, Fault
+from harness.faults.base import FAULTS, FaultKind
 from harness.history import HistoryWriter
 from harness.nemesis import Nemesis
 
@@ -26,7 +26,7 @@ NODES = ("node-1", "node-2", "node-3")
 LINKS = ("clients->lb[0]", *(f"lb[0]->{n}" for n in NODES), *(f"{n}->redis" for n in NODES))
 
 
-class StandIn(Fault):
+class StandIn(FaultKind):
     needs_cluster = False
     log: list[tuple[str, str, float]] = []
 
@@ -41,7 +41,8 @@ class StandIn(Fault):
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float]]:
     StandIn.log = []
     for kind in ("latency", "kill_node", "pause_node"):
-        monkeypatch.setitem(FAULTS, kind, type(f"StandIn_{kind}", (StandIn,), {"kind": kind}))
+        # the real kind's declaration (parameters, duration), a stand-in's inject and heal
+        monkeypatch.setitem(FAULTS, kind, type(f"StandIn_{kind}", (StandIn, FAULTS[kind]), {}))
     return StandIn.log
 
 
