@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import targets
-from .experiment import FAULT_KEYS, FAULT_KINDS, ExperimentError, Phases, _Loader
+from .experiment import FAULT_KEYS, FAULT_KINDS, ExperimentError, parse_fault
 from .targets import ClusterNames as ClusterNames
 
 __all__ = ["CheckedFault", "ClusterNames", "FaultRequestError", "check_fault", "valid_targets"]
@@ -99,7 +99,7 @@ def check_fault(kind: object, target: object, params: object, duration_s: object
     elif spec.duration_s is not None and not until_healed:
         raw["duration_s"] = spec.duration_s
     try:
-        fault = _Loader("fault").fault(0, raw, Phases())
+        fault = parse_fault(raw)
     except ExperimentError as exc:
         key = exc.key.removeprefix("faults[0].").removeprefix("faults[0]")
         message = f"{key}: {exc.problem}" if key else exc.problem

@@ -41,8 +41,7 @@ from . import checker, leak_check
 from .control import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
-from .experiment import Experiment
-from .experiment import Fault as ExperimentFault
+from .experiment import Experiment, FaultSpec
 from .faults import FAULTS, FaultContext
 from .fleet_control import FleetControl, plan_clients
 from .history import HARNESS, HistoryWriter
@@ -93,7 +92,7 @@ class RunResult:
     cpu: dict[str, Any] | None = None
 
 
-def proxied_links(faults: Sequence[ExperimentFault], proxies: str = "auto"
+def proxied_links(faults: Sequence[FaultSpec], proxies: str = "auto"
                   ) -> tuple[bool | tuple[int, ...], bool]:
     """(clients->lb proxies, lb->node proxies) the run needs: every link with ``proxies =
     "all"``, else only those a scheduled link fault targets. Client proxies are per lane: True
@@ -166,8 +165,9 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.presence_negative_control()
     if options.server is not None and options.target_url is None:
         # --server overrides cluster.server: experiment.json says what really ran.
+        # (replace re-validates it: the Cluster schema's Literal of known servers)
         experiment = replace(experiment, cluster=replace(experiment.cluster,
-                                                         server=options.server))
+                                                         server=options.server))  # type: ignore[arg-type]
     return experiment
 
 

@@ -218,6 +218,7 @@ def _g(value: float) -> str:
 def expectation(info: FieldInfo) -> str:
     """What a field accepts, in words: ``an integer between 1 and 64``, ``true or false``."""
     what, kind = field_extra(info, "expect"), info.annotation
+    what = str(what) if what is not None else None  # an object may word it when asked
     if get_origin(kind) in (Union, UnionType):  # X | None: optional, unset by default
         kind = next(a for a in get_args(kind) if a is not type(None))
     if kind is bool:
@@ -284,6 +285,10 @@ class Key:
     info: FieldInfo
 
     @property
+    def required(self) -> bool:
+        return self.info.is_required()
+
+    @property
     def default(self) -> Any:
         return None if self.info.is_required() else self.info.get_default(call_default_factory=True)
 
@@ -310,7 +315,7 @@ class Key:
             else ()
 
     def expected(self) -> str:
-        return expectation(self.info)
+        return str(expectation(self.info))
 
 
 def keys(schema: type) -> tuple[Key, ...]:

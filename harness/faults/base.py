@@ -17,7 +17,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform
 
 from pydantic import ConfigDict, Field
 from pydantic import dataclasses as pydantic_dataclasses
@@ -39,19 +39,21 @@ _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 AFTER = r"\bafter\s+{N}\s*(?:s|sec|secs|seconds?)?\b"
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(Field,))
 def parameters(cls: type[T]) -> type[T]:
     """Make ``cls`` a fault kind's parameter schema (a frozen pydantic dataclass)."""
     return pydantic_dataclasses.dataclass(frozen=True, config=_CONFIG)(cls)  # type: ignore[return-value]
 
 
-def param(default: Any, unit: str, doc: str, *, expect: str | None = None,
+def param(default: Any, unit: str, doc: str, *, expect: object = None,
           phrase: str | None = None, value: Any = None, scale: float = 1.0,
           strict: bool = True, **constraints: Any) -> Any:
-    """One parameter: default, unit, doc, constraints (``ge=0``...). ``expect`` words what it
-    accepts in errors and docs; ``phrase`` is the regex that sets it in a palette phrase
-    (``{N}`` a number, its first group the value times ``scale``; or ``value`` when given)."""
-    extra = {k: v for k, v in (("unit", unit), ("expect", expect), ("phrase", phrase),
-                               ("value", value), ("scale", scale)) if v is not None}
+    """One parameter (or experiment key): default, unit, doc, constraints (``ge=0``...).
+    ``expect`` words what it accepts in errors and docs (an object may word it when asked);
+    ``phrase`` is the regex that sets it in a palette phrase (``{N}`` a number, its first group
+    the value times ``scale``; or ``value`` when given)."""
+    extra: Any = {k: v for k, v in (("unit", unit), ("expect", expect), ("phrase", phrase),
+                                    ("value", value), ("scale", scale)) if v is not None}
     if strict:  # a Literal takes no strict flag
         constraints["strict"] = True
     return Field(default, description=doc, json_schema_extra=extra, **constraints)
