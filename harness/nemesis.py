@@ -66,7 +66,6 @@ class Nemesis:
         self.events = events
         self.nursery = nursery
         self.active: dict[str, ActiveFault] = {}
-        self.failures: list[str] = []
         #: Why interactive faults are refused now (None: they are accepted).
         self.closed: str | None = None
         self._interactive = 0
@@ -202,9 +201,7 @@ class Nemesis:
             with trio.fail_after(120):
                 await fault.inject(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
-            message = f"{entry.kind} on {entry.target} failed: {exc}"
-            log.error(message)
-            self.failures.append(message)
+            log.error("%s on %s failed: %s", entry.kind, entry.target, exc)
             self.history.record(NEMESIS, "info", "fault", {**value, "error": str(exc)[:300]})
             self.events.emit("fault_error", **value, **shown, error=str(exc))
             self.active.pop(entry.fault_id, None)
@@ -217,17 +214,18 @@ class Nemesis:
                          hold_s=None if math.isinf(hold) else hold)
         with trio.move_on_after(hold):
             await entry.heal_now.wait()
+        healed = {"fault_id": entry.fault_id, "observed": fault.observed}
         try:
             with trio.fail_after(120):
                 await fault.heal(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
-            message = f"healing {entry.kind} on {entry.target} failed: {exc}"
-            log.error(message)
-            self.failures.append(message)
+            log.error("healing %s on %s failed: %s", entry.kind, entry.target, exc)
+            # A failed heal is a failed op: the checker judges it (faults_healed).
+            self.history.record(NEMESIS, "fail", "heal", {**healed, "error": str(exc)[:300]})
             self.events.emit("fault_error", **value, **shown, error=f"heal: {exc}")
+        else:
+            self.history.record(NEMESIS, "ok", "heal", healed)
         finally:
             self.active.pop(entry.fault_id, None)
-            self.history.record(NEMESIS, "ok", "heal",
-                                {"fault_id": entry.fault_id, "observed": fault.observed})
             self.events.emit("heal", fault_id=entry.fault_id, kind=entry.kind,
                              target=entry.target, by_request=entry.heal_now.is_set())

@@ -37,7 +37,7 @@ import httpx
 import orjson
 import trio
 
-from . import checker, leak_check
+from . import checker
 from .control import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
@@ -298,9 +298,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     if error is not None:
         report = checker.error_report(error)
     else:
-        report = checker.check_files([run_dir / "history.jsonl"], experiment.invariants)
-        report = leak_check.apply_rss_invariant(
-            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
+        report = checker.check_run_dir(run_dir, experiment.invariants)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
     cpu_table = cpu.table("steady", "drain") or cpu.table("setup", "drain")
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
@@ -501,7 +499,5 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
                 if real.tools:
                     cluster_metrics["real_clients"] = real.totals_by_group()
-                for message in nemesis.failures:
-                    history.record(HARNESS, "info", "nemesis_failure", {"message": message})
                 work.cancel_scope.cancel()
         root.cancel_scope.cancel()

@@ -95,8 +95,8 @@ class Stale:
 
 
 class Fault:
-    __slots__ = ("error", "fault", "fault_id", "healed", "injected", "observed", "params",
-                 "status", "target")
+    __slots__ = ("error", "fault", "fault_id", "heal_error", "healed", "injected", "observed",
+                 "params", "status", "target")
 
     def __init__(self, fault_id: str) -> None:
         self.fault_id = fault_id
@@ -107,6 +107,7 @@ class Fault:
         self.injected: float | None = None
         self.healed: float | None = None
         self.error: str | None = None
+        self.heal_error: str | None = None  # the heal op failed
         self.observed: Mapping[str, Any] = {}
 
 
@@ -133,8 +134,6 @@ class RunData:
     phases: list[tuple[str, float]] = field(default_factory=list)
     #: (process, channel, why) of subscriptions whose full deliveries disagree with the record
     inconsistent: list[tuple[str, str, str]] = field(default_factory=list)
-    #: faults the nemesis could not apply or heal (the harness records them at the end)
-    nemesis_failures: list[str] = field(default_factory=list)
     compact: bool = False  # any record op seen
 
     @property
@@ -187,8 +186,6 @@ class _Accumulator:
             self._skipped(value)
         elif f == "phase":
             d.phases.append((str(value.get("phase")), t))
-        elif f == "nemesis_failure":
-            d.nemesis_failures.append(str(value.get("message")))
         elif f == "positions":
             self._positions(process, value.get("positions") or {})
         elif f == "latency":
@@ -290,6 +287,8 @@ class _Accumulator:
         if f == "heal":
             if typ == "ok" and (flt.healed is None or t < flt.healed):
                 flt.healed = t
+            elif typ != "ok":
+                flt.heal_error = str(value.get("error", ""))
             observed = value.get("observed")
             if isinstance(observed, Mapping):
                 flt.observed = dict(observed)

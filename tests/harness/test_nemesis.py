@@ -205,3 +205,36 @@ async def test_the_control_socket_answers_with_what_will_run(
     assert inject(nemesis, events, kind="kill_node", target="node-1") == {
         "ok": False, "error": "the faults phase is over: this run takes no more faults"}
     nemesis.heal_all()
+
+
+async def test_a_failed_heal_is_a_failed_op_the_checker_judges(
+        tmp_path: Path, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the checker decides the verdict: a heal that raises is recorded as a ``fail``
+    heal op (not an ``ok`` one plus a note kept by the harness), so judging the history alone
+    fails the run, the same live and in ``turnout check``."""
+    from harness.checker import check_files
+    from harness.history import NEMESIS
+
+    class StuckHeal(StandIn, FAULTS["latency"]):  # type: ignore[misc, valid-type]
+        async def heal(self, ctx: FaultContext) -> None:
+            raise FaultError("toxiproxy refused to remove the toxic")
+
+    monkeypatch.setitem(FAULTS, "latency", StuckHeal)
+    async with trio.open_nursery() as nursery:
+        events = EventLog(tmp_path / "events.jsonl")
+        history = HistoryWriter(tmp_path / "history.jsonl")
+        nemesis = Nemesis(FaultContext(topology=None, rng=random.Random(1)), history, events,
+                          nursery)
+        nemesis.start("f1", "latency", "clients", {}, 1.0)
+        await nemesis.wait_idle()
+        history.close()
+    ops = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    heal = next(op for op in ops if op["f"] == "heal")
+    assert (heal["process"], heal["type"]) == (NEMESIS, "fail")
+    assert "refused to remove" in heal["value"]["error"]
+    report = check_files([tmp_path / "history.jsonl"])
+    healed = next(r for r in report.invariants if r.name == "faults_healed")
+    assert not healed.ok
+    assert "f1 (latency clients) heal failed: toxiproxy refused" in healed.message
+    assert report.verdict == "fail"
+    assert report.faults[0].heal_error == "toxiproxy refused to remove the toxic"
