@@ -33,6 +33,7 @@ from server.schema import Key, field_extra, problem, validate, validate_text
 
 __all__ = [
     "FAULT_KINDS",
+    "ClusterNames",
     "ExperimentEntry",
     "FaultRequest",
     "PhraseError",
@@ -223,7 +224,7 @@ class FaultRequest:
     def describe(self) -> str:
         return describe_fault(self.kind, self.target, self.params, self.duration_s)
 
-    def checked(self, topology: Topology | None) -> FaultRequest:
+    def checked(self, topology: ClusterNames | None) -> FaultRequest:
         """The request as the harness will check it (the experiment schema, the cluster's
         names), defaults filled in; FaultRequestError saying why it is refused."""
         fault = check_fault(self.kind, self.target, dict(self.params), self.duration_s,
@@ -237,20 +238,15 @@ def default_request(kind: str, target: str | None = None) -> FaultRequest:
                         {k.name: k.default for k in spec.keys}, spec.duration_s)
 
 
-# The names a fault can target in one cluster: nodes and Toxiproxy links (the harness's own
-# type, so the TUI and the control socket check targets alike).
-Topology = ClusterNames
-
-
-def topology_from_experiment(doc: Mapping[str, Any] | None) -> Topology:
+def topology_from_experiment(doc: Mapping[str, Any] | None) -> ClusterNames:
     """The nodes and links a cluster of the experiment has (before any status event)."""
     nodes = int(((doc or {}).get("cluster") or {}).get("nodes") or 3)
     names = tuple(f"node-{i}" for i in range(1, nodes + 1))
     links = ("clients->lb[0]", *(f"lb[0]->{n}" for n in names), *(f"{n}->redis" for n in names))
-    return Topology(names, links)
+    return ClusterNames(names, links)
 
 
-def targets_for(kind: str, topology: Topology) -> list[str]:
+def targets_for(kind: str, topology: ClusterNames) -> list[str]:
     """The targets ``kind`` accepts in this cluster, the kind's default first."""
     return valid_targets(kind, topology)
 
@@ -346,7 +342,7 @@ def _phrase_params(spec: type[FaultKind], t: str, rest: str) -> dict[str, Any]:
     return params
 
 
-def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
+def parse_fault_phrase(text: str, topology: ClusterNames) -> FaultRequest | None:
     """Read a fault from a phrase typed in the command palette.
 
     ``kill node-2``, ``partition node-1 from redis for 10 s``, ``add 300 ms latency to
@@ -390,7 +386,7 @@ def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
         raise PhraseError(str(exc), _suggest(request, topology)) from None
 
 
-def _suggest(request: FaultRequest, topology: Topology) -> list[FaultRequest]:
+def _suggest(request: FaultRequest, topology: ClusterNames) -> list[FaultRequest]:
     """Valid readings of a refused request: a link fault named on a node → that node's links."""
     out = []
     if "client_link" in FAULT_KINDS[request.kind].targets \

@@ -13,9 +13,9 @@ from harness.experiment import FAULT_KINDS, parse_experiment, reference_markdown
 from harness.faults.base import on, param, parameters, register
 from harness.faults.link_toxic import Direction, LinkToxic, direction
 from tui.catalog import (
+    ClusterNames,
     FaultRequest,
     PhraseError,
-    Topology,
     confirmation,
     convert_param,
     describe_fault,
@@ -213,7 +213,7 @@ def test_parameters_go_through_the_schema_checks() -> None:
 
 
 def test_topology_lanes_come_from_the_links() -> None:
-    topo = Topology(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
+    topo = ClusterNames(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
     assert topo.lanes == ("lb[0]", "lb[1]")
 
 
@@ -229,7 +229,7 @@ def test_run_tui_refuses_a_path_that_is_no_run_folder(tmp_path: Path,
 
 # A run whose experiment needs no proxy on the clients' side (proxies = "auto", no client link
 # in its schedule): only the node->redis links go through Toxiproxy.
-REDIS_ONLY = Topology(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
+REDIS_ONLY = ClusterNames(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
 
 
 @pytest.mark.parametrize(("phrase", "error"), [

@@ -21,8 +21,8 @@ from server.schema import Key
 
 from ..catalog import (
     FAULT_KINDS,
+    ClusterNames,
     FaultRequest,
-    Topology,
     confirmation,
     convert_param,
     default_request,
@@ -38,7 +38,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         Binding("ctrl+s", "inject", "Inject"),
     ]
 
-    def __init__(self, topology: Topology, *, preset: FaultRequest | None = None,
+    def __init__(self, topology: ClusterNames, *, preset: FaultRequest | None = None,
                  kind: str | None = None) -> None:
         super().__init__()
         self.topology = topology
