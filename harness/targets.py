@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["FORMS", "LINK_FORMS", "NODE_FORMS", "ClusterNames", "Target", "choices",
-           "expected", "parse", "resolve"]
+__all__ = ["FORMS", "LINK_FORMS", "NODE_FORMS", "TOKEN", "ClusterNames", "Target", "choices",
+           "expected", "find_all", "parse", "resolve"]
 
 _NODE: Final = r"node-[1-9][0-9]*"
 _LB: Final = r"lb(?:\[[0-9]+\])?"  # lb or one load-balancer lane, lb[0]
@@ -40,6 +40,22 @@ _COMPILED: Final = {form: re.compile(regex) for form, (regex, _, _) in FORMS.ite
 #: What link faults (one Toxiproxy toxic per proxy) and node faults accept.
 LINK_FORMS: Final = ("clients", "redis", "client_link", "lb_link", "redis_link")
 NODE_FORMS: Final = ("node", "random", "all")
+
+
+#: A target written in free text (a palette phrase), longest form first so that node-1->redis
+#: is one target, not node-1; loose (``node-0``) so that a bad number is refused, not skipped.
+TOKEN: Final = re.compile(
+    r"(?<![\w\[>-])("
+    r"clients->lb(?:\[\d+\])?"
+    r"|lb(?:\[\d+\])?->(?:node-\d+|random|all)"
+    r"|(?:node-\d+|random|all)->redis"
+    r"|node-\d+|lb\[\d+\]|lb|clients|redis|random|all"
+    r")(?![\w\]-])")
+
+
+def find_all(text: str) -> list[str]:
+    """The targets a phrase names, in order (checked later, against a kind and a cluster)."""
+    return TOKEN.findall(text)
 
 
 @dataclass(frozen=True, slots=True)

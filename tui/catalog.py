@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from harness import targets
 from harness.experiment import (
     EXPERIMENTS_DIR,
     FAULT_KINDS,
@@ -296,15 +297,6 @@ class PhraseError(ValueError):
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
-# A target as harness.targets writes it, longest first so that node-1->redis is one target,
-# not node-1.
-_TARGET = re.compile(
-    r"(?<![\w\[>-])("
-    r"clients->lb(?:\[\d+\])?"
-    r"|lb(?:\[\d+\])?->(?:node-\d+|random|all)"
-    r"|(?:node-\d+|random|all)->redis"
-    r"|node-\d+|lb\[\d+\]|lb|clients|redis|random|all"
-    r")(?![\w\]-])")
 _FOR = re.compile(rf"\bfor\s+{_NUMBER}\s*(s|sec|secs|seconds?|m|min|mins|minutes?)?\b")
 
 
@@ -361,9 +353,9 @@ def parse_fault_phrase(text: str, topology: ClusterNames) -> FaultRequest | None
     if spec is None:
         return None
     kind = spec.kind
-    target = spec.phrase_target(t, _TARGET.findall(t))
+    target = spec.phrase_target(t, targets.find_all(t))
     # Numbers are read with the targets taken out (lb[0]->node-2 holds no "-2").
-    rest = _TARGET.sub(" ", t)
+    rest = targets.TOKEN.sub(" ", t)
     duration: float | None = spec.duration_s
     params: dict[str, Any] = {}
     m = _FOR.search(rest)
