@@ -119,6 +119,7 @@ class FaultResult:
     recovery_s: float | None
     lost_before_heal: int  # owed (viewer, update) pairs published before the heal and lost
     error: str | None = None
+    heal_error: str | None = None  # the heal failed: the fault may still be in place
     observed: Mapping[str, Any] = field(default_factory=dict)  # the fault's own evidence
     #: stale windows of the viewers it disconnected (viewers, windows, unrecovered, p50, p99,
     #: max); None when it disconnected no viewer
@@ -132,7 +133,7 @@ class FaultResult:
             "params": dict(self.params), "status": self.status,
             "injected_at": self.injected_at, "healed_at": self.healed_at,
             "recovery_s": self.recovery_s, "lost_before_heal": self.lost_before_heal,
-            "error": self.error, "observed": dict(self.observed),
+            "error": self.error, "heal_error": self.heal_error, "observed": dict(self.observed),
             "stale": None if self.stale is None else dict(self.stale),
             "caught_up_s": self.caught_up_s, "latency_ms": dict(self.latency_ms),
         }
@@ -268,7 +269,6 @@ def _count_check(name: str, actual: int, limit: int,
 def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[FaultResult],
           incomplete: Sequence[str], problems: Sequence[ClientProblems],
           inconsistent: Sequence[tuple[str, str, str]], inv: Invariants,
-          nemesis_failures: Sequence[str] = (),
           presence: PresenceResult | None = None) -> tuple[InvariantResult, ...]:
     """Every invariant's result (pure)."""
     ordered = sorted(problems, key=lambda c: _natural_key(c.client))
@@ -324,10 +324,11 @@ def judge(totals: Mapping[str, int], latency: LatencyResult, faults: Sequence[Fa
             f"{f.fault_id} ({f.fault} {f.target}) injection {f.status}"
             + (f": {f.error}" if f.error else "") for f in bad)
     res.append(InvariantResult("faults_injected", not bad, len(bad), "== 0", msg))
-    if nemesis_failures:
-        res.append(InvariantResult(
-            "faults_applied", False, len(nemesis_failures), "== 0",
-            "; ".join(f"fault not applied: {m}" for m in nemesis_failures)))
+    unhealed = [f for f in faults if f.heal_error is not None]
+    msg = "faults_healed: " + ("; ".join(
+        f"{f.fault_id} ({f.fault} {f.target}) heal failed: {f.heal_error}" for f in unhealed)
+        if unhealed else "every injected fault healed")
+    res.append(InvariantResult("faults_healed", not unhealed, len(unhealed), "== 0", msg))
 
     if inconsistent:
         process, channel, why = inconsistent[0]
@@ -460,6 +461,7 @@ def _report(data: RunData, invariants: Invariants,
             injected_at=None if flt.injected is None else round(flt.injected - t0, 6),
             healed_at=None if flt.healed is None else round(flt.healed - t0, 6),
             recovery_s=rec.recovery_s, lost_before_heal=rec.lost_before_heal, error=flt.error,
+            heal_error=flt.heal_error,
             observed=flt.observed, stale=rec.stale, caught_up_s=rec.caught_up_s,
             latency_ms=latency.by_fault.get(flt.fault_id, empty_latency())))
 
@@ -486,7 +488,7 @@ def _report(data: RunData, invariants: Invariants,
             unsubscribed=tuple(vd.unsubscribed) if vd else (),
             reconnects=viewer.disconnects if viewer else 0))
     results = judge(full_totals, latency, faults, incomplete, problems, data.inconsistent,
-                    invariants, data.nemesis_failures, presence)
+                    invariants, presence)
     violations = tuple(r.message for r in results if not r.ok)
     disconnects = [v.disconnects for v in data.viewers.values()]
     reconnects = {
@@ -598,3 +600,14 @@ def check_files(paths: Iterable[str | Path], invariants: Invariants = Invariants
     (a torn final line, from a killed writer, is skipped as in ``iter_history``).
     """
     return _judged(_file_ops(paths), invariants)
+
+
+def check_run_dir(run_dir: Path, invariants: Invariants = Invariants()) -> Report:
+    """The verdict of a run folder: its history (``history.jsonl``) and its nodes' RSS samples
+    (``events.jsonl``, harness.leak_check). The live run and ``turnout check`` both call this,
+    so they judge the same evidence the same way."""
+    from .leak_check import apply_rss_invariant  # it imports this module
+
+    report = check_files([run_dir / "history.jsonl"], invariants)
+    return apply_rss_invariant(report, run_dir / "events.jsonl",
+                               invariants.max_rss_slope_mb_per_h)

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from . import checker, leak_check
+from . import checker
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .render import fault_recovery_text, render_markdown
@@ -280,9 +280,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         experiment_doc = orjson.loads((run_dir / "experiment.json").read_bytes())
         invariants = invariants_of(experiment_doc)
-        report = checker.check_files([run_dir / "history.jsonl"], invariants)
-        report = leak_check.apply_rss_invariant(
-            report, run_dir / "events.jsonl", invariants.max_rss_slope_mb_per_h)
+        report = checker.check_run_dir(run_dir, invariants)
     except (OSError, ValueError, TypeError) as exc:
         console.print(f"[red]turnout: error:[/] {exc}")
         return EXIT_ERROR

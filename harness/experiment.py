@@ -1,9 +1,12 @@
 """Experiment files: TOML in, validated frozen dataclasses out.
 
-One schema (``SECTIONS``, ``FAULT_KEYS``, ``FAULT_KINDS``) drives three things: validation,
-defaults, and the reference tables of docs/experiments.md (:func:`reference_markdown`), so the
-documentation cannot drift from what the loader accepts. Every error names the file, the
-dotted key (``faults[2].at_s``, 0-based) and what was expected::
+Each table of the file is a pydantic dataclass (``Cluster``, ``Clients``, ``Workload``,
+``Phases``, ``InvariantLimits``, ``ClientGroup``; a fault's own keys are its kind's ``Params``,
+harness.faults) whose fields carry their default, unit, constraints and docs. The same fields
+drive validation, defaults, the reference tables of docs/experiments.md
+(:func:`reference_markdown`) and the TUI's fault forms, so neither can drift from what the
+loader accepts. Every error names the file, the dotted key (``faults[2].at_s``, 0-based) and
+what was expected (server.schema words pydantic's errors)::
 
     experiments/x.toml: faults[2].at_s: expected a number of seconds >= 0, got 'ten'
 
@@ -17,18 +20,25 @@ reference block of the docs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import math
-import re
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Annotated, Any, Final, Literal, final
 
+from pydantic import AfterValidator, ValidationError
+
+from harness import targets
 from harness.checker import Invariants
+from harness.faults import FAULTS as FAULT_KINDS
+from harness.faults import FaultKind as FaultKind
+from harness.faults.base import param, parameters
+from harness.targets import Target as Target
+from harness.targets import parse as parse_target
+from server.schema import Key, got, keys, problem, validate
 
 __all__ = [
     "CLIENT_GROUP_KEYS",
@@ -40,8 +50,8 @@ __all__ = [
     "Cluster",
     "Experiment",
     "ExperimentError",
-    "Fault",
     "FaultKind",
+    "FaultSpec",
     "Key",
     "Params",
     "Phases",
@@ -49,6 +59,7 @@ __all__ = [
     "Workload",
     "load_experiment",
     "parse_experiment",
+    "parse_fault",
     "parse_target",
     "reference_markdown",
     "shipped_experiments",
@@ -59,6 +70,8 @@ ParamValue = bool | int | float | str | None
 EXPERIMENTS_DIR: Final = Path(__file__).resolve().parent.parent / "experiments"
 DOCS_BEGIN: Final = "<!-- BEGIN GENERATED REFERENCE (python -m harness.experiment --write-docs) -->"
 DOCS_END: Final = "<!-- END GENERATED REFERENCE -->"
+S, MS = "a number of seconds", "a number of milliseconds"
+NAME = "a lowercase name of letters, digits and '-'"
 
 
 class ExperimentError(ValueError):
@@ -71,934 +84,246 @@ class ExperimentError(ValueError):
         super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
 
 
-class _Invalid(Exception):
-    """Raised by a check; turned into an ExperimentError with the file and key attached."""
+def _addresses(value: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ValueError(f"expected an array of IP addresses, got {got(item)} in the "
+                             "array") from None
+    return tuple(out)
 
 
-def _got(value: object) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Value checks: each converts a TOML value or raises _Invalid; `expected` is used in errors and
-# in the docs' "type" column.
-
-
-@dataclass(frozen=True)
-class _Check:
-    def expected(self) -> str:
-        raise NotImplementedError
-
-    def convert(self, value: object) -> ParamValue | tuple[str, ...]:
-        raise NotImplementedError
-
-    def fail(self, value: object) -> _Invalid:
-        return _Invalid(f"expected {self.expected()}, got {_got(value)}")
-
-
-def _bounds(lo: float | None, hi: float | None, lo_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f" between {lo:g} and {hi:g}"
-    if lo is not None:
-        return f" {'>' if lo_open else '>='} {lo:g}"
-    if hi is not None:
-        return f" <= {hi:g}"
-    return ""
-
-
-@dataclass(frozen=True)
-class Integer(_Check):
-    lo: int | None = 0
-    hi: int | None = None
-    what: str = "an integer"
-
-    def expected(self) -> str:
-        return self.what + _bounds(self.lo, self.hi, False)
-
-    def convert(self, value: object) -> int:
-        # bool is an int subclass in Python; `nodes = true` is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(value)
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise self.fail(value)
-        return value
-
-
-@dataclass(frozen=True)
-class Number(_Check):
-    lo: float | None = 0.0
-    hi: float | None = None
-    lo_open: bool = False  # lo itself excluded
-    what: str = "a number"
-
-    def expected(self) -> str:
-        return self.what + _bounds(self.lo, self.hi, self.lo_open)
-
-    def convert(self, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(value)
-        v = float(value)
-        if not math.isfinite(v):
-            raise self.fail(value)
-        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
-            raise self.fail(value)
-        if self.hi is not None and v > self.hi:
-            raise self.fail(value)
-        return v
-
-
-def _seconds(lo: float = 0.0, *, lo_open: bool = False) -> Number:
-    return Number(lo, None, lo_open, "a number of seconds")
-
-
-def _ms(lo: float = 0.0, *, lo_open: bool = False) -> Number:
-    return Number(lo, None, lo_open, "a number of milliseconds")
-
-
-@dataclass(frozen=True)
-class Boolean(_Check):
-    def expected(self) -> str:
-        return "true or false"
-
-    def convert(self, value: object) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(value)
-        return value
-
-
-@dataclass(frozen=True)
-class Choice(_Check):
-    options: tuple[str, ...] = ()
-
-    def expected(self) -> str:
-        return "one of " + ", ".join(f"'{o}'" for o in self.options)
-
-    def convert(self, value: object) -> str:
-        if not isinstance(value, str) or value not in self.options:
-            raise self.fail(value)
-        return value
-
-
-@dataclass(frozen=True)
-class Text(_Check):
-    pattern: str = r".+"
-    what: str = "a non-empty string"
-
-    def expected(self) -> str:
-        return self.what
-
-    def convert(self, value: object) -> str:
-        if not isinstance(value, str) or not re.fullmatch(self.pattern, value, re.DOTALL):
-            raise self.fail(value)
-        return value
-
-
-@dataclass(frozen=True)
-class Addresses(_Check):
-    def expected(self) -> str:
-        return "an array of IP addresses"
-
-    def convert(self, value: object) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(value)
-        out = []
-        for item in value:
-            try:
-                out.append(str(ipaddress.ip_address(item)))
-            except (ValueError, TypeError):
-                raise _Invalid(
-                    f"expected {self.expected()}, got {_got(item)} in the array"
-                ) from None
-        return tuple(out)
-
-
-@dataclass(frozen=True)
-class Names(_Check):
-    """An array of names from ``options`` (each at most once)."""
-
-    options: tuple[str, ...] = ()
-
-    def expected(self) -> str:
-        return "an array of " + ", ".join(f"'{o}'" for o in self.options)
-
-    def convert(self, value: object) -> tuple[str, ...]:
-        if not isinstance(value, list) or any(
-                not isinstance(v, str) or v not in self.options for v in value) \
-                or len(set(value)) != len(value):
-            raise self.fail(value)
-        return tuple(value)
+def _unique(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"expected an array naming each phase at most once, got {list(value)}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
-# Fault targets.
-
-_NODE: Final = r"node-[1-9][0-9]*"
-_LB: Final = r"lb(?:\[[0-9]+\])?"  # lb or one load-balancer lane, lb[0]
-_TARGET_FORMS: Final[dict[str, tuple[str, str]]] = {
-    # class: (regex, how it is written in docs and errors)
-    "node": (_NODE, "'node-<n>'"),
-    "random": ("random", "'random'"),
-    "all": ("all", "'all'"),
-    "redis": ("redis", "'redis'"),
-    "clients": ("clients", "'clients'"),
-    "lb": (_LB, "'lb'"),
-    "client_link": (rf"clients->{_LB}", "'clients->lb'"),
-    "lb_link": (rf"{_LB}->(?:{_NODE}|random|all)", "'lb->node-<n>'"),
-    "redis_link": (rf"(?:{_NODE}|random|all)->redis", "'node-<n>->redis'"),
-}
-_LINK_CLASSES: Final = ("clients", "redis", "client_link", "lb_link", "redis_link")
-_NODE_CLASSES: Final = ("node", "random", "all")
+# The schema: one pydantic dataclass per table. ``param(default, unit, doc, expect=...,
+# <constraints>)``; ``expect`` words what the key accepts in errors and docs.
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A parsed target. ``cls`` is one of the keys of the target table in the docs."""
+@parameters
+class Header:
+    name: str | None = param(None, "—", "the experiment's name; defaults to the file name "
+                             "without .toml", expect=NAME, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = param(..., "—", "what the experiment proves (shown in the TUI and "
+                             "reports)", min_length=1)
+    ci: bool = param(True, "—", "false: too big for CI; the headless CI run skips it")
+    seed: int = param(1, "—", "seed of every random choice (random targets, jitter, "
+                      "slow-consumer selection)", ge=0)
 
-    text: str
-    cls: str
-    node: int | None = None  # node-<n> named by the target, if any
+
+@parameters
+class Cluster:
+    nodes: int = param(3, "nodes", "server nodes behind the load balancer", ge=1, le=64)
+    history_size: int = param(1000, "updates", "per-channel history kept in Redis for recovery "
+                              "(stream MAXLEN)", ge=1)
+    history_ttl_s: float = param(300.0, "s", "how long a channel's history lives after its "
+                                 "last publish", expect=S, gt=0)
+    activity_timeout_s: float = param(30.0, "s", "Pusher activity_timeout sent to clients: idle "
+                                      "time before they ping", expect=S, gt=0)
+    drain_grace_s: float = param(5.0, "s", "on SIGTERM, how long a node may take to close its "
+                                 "clients with a reconnect code", expect=S, ge=0)
+    max_rss_mb: int = param(0, "MB", "memory limit per node; above it the node sheds clients "
+                            "gracefully (0 = none)", ge=0)
+    outbound_queue_bytes: int = param(1048576, "bytes", "per-connection outbound queue; a "
+                                      "consumer beyond it is disconnected to resume", ge=1024)
+    socket_send_buffer_bytes: int = param(
+        0, "bytes", "kernel send buffer (SO_SNDBUF) of each client socket on the nodes; 0 = "
+        "kernel autotuning, which lets a stalled client hold megabytes before the queue fills",
+        ge=0)
+    recovery: bool = param(True, "—", "false runs the nodes with history_size 0: the negative "
+                           "control, which must report losses")
+    reaper: bool = param(True, "—", "false runs the nodes with --no-reap-dead-nodes (presence "
+                         "without node liveness): the presence negative control, whose killed "
+                         "node leaves ghost members")
+    proxies: Literal["auto", "all"] = param(
+        "auto", "—", "client-side Toxiproxy hops: 'auto' puts clients->lb and lb->node proxies "
+        "only where a scheduled fault needs them (each costs ~19 µs of CPU per delivery); "
+        "'all' proxies every link, for interactive link faults from the TUI (node->redis links "
+        "are always proxied)", strict=False)
+    server: Literal["turnout", "sockudo"] = param(
+        "turnout", "—", "the Pusher server the nodes run (turnout run --server overrides it): "
+        "'sockudo' runs Sockudo nodes over their Redis adapter behind the same load balancer "
+        "and proxies; faults needing a turnout-only feature (leak_memory) are skipped with the "
+        "reason in the report (docs/peers.md)", strict=False)
 
     @property
-    def is_link(self) -> bool:
-        return self.cls.endswith("_link")
+    def effective_history_size(self) -> int:
+        """The history size nodes run with: 0 when recovery is off (the negative control)."""
+        return self.history_size if self.recovery else 0
 
 
-def parse_target(text: str) -> Target | None:
-    """Classify a target string; None if it matches no known form (existence is not checked)."""
-    for cls, (pattern, _) in _TARGET_FORMS.items():
-        if re.fullmatch(pattern, text):
-            m = re.search(r"node-([0-9]+)", text)
-            return Target(text, cls, int(m.group(1)) if m else None)
-    return None
+@parameters
+class Clients:
+    count: int = param(200, "clients", "measured websocket clients", ge=1)
+    processes: int = param(2, "processes", "client worker processes", ge=1)
+    channels_per_client: int = param(2, "channels", "channels each client subscribes to (spread "
+                                     "evenly over workload.channels)", ge=1)
+    connect_rate_per_s: float = param(500.0, "clients/s", "connection ramp-up rate of the whole "
+                                      "fleet (each worker process ramps its share)",
+                                      expect="a number per second", gt=0)
+    reconnect_backoff_min_s: float = param(0.1, "s", "first reconnect delay after a disconnect "
+                                           "(doubles, with jitter)", expect=S, gt=0)
+    reconnect_backoff_max_s: float = param(5.0, "s", "cap of the reconnect delay", expect=S,
+                                           gt=0)
+    ping_after_silence_s: float = param(
+        5.0, "s", "a client that has heard nothing for this long sends pusher:ping and "
+        "reconnects if no pong comes within 5 s (its dead-link detector; pusher-js waits the "
+        "server's activity_timeout); raise it for very large idle fleets", expect=S, gt=0)
+    resume: bool = param(True, "—", "resubscribe with the last position (false: plain Pusher "
+                         "clients, expect losses)")
+    source_addresses: Annotated[tuple[str, ...], AfterValidator(_addresses)] = param(
+        (), "—", "local addresses the clients bind to, spread round-robin; more than ~28,000 "
+        "connections to one address:port need several (e.g. 127.0.0.2)",
+        expect="an array of IP addresses", strict=False)
+    full_history: int = param(
+        1000, "clients", "a seeded sample of this many clients records every delivery as a "
+        "history op; every client is also recorded compactly (positions as runs), which is "
+        "what the checker judges, and the sample must agree with it", ge=0)
 
 
-@dataclass(frozen=True)
-class TargetCheck(_Check):
-    classes: tuple[str, ...] = ()
+@parameters
+class Workload:
+    channels: int = param(4, "channels", "result channels published to", ge=1)
+    channel_prefix: str = param("results-", "—", "channel names are `<prefix><n>`, n = 0 .. "
+                                "channels-1", expect="a Pusher channel name prefix",
+                                pattern=r"^[A-Za-z0-9_\-=@,.;]+$")
+    publish_interval_s: float = param(2.5, "s", "mean time between two updates of one channel",
+                                      expect=S, gt=0)
+    interval_jitter_s: float = param(0.5, "s", "uniform jitter added to each interval (must be "
+                                     "below publish_interval_s)", expect=S, ge=0)
+    payload_bytes: int = param(600, "bytes", "size of each update's JSON payload (a realistic "
+                               "election result is ~600 B; Pusher caps events at 10 KB)",
+                               ge=16, le=10240)
+    publish_timeout_s: float = param(5.0, "s", "HTTP publish timeout; a timeout is recorded as "
+                                     "indeterminate (info)", expect=S, gt=0)
+    publish_retries: int = param(3, "retries", "retries of a failed or indeterminate publish, "
+                                 "each a new update with a new id", ge=0)
+    presence_channels: int = param(
+        0, "channels", "presence channels the clients also join as users (client i joins "
+        "presence-room-<i mod n>, even ids as one user on every connection, odd ids as a new "
+        "user per connection); their member lists are checked (invariants.presence). At most "
+        "50 clients per channel (the app's limit is 100 users)", ge=0)
 
-    def expected(self) -> str:
-        forms = [_TARGET_FORMS[c][1] for c in self.classes]
-        body = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
-        return "a target " + body
+    @property
+    def presence_names(self) -> tuple[str, ...]:
+        return tuple(f"presence-room-{n}" for n in range(1, self.presence_channels + 1))
 
-    def convert(self, value: object) -> str:
-        if not isinstance(value, str):
-            raise self.fail(value)
-        target = parse_target(value)
-        if target is None or target.cls not in self.classes:
-            raise self.fail(value)
-        return value
-
-
-# --------------------------------------------------------------------------------------------
-# The schema.
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Final = _Required()
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key: its check, default (REQUIRED, None = optional and unset, or a value), unit, doc."""
-
-    name: str
-    check: _Check
-    default: object
-    unit: str
-    doc: str
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.channel_prefix}{n}" for n in range(self.channels))
 
 
-_DIRECTION = Choice(("upstream", "downstream", "both"))
-_DIRECTION_DOC = "which stream of the link: upstream (towards the server side), downstream, both"
+@parameters
+class Phases:
+    steady_s: float = param(10.0, "s", "steady state before any fault", expect=S, ge=0)
+    faults_s: float = param(30.0, "s", "the window in which faults are scheduled "
+                            "(faults[*].at_s is relative to it)", expect=S, ge=0)
+    heal_s: float = param(5.0, "s", "every fault still active is healed at its start",
+                          expect=S, ge=0)
+    settle_s: float = param(10.0, "s", "publishing continues, no faults; then every client "
+                            "does its final read (drain)", expect=S, ge=0)
 
-SECTIONS: Final[dict[str, tuple[Key, ...]]] = {
-    "": (
-        Key(
-            "name",
-            Text(r"[a-z0-9][a-z0-9-]*", "a lowercase name of letters, digits and '-'"),
-            None,
-            "—",
-            "the experiment's name; defaults to the file name without .toml",
-        ),
-        Key(
-            "description",
-            Text(),
-            REQUIRED,
-            "—",
-            "what the experiment proves (shown in the TUI and reports)",
-        ),
-        Key("ci", Boolean(), True, "—", "false: too big for CI; the headless CI run skips it"),
-        Key(
-            "seed",
-            Integer(0),
-            1,
-            "—",
-            "seed of every random choice (random targets, jitter, slow-consumer selection)",
-        ),
-    ),
-    "cluster": (
-        Key("nodes", Integer(1, 64), 3, "nodes", "server nodes behind the load balancer"),
-        Key(
-            "history_size",
-            Integer(1),
-            1000,
-            "updates",
-            "per-channel history kept in Redis for recovery (stream MAXLEN)",
-        ),
-        Key(
-            "history_ttl_s",
-            _seconds(0, lo_open=True),
-            300.0,
-            "s",
-            "how long a channel's history lives after its last publish",
-        ),
-        Key(
-            "activity_timeout_s",
-            _seconds(0, lo_open=True),
-            30.0,
-            "s",
-            "Pusher activity_timeout sent to clients: idle time before they ping",
-        ),
-        Key(
-            "drain_grace_s",
-            _seconds(),
-            5.0,
-            "s",
-            "on SIGTERM, how long a node may take to close its clients with a reconnect code",
-        ),
-        Key(
-            "max_rss_mb",
-            Integer(0),
-            0,
-            "MB",
-            "memory limit per node; above it the node sheds clients gracefully (0 = none)",
-        ),
-        Key(
-            "outbound_queue_bytes",
-            Integer(1024),
-            1048576,
-            "bytes",
-            "per-connection outbound queue; a consumer beyond it is disconnected to resume",
-        ),
-        Key(
-            "socket_send_buffer_bytes",
-            Integer(0),
-            0,
-            "bytes",
-            "kernel send buffer (SO_SNDBUF) of each client socket on the nodes; 0 = kernel "
-            "autotuning, which lets a stalled client hold megabytes before the queue fills",
-        ),
-        Key(
-            "recovery",
-            Boolean(),
-            True,
-            "—",
-            "false runs the nodes with history_size 0: the negative control, which must "
-            "report losses",
-        ),
-        Key(
-            "reaper",
-            Boolean(),
-            True,
-            "—",
-            "false runs the nodes with --no-reap-dead-nodes (presence without node liveness): "
-            "the presence negative control, whose killed node leaves ghost members",
-        ),
-        Key(
-            "proxies",
-            Choice(("auto", "all")),
-            "auto",
-            "—",
-            "client-side Toxiproxy hops: 'auto' puts clients->lb and lb->node proxies only "
-            "where a scheduled fault needs them (each costs ~19 µs of CPU per delivery); "
-            "'all' proxies every link, for interactive link faults from the TUI "
-            "(node->redis links are always proxied)",
-        ),
-        Key(
-            "server",
-            Choice(("turnout", "sockudo")),
-            "turnout",
-            "—",
-            "the Pusher server the nodes run (turnout run --server overrides it): 'sockudo' "
-            "runs Sockudo nodes over their Redis adapter behind the same load balancer and "
-            "proxies; faults needing a turnout-only feature (leak_memory) are skipped with "
-            "the reason in the report (docs/peers.md)",
-        ),
-    ),
-    "clients": (
-        Key("count", Integer(1), 200, "clients", "measured websocket clients"),
-        Key("processes", Integer(1), 2, "processes", "client worker processes"),
-        Key(
-            "channels_per_client",
-            Integer(1),
-            2,
-            "channels",
-            "channels each client subscribes to (spread evenly over workload.channels)",
-        ),
-        Key(
-            "connect_rate_per_s",
-            Number(0, None, True, "a number per second"),
-            500.0,
-            "clients/s",
-            "connection ramp-up rate of the whole fleet (each worker process ramps its share)",
-        ),
-        Key(
-            "reconnect_backoff_min_s",
-            _seconds(0, lo_open=True),
-            0.1,
-            "s",
-            "first reconnect delay after a disconnect (doubles, with jitter)",
-        ),
-        Key(
-            "reconnect_backoff_max_s",
-            _seconds(0, lo_open=True),
-            5.0,
-            "s",
-            "cap of the reconnect delay",
-        ),
-        Key(
-            "ping_after_silence_s",
-            _seconds(0, lo_open=True),
-            5.0,
-            "s",
-            "a client that has heard nothing for this long sends pusher:ping and reconnects "
-            "if no pong comes within 5 s (its dead-link detector; pusher-js waits the "
-            "server's activity_timeout); raise it for very large idle fleets",
-        ),
-        Key(
-            "resume",
-            Boolean(),
-            True,
-            "—",
-            "resubscribe with the last position (false: plain Pusher clients, expect losses)",
-        ),
-        Key(
-            "source_addresses",
-            Addresses(),
-            (),
-            "—",
-            "local addresses the clients bind to, spread round-robin; more than ~28,000 "
-            "connections to one address:port need several (e.g. 127.0.0.2)",
-        ),
-        Key(
-            "full_history",
-            Integer(0),
-            1000,
-            "clients",
-            "a seeded sample of this many clients records every delivery as a history op; "
-            "every client is also recorded compactly (positions as runs), which is what the "
-            "checker judges, and the sample must agree with it",
-        ),
-    ),
-    "workload": (
-        Key("channels", Integer(1), 4, "channels", "result channels published to"),
-        Key(
-            "channel_prefix",
-            Text(r"[A-Za-z0-9_\-=@,.;]+", "a Pusher channel name prefix"),
-            "results-",
-            "—",
-            "channel names are `<prefix><n>`, n = 0 .. channels-1",
-        ),
-        Key(
-            "publish_interval_s",
-            _seconds(0, lo_open=True),
-            2.5,
-            "s",
-            "mean time between two updates of one channel",
-        ),
-        Key(
-            "interval_jitter_s",
-            _seconds(),
-            0.5,
-            "s",
-            "uniform jitter added to each interval (must be below publish_interval_s)",
-        ),
-        Key(
-            "payload_bytes",
-            Integer(16, 10240),
-            600,
-            "bytes",
-            "size of each update's JSON payload (a realistic election result is ~600 B; "
-            "Pusher caps events at 10 KB)",
-        ),
-        Key(
-            "publish_timeout_s",
-            _seconds(0, lo_open=True),
-            5.0,
-            "s",
-            "HTTP publish timeout; a timeout is recorded as indeterminate (info)",
-        ),
-        Key(
-            "publish_retries",
-            Integer(0),
-            3,
-            "retries",
-            "retries of a failed or indeterminate publish, each a new update with a new id",
-        ),
-        Key(
-            "presence_channels",
-            Integer(0),
-            0,
-            "channels",
-            "presence channels the clients also join as users (client i joins "
-            "presence-room-<i mod n>, even ids as one user on every connection, odd ids as a "
-            "new user per connection); their member lists are checked (invariants.presence). "
-            "At most 50 clients per channel (the app's limit is 100 users)",
-        ),
-    ),
-    "phases": (
-        Key("steady_s", _seconds(), 10.0, "s", "steady state before any fault"),
-        Key(
-            "faults_s",
-            _seconds(),
-            30.0,
-            "s",
-            "the window in which faults are scheduled (faults[*].at_s is relative to it)",
-        ),
-        Key("heal_s", _seconds(), 5.0, "s", "every fault still active is healed at its start"),
-        Key(
-            "settle_s",
-            _seconds(),
-            10.0,
-            "s",
-            "publishing continues, no faults; then every client does its final read (drain)",
-        ),
-    ),
-    "invariants": (
-        Key("lost", Integer(0), 0, "updates", "maximum lost (client, update) pairs"),
-        Key("duplicated", Integer(0), 0, "deliveries", "maximum duplicate deliveries"),
-        Key("reordered", Integer(0), 0, "deliveries", "maximum out-of-order deliveries"),
-        Key(
-            "unexpected",
-            Integer(0),
-            0,
-            "deliveries",
-            "maximum deliveries of never-published or failed updates",
-        ),
-        Key(
-            "unsubscribed",
-            Integer(0),
-            0,
-            "subscriptions",
-            "maximum (client, channel) subscriptions that never succeeded",
-        ),
-        Key(
-            "p99_ms",
-            _ms(0, lo_open=True),
-            None,
-            "ms",
-            "maximum p99 delivery latency (unset: not checked)",
-        ),
-        Key(
-            "p99_phases",
-            Names(("steady", "faults", "heal", "settle")),
-            (),
-            "—",
-            "phases whose p99 must each be within p99_ms (updates by publish time); empty: "
-            "the p99 over every delivery",
-        ),
-        Key(
-            "recovery_s",
-            _seconds(),
-            None,
-            "s",
-            "maximum recovery time of every fault (unset: not checked)",
-        ),
-        Key(
-            "min_delivered",
-            Integer(1),
-            1,
-            "updates",
-            "minimum owed updates delivered: a run that proves nothing fails",
-        ),
-        Key(
-            "rss_slope_mb_per_h",
-            Number(0, None, False, "a number of MB per hour"),
-            None,
-            "MB/h",
-            "leak detector: maximum RSS growth of any node process that ran 10 min past a "
-            "5 min warm-up (least squares over per-minute medians; unset: not checked)",
-        ),
-        Key(
-            "presence",
-            Integer(0),
-            0,
-            "problems",
-            "maximum presence problems after the final read: ghost and missing members in a "
-            "client's list, member events that contradict it (checked when "
-            "workload.presence_channels > 0)",
-        ),
-    ),
-}
+    @property
+    def total_s(self) -> float:
+        return self.steady_s + self.faults_s + self.heal_s + self.settle_s
 
+
+PhaseName = Literal["steady", "faults", "heal", "settle"]
+
+
+@parameters
+class InvariantLimits:
+    """``[invariants]`` as written; the checker's :class:`Invariants` names them max_*."""
+
+    lost: int = param(0, "updates", "maximum lost (client, update) pairs", ge=0)
+    duplicated: int = param(0, "deliveries", "maximum duplicate deliveries", ge=0)
+    reordered: int = param(0, "deliveries", "maximum out-of-order deliveries", ge=0)
+    unexpected: int = param(0, "deliveries", "maximum deliveries of never-published or failed "
+                            "updates", ge=0)
+    unsubscribed: int = param(0, "subscriptions", "maximum (client, channel) subscriptions "
+                              "that never succeeded", ge=0)
+    p99_ms: float | None = param(None, "ms", "maximum p99 delivery latency (unset: not "
+                                 "checked)", expect=MS, gt=0)
+    p99_phases: Annotated[tuple[PhaseName, ...], AfterValidator(_unique)] = param(
+        (), "—", "phases whose p99 must each be within p99_ms (updates by publish time); "
+        "empty: the p99 over every delivery",
+        expect="an array of 'steady', 'faults', 'heal', 'settle'", strict=False)
+    recovery_s: float | None = param(None, "s", "maximum recovery time of every fault (unset: "
+                                     "not checked)", expect=S, ge=0)
+    min_delivered: int = param(1, "updates", "minimum owed updates delivered: a run that "
+                               "proves nothing fails", ge=1)
+    rss_slope_mb_per_h: float | None = param(
+        None, "MB/h", "leak detector: maximum RSS growth of any node process that ran 10 min "
+        "past a 5 min warm-up (least squares over per-minute medians; unset: not checked)",
+        expect="a number of MB per hour", ge=0)
+    presence: int = param(0, "problems", "maximum presence problems after the final read: "
+                          "ghost and missing members in a client's list, member events that "
+                          "contradict it (checked when workload.presence_channels > 0)", ge=0)
+
+
+class _KindNames:
+    """What ``kind`` accepts: the kinds registered when it is asked (harness.faults)."""
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(f"'{k}'" for k in FAULT_KINDS)
+
+
+@parameters
+class FaultKeys:
+    """The keys common to every ``[[faults]]`` entry (the kind's own are its ``Params``)."""
+
+    at_s: float = param(..., "s", "start, in seconds from the start of the faults phase",
+                        expect=S, ge=0)
+    kind: str = param(..., "—", "the fault kind (below)", expect=_KindNames())
+    target: str = param("per kind", "—", "what the fault hits (per kind, below)")
+    duration_s: float = param("per kind", "s", "how long before the heal, for kinds that have "
+                              "a duration", expect=S, gt=0)
+
+
+@parameters
+class ClientGroup:
+    """One ``[[client_groups]]`` entry: real Pusher clients run by harness.real_clients."""
+
+    name: str = param("per group", "—", "the group's name; its viewers are `<name>-<i>` in the "
+                      "history (default: the kind, numbered when several groups share it)",
+                      expect=NAME, pattern=r"^[a-z][a-z0-9-]*$")
+    kind: Literal["pusher-js", "browser"] = param(
+        ..., "—", "pusher-js: viewers in Node processes (tools/node-fleet.mjs); browser: one "
+        "headless Chromium page per viewer (tools/browser-fleet.mjs)", strict=False)
+    count: int = param(10, "clients", "viewers in the group", ge=1)
+    processes: int = param(1, "processes", "Node processes (each with one Chromium for kind = "
+                           "browser); viewers spread over them", ge=1, le=16)
+    library: Literal["pusher-js", "echo", "both"] = param(
+        "pusher-js", "—", "what the application is written with: pusher-js alone, Laravel Echo "
+        "on pusher-js, or both alternating per viewer", strict=False)
+    versions: Literal["newest", "oldest", "both"] = param(
+        "newest", "—", "the pusher-js 8.x / Echo 2.x versions clients/pusher-resume claims "
+        "(oldest or newest, or both alternating)", strict=False)
+    plugin: bool = param(True, "—", "wrap each instance in @turnout/pusher-resume (false: plain "
+                         "pusher-js, which resubscribes fresh and loses what was published "
+                         "meanwhile)")
+    channels_per_client: int = param(2, "channels", "channels each viewer subscribes to (spread "
+                                     "evenly over workload.channels)", ge=1)
+    connect_rate_per_s: float = param(50.0, "clients/s", "how fast the group's viewers are "
+                                      "opened", expect="a number per second", gt=0)
+
+
+_TABLES: Final[dict[str, type]] = {"": Header, "cluster": Cluster, "clients": Clients,
+                                   "workload": Workload, "phases": Phases,
+                                   "invariants": InvariantLimits}
+#: The keys of each table, as docs and forms show them ("" is the top level).
+SECTIONS: Final[dict[str, tuple[Key, ...]]] = {s: keys(t) for s, t in _TABLES.items()}
+FAULT_KEYS: Final = keys(FaultKeys)
+CLIENT_GROUP_KEYS: Final = keys(ClientGroup)
 # checker.Invariants field for each [invariants] key.
-_INVARIANT_FIELDS: Final = {
-    "lost": "max_lost",
-    "duplicated": "max_duplicated",
-    "reordered": "max_reordered",
-    "unexpected": "max_unexpected",
-    "unsubscribed": "max_unsubscribed",
-    "p99_ms": "p99_ms",
-    "p99_phases": "p99_phases",
-    "recovery_s": "max_recovery_s",
-    "min_delivered": "min_delivered",
-    "rss_slope_mb_per_h": "max_rss_slope_mb_per_h",
-    "presence": "max_presence",
-}
-
-
-@dataclass(frozen=True)
-class FaultKind:
-    """A fault kind: its targets, whether it has a duration, its own keys, and how it heals."""
-
-    name: str
-    summary: str
-    targets: tuple[str, ...]
-    default_target: str
-    duration_s: float | None  # default duration; None: the kind takes no duration_s
-    heal: str
-    params: tuple[Key, ...] = ()
-
-
-_RESTART = Key(
-    "restart",
-    Boolean(),
-    True,
-    "—",
-    "start the node again (false: it stays dead; the heal is logged at once)",
-)
-
-FAULT_KINDS: Final[dict[str, FaultKind]] = {
-    k.name: k
-    for k in (
-        FaultKind(
-            "kill_node",
-            "SIGKILL a node. Its clients lose their sockets, reconnect through the load "
-            "balancer to another node and resume from their last position.",
-            _NODE_CLASSES,
-            "random",
-            None,
-            "the restart, restart_after_s after the kill",
-            (
-                _RESTART,
-                Key(
-                    "restart_after_s",
-                    _seconds(),
-                    2.0,
-                    "s",
-                    "delay between the kill and the restart",
-                ),
-            ),
-        ),
-        FaultKind(
-            "stop_node",
-            "SIGTERM a node: a graceful drain. It closes its clients with a reconnect code "
-            "within cluster.drain_grace_s and exits; they resume elsewhere.",
-            _NODE_CLASSES,
-            "random",
-            None,
-            "the restart, restart_after_s after the stop",
-            (
-                _RESTART,
-                Key(
-                    "restart_after_s",
-                    _seconds(),
-                    2.0,
-                    "s",
-                    "delay between the node exiting and its restart",
-                ),
-            ),
-        ),
-        FaultKind(
-            "pause_node",
-            "SIGSTOP a node, SIGCONT after duration_s: its sockets stay open but silent. "
-            "Clients must notice (activity timeout, ping) and move.",
-            _NODE_CLASSES,
-            "random",
-            10.0,
-            "SIGCONT",
-        ),
-        FaultKind(
-            "rolling_restart",
-            "Restart every node in turn as a deploy does: stop one, start it, wait until the "
-            "load balancer sees it healthy, wait interval_s, next.",
-            ("all",),
-            "all",
-            None,
-            "when the last node is healthy again",
-            (
-                Key(
-                    "interval_s",
-                    _seconds(),
-                    5.0,
-                    "s",
-                    "pause between one node being healthy and stopping the next",
-                ),
-                Key("graceful", Boolean(), True, "—", "SIGTERM with drain (true) or SIGKILL"),
-            ),
-        ),
-        FaultKind(
-            "restart_redis",
-            "Stop Redis and start it again after restart_after_s, with its data (saved on "
-            "shutdown) unless flush = true. Every node loses its connection and subscriptions "
-            "and must catch up from the streams.",
-            ("redis",),
-            "redis",
-            None,
-            "Redis accepting commands again",
-            (
-                Key("restart_after_s", _seconds(), 1.0, "s", "downtime"),
-                Key(
-                    "flush",
-                    Boolean(),
-                    False,
-                    "—",
-                    "restart with an empty dataset: epochs change, clients must be told "
-                    "recovered:false and the gap counts as lost (relax invariants.lost)",
-                ),
-            ),
-        ),
-        FaultKind(
-            "partition_redis",
-            "Cut nodes off from Redis through Toxiproxy for duration_s.",
-            ("redis", "redis_link"),
-            "redis",
-            5.0,
-            "toxic removed / proxy enabled",
-            (
-                Key(
-                    "mode",
-                    Choice(("blackhole", "cut")),
-                    "blackhole",
-                    "—",
-                    "blackhole: timeout toxic with timeout 0, bytes silently dropped and "
-                    "connections closed on heal; cut: proxy disabled, every connection closed "
-                    "at once and new ones refused",
-                ),
-            ),
-        ),
-        FaultKind(
-            "latency",
-            "Delay each chunk on a link by latency_ms ± jitter_ms (Toxiproxy latency toxic).",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key("latency_ms", _ms(), 200.0, "ms", "added delay"),
-                Key("jitter_ms", _ms(), 0.0, "ms", "random ± variation of the delay"),
-                Key("direction", _DIRECTION, "both", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "bandwidth",
-            "Throttle a link to rate_kbps (Toxiproxy bandwidth toxic).",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key(
-                    "rate_kbps",
-                    Number(0, None, False, "a number of KB/s"),
-                    64.0,
-                    "KB/s",
-                    "throughput limit (0 stalls the link)",
-                ),
-                Key("direction", _DIRECTION, "downstream", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "reset_peer",
-            "Reset connections on a link with a TCP RST after timeout_ms (Toxiproxy "
-            "reset_peer toxic), for as long as the toxic stays.",
-            _LINK_CLASSES,
-            "clients",
-            5.0,
-            "toxic removed",
-            (
-                Key("timeout_ms", _ms(), 0.0, "ms", "delay before the reset"),
-                Key("direction", _DIRECTION, "both", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "slicer",
-            "Fragment the stream into small pieces with a pause between them (Toxiproxy "
-            "slicer): websocket frames arrive in many TCP segments.",
-            _LINK_CLASSES,
-            "clients",
-            10.0,
-            "toxic removed",
-            (
-                Key(
-                    "average_size",
-                    Integer(1, None, "an integer number of bytes"),
-                    64,
-                    "bytes",
-                    "mean piece size",
-                ),
-                Key(
-                    "size_variation",
-                    Integer(0, None, "an integer number of bytes"),
-                    32,
-                    "bytes",
-                    "± variation of the piece size (below average_size)",
-                ),
-                Key(
-                    "delay_us",
-                    Integer(0, None, "an integer number of microseconds"),
-                    10,
-                    "µs",
-                    "pause between pieces",
-                ),
-                Key("direction", _DIRECTION, "downstream", "—", _DIRECTION_DOC),
-            ),
-        ),
-        FaultKind(
-            "leak_memory",
-            "Make a node allocate and hold mb_per_s of memory through its chaos endpoint "
-            "(off by default; the harness enables it). With cluster.max_rss_mb the node must "
-            "shed clients gracefully rather than be OOM-killed.",
-            _NODE_CLASSES,
-            "random",
-            20.0,
-            "the leaked memory is released",
-            (
-                Key(
-                    "mb_per_s", Number(0, None, True, "a number of MB/s"), 10.0, "MB/s", "leak rate"
-                ),
-            ),
-        ),
-        FaultKind(
-            "slow_consumers",
-            "A share of the measured clients stop reading their sockets. The server must "
-            "disconnect them with a reconnect code once cluster.outbound_queue_bytes fill up "
-            "(they then resume without loss) and must not slow the other clients down.",
-            ("clients",),
-            "clients",
-            15.0,
-            "the clients read again",
-            (
-                Key(
-                    "share",
-                    Number(0, 1, True, "a fraction"),
-                    0.1,
-                    "fraction",
-                    "share of the clients that stop reading (0 < share <= 1)",
-                ),
-            ),
-        ),
-        FaultKind(
-            "connection_storm",
-            "Open `clients` extra websocket connections at once against the target, each "
-            "subscribing to a channel, hold them for duration_s, then close them. The measured "
-            "clients must not lose updates meanwhile. Needs ulimit -n above clients.",
-            ("lb", "node"),
-            "lb",
-            10.0,
-            "the storm connections are closed",
-            (
-                Key(
-                    "clients",
-                    Integer(1, None, "an integer number of connections"),
-                    10000,
-                    "connections",
-                    "storm connections (scaled by --scale)",
-                ),
-            ),
-        ),
-    )
-}
-
-FAULT_KEYS: Final[tuple[Key, ...]] = (
-    Key("at_s", _seconds(), REQUIRED, "s", "start, in seconds from the start of the faults phase"),
-    Key("kind", Choice(tuple(FAULT_KINDS)), REQUIRED, "—", "the fault kind (below)"),
-    Key("target", Text(), "per kind", "—", "what the fault hits (per kind, below)"),
-    Key(
-        "duration_s",
-        _seconds(0, lo_open=True),
-        "per kind",
-        "s",
-        "how long before the heal, for kinds that have a duration",
-    ),
-)
-
-#: ``[[client_groups]]``: real Pusher clients next to the Python fleet (harness.real_clients).
-CLIENT_GROUP_KEYS: Final[tuple[Key, ...]] = (
-    Key(
-        "name",
-        Text(r"[a-z][a-z0-9-]*", "a lowercase name of letters, digits and '-'"),
-        "per group",
-        "—",
-        "the group's name; its viewers are `<name>-<i>` in the history (default: the kind, "
-        "numbered when several groups share it)",
-    ),
-    Key(
-        "kind",
-        Choice(("pusher-js", "browser")),
-        REQUIRED,
-        "—",
-        "pusher-js: viewers in Node processes (tools/node-fleet.mjs); browser: one headless "
-        "Chromium page per viewer (tools/browser-fleet.mjs)",
-    ),
-    Key("count", Integer(1), 10, "clients", "viewers in the group"),
-    Key(
-        "processes",
-        Integer(1, 16),
-        1,
-        "processes",
-        "Node processes (each with one Chromium for kind = browser); viewers spread over them",
-    ),
-    Key(
-        "library",
-        Choice(("pusher-js", "echo", "both")),
-        "pusher-js",
-        "—",
-        "what the application is written with: pusher-js alone, Laravel Echo on pusher-js, "
-        "or both alternating per viewer",
-    ),
-    Key(
-        "versions",
-        Choice(("newest", "oldest", "both")),
-        "newest",
-        "—",
-        "the pusher-js 8.x / Echo 2.x versions clients/pusher-resume claims (oldest or newest, "
-        "or both alternating)",
-    ),
-    Key(
-        "plugin",
-        Boolean(),
-        True,
-        "—",
-        "wrap each instance in @turnout/pusher-resume (false: plain pusher-js, which "
-        "resubscribes fresh and loses what was published meanwhile)",
-    ),
-    Key(
-        "channels_per_client",
-        Integer(1),
-        2,
-        "channels",
-        "channels each viewer subscribes to (spread evenly over workload.channels)",
-    ),
-    Key(
-        "connect_rate_per_s",
-        Number(0, None, True, "a number per second"),
-        50.0,
-        "clients/s",
-        "how fast the group's viewers are opened",
-    ),
-)
+_INVARIANT_FIELDS: Final = {k.name: k.name if k.name in ("p99_ms", "p99_phases", "min_delivered")
+                            else f"max_{k.name}" for k in SECTIONS["invariants"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1037,75 +362,9 @@ class Params(Mapping[str, ParamValue]):
 
 
 @dataclass(frozen=True, slots=True)
-class Cluster:
-    nodes: int = 3
-    history_size: int = 1000
-    history_ttl_s: float = 300.0
-    activity_timeout_s: float = 30.0
-    drain_grace_s: float = 5.0
-    max_rss_mb: int = 0
-    outbound_queue_bytes: int = 1048576
-    socket_send_buffer_bytes: int = 0
-    recovery: bool = True
-    proxies: str = "auto"
-    reaper: bool = True
-    server: str = "turnout"
-
-    @property
-    def effective_history_size(self) -> int:
-        """The history size nodes run with: 0 when recovery is off (the negative control)."""
-        return self.history_size if self.recovery else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Clients:
-    count: int = 200
-    processes: int = 2
-    channels_per_client: int = 2
-    connect_rate_per_s: float = 500.0
-    reconnect_backoff_min_s: float = 0.1
-    reconnect_backoff_max_s: float = 5.0
-    ping_after_silence_s: float = 5.0
-    resume: bool = True
-    source_addresses: tuple[str, ...] = ()
-    full_history: int = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    channels: int = 4
-    channel_prefix: str = "results-"
-    publish_interval_s: float = 2.5
-    interval_jitter_s: float = 0.5
-    payload_bytes: int = 600
-    publish_timeout_s: float = 5.0
-    publish_retries: int = 3
-    presence_channels: int = 0
-
-    @property
-    def presence_names(self) -> tuple[str, ...]:
-        return tuple(f"presence-room-{n}" for n in range(1, self.presence_channels + 1))
-
-    @property
-    def channel_names(self) -> tuple[str, ...]:
-        return tuple(f"{self.channel_prefix}{n}" for n in range(self.channels))
-
-
-@dataclass(frozen=True, slots=True)
-class Phases:
-    steady_s: float = 10.0
-    faults_s: float = 30.0
-    heal_s: float = 5.0
-    settle_s: float = 10.0
-
-    @property
-    def total_s(self) -> float:
-        return self.steady_s + self.faults_s + self.heal_s + self.settle_s
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """One scheduled fault. ``params`` holds the kind's own keys, defaults filled in."""
+class FaultSpec:
+    """One ``[[faults]]`` entry as declared. ``params`` holds the kind's own keys, defaults
+    filled in (the running fault is an instance of the kind's class, harness.faults)."""
 
     index: int  # position in the file (0-based)
     kind: str
@@ -1120,40 +379,20 @@ class Fault:
         return f"f{self.index + 1}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "fault_id": self.fault_id,
-            "kind": self.kind,
-            "at_s": self.at_s,
-            "target": self.target,
-            "duration_s": self.duration_s,
-            "params": dict(self.params),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ClientGroup:
-    """One ``[[client_groups]]`` entry: real Pusher clients run by harness.real_clients."""
-
-    name: str
-    kind: str  # "pusher-js" | "browser"
-    count: int = 10
-    processes: int = 1
-    library: str = "pusher-js"
-    versions: str = "newest"
-    plugin: bool = True
-    channels_per_client: int = 2
-    connect_rate_per_s: float = 50.0
+        return {"fault_id": self.fault_id, "kind": self.kind, "at_s": self.at_s,
+                "target": self.target, "duration_s": self.duration_s,
+                "params": dict(self.params)}
 
 
 @dataclass(frozen=True, slots=True)
 class Experiment:
     name: str
     description: str
-    cluster: Cluster = Cluster()
-    clients: Clients = Clients()
-    workload: Workload = Workload()
-    phases: Phases = Phases()
-    faults: tuple[Fault, ...] = ()
+    cluster: Cluster = field(default_factory=Cluster)
+    clients: Clients = field(default_factory=Clients)
+    workload: Workload = field(default_factory=Workload)
+    phases: Phases = field(default_factory=Phases)
+    faults: tuple[FaultSpec, ...] = ()
     invariants: Invariants = field(default_factory=Invariants)
     client_groups: tuple[ClientGroup, ...] = ()
     ci: bool = True
@@ -1174,9 +413,8 @@ class Experiment:
         faults = tuple(
             dataclasses.replace(
                 f,
-                params=Params(
-                    {**f.params, "clients": max(1, round(_int(f.params["clients"]) * factor))}
-                ),
+                params=Params({**f.params, "clients": max(1, round(int(f.params["clients"] or 0)
+                                                                     * factor))}),
             )
             if f.kind == "connection_storm"
             else f
@@ -1235,11 +473,6 @@ class Experiment:
 # Loading.
 
 
-def _int(value: ParamValue) -> int:
-    assert isinstance(value, int)  # validated by the schema
-    return value
-
-
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; raise ExperimentError naming file and key."""
     path = Path(path)
@@ -1261,6 +494,12 @@ def parse_experiment(
     return _Loader(source).experiment(data, default_name)
 
 
+def parse_fault(raw: Mapping[str, Any], *, source: str = "fault", index: int = 0,
+                phases: Phases | None = None) -> FaultSpec:
+    """Validate one ``[[faults]]`` entry (an interactive fault too: harness.fault_request)."""
+    return _Loader(source).fault(index, dict(raw), phases or Phases())
+
+
 class _Loader:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -1268,162 +507,123 @@ class _Loader:
     def error(self, key: str, problem: str) -> ExperimentError:
         return ExperimentError(self.source, key, problem)
 
-    def unknown(self, prefix: str, key: str, allowed: Sequence[str], why: str = "") -> None:
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        problem = "unknown key" + (f" {why}" if why else "")
-        if hint:
-            problem += f" (did you mean '{hint[0]}'?)"
-        problem += "; allowed: " + ", ".join(allowed)
-        raise self.error(f"{prefix}{key}", problem)
-
-    def value(self, dotted: str, key: Key, raw: object) -> Any:
+    def table(self, prefix: str, schema: type, data: Mapping[str, Any], *,
+              allowed: list[str] | None = None, why: str = "") -> Any:
+        """Validate one table against ``schema``; errors name ``prefix`` + the key."""
         try:
-            return key.check.convert(raw)
-        except _Invalid as exc:
-            raise self.error(dotted, str(exc)) from None
-
-    def table(self, dotted: str, raw: object) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.error(dotted, f"expected a table [{dotted}], got {_got(raw)}")
-        return raw
-
-    def keys(self, prefix: str, keys: Sequence[Key], data: Mapping[str, Any]) -> dict[str, Any]:
-        """Check the keys of one table against ``keys``; fill in defaults."""
-        names = [k.name for k in keys]
-        for name in data:
-            if name not in names:
-                self.unknown(prefix, name, names)
-        out: dict[str, Any] = {}
-        for key in keys:
-            if key.name in data:
-                out[key.name] = self.value(prefix + key.name, key, data[key.name])
-            elif key.default is REQUIRED:
-                raise self.error(prefix + key.name, f"missing; expected {key.check.expected()}")
-            else:
-                out[key.name] = key.default
-        return out
+            return validate(schema, data)
+        except ValidationError as exc:
+            key, text = problem(exc, schema, allowed=allowed, why=why)
+            raise self.error(prefix + key, text) from None
 
     def experiment(self, data: dict[str, Any], default_name: str | None) -> Experiment:
-        sections = [s for s in SECTIONS if s]
-        allowed = [k.name for k in SECTIONS[""]] + sections + ["faults", "client_groups"]
-        top = {k: v for k, v in data.items()
-               if k not in sections and k not in ("faults", "client_groups")}
-        for name in top:
-            if name not in allowed:
-                self.unknown("", name, allowed)
-        head = self.keys("", SECTIONS[""], top)
-        if head["name"] is None:
+        sections = [s for s in _TABLES if s]
+        lists = ["faults", "client_groups"]
+        allowed = [k.name for k in SECTIONS[""]] + sections + lists
+        top = {k: v for k, v in data.items() if k not in sections and k not in lists}
+        head = self.table("", Header, top, allowed=allowed)
+        if head.name is None:
             if default_name is None:
                 raise self.error("name", "missing (and there is no file name to default to)")
-            head["name"] = self.value("name", SECTIONS[""][0], default_name)
-        parts = {
-            s: self.keys(f"{s}.", SECTIONS[s], self.table(s, data.get(s, {}))) for s in sections
-        }
-        cluster = Cluster(**parts["cluster"])
-        clients = Clients(**parts["clients"])
-        workload = Workload(**parts["workload"])
-        phases = Phases(**parts["phases"])
-        invariants = Invariants(**{_INVARIANT_FIELDS[k]: v for k, v in parts["invariants"].items()},
+            head = self.table("", Header, {**top, "name": default_name})
+        parts = {}
+        for s in sections:
+            raw = data.get(s, {})
+            if not isinstance(raw, dict):
+                raise self.error(s, f"expected a table [{s}], got {got(raw)}")
+            parts[s] = self.table(f"{s}.", _TABLES[s], raw)
+        workload: Workload = parts["workload"]
+        limits = dataclasses.asdict(parts["invariants"])
+        invariants = Invariants(**{_INVARIANT_FIELDS[k]: v for k, v in limits.items()},
                                 presence=workload.presence_channels > 0)
         raw_faults = data.get("faults", [])
         if not isinstance(raw_faults, list):
             raise self.error(
-                "faults", f"expected an array of tables [[faults]], got {_got(raw_faults)}"
+                "faults", f"expected an array of tables [[faults]], got {got(raw_faults)}"
             )
-        faults = tuple(self.fault(i, raw, phases) for i, raw in enumerate(raw_faults))
-        client_groups = self.client_groups(data.get("client_groups", []))
+        faults = tuple(self.fault(i, raw, parts["phases"]) for i, raw in enumerate(raw_faults))
         exp = Experiment(
-            name=head["name"],
-            description=head["description"],
-            cluster=cluster,
-            clients=clients,
+            name=head.name,
+            description=head.description,
+            cluster=parts["cluster"],
+            clients=parts["clients"],
             workload=workload,
-            phases=phases,
+            phases=parts["phases"],
             faults=faults,
             invariants=invariants,
-            client_groups=client_groups,
-            ci=head["ci"],
-            seed=head["seed"],
+            client_groups=self.client_groups(data.get("client_groups", [])),
+            ci=head.ci,
+            seed=head.seed,
             source=self.source,
         )
         self.cross_checks(exp)
         return exp
 
-    def fault(self, index: int, raw: object, phases: Phases) -> Fault:
+    def fault(self, index: int, raw: object, phases: Phases) -> FaultSpec:
         prefix = f"faults[{index}]."
         if not isinstance(raw, dict):
-            raise self.error(f"faults[{index}]", f"expected a table [[faults]], got {_got(raw)}")
-        at_key, kind_key, _, duration_key = FAULT_KEYS
+            raise self.error(f"faults[{index}]", f"expected a table [[faults]], got {got(raw)}")
         if "kind" not in raw:
-            raise self.error(prefix + "kind", f"missing; expected {kind_key.check.expected()}")
-        kind = FAULT_KINDS[self.value(prefix + "kind", kind_key, raw["kind"])]
+            raise self.error(prefix + "kind", f"missing; expected {_KindNames()}")
+        if raw["kind"] not in FAULT_KINDS:
+            raise self.error(prefix + "kind", f"expected {_KindNames()}, got {got(raw['kind'])}")
+        kind = FAULT_KINDS[raw["kind"]]
         common = [k.name for k in FAULT_KEYS]
-        allowed = common + [k.name for k in kind.params]
-        for name in raw:
-            if name == "duration_s" and kind.duration_s is None:
-                raise self.error(
-                    prefix + name,
-                    f"{kind.name} takes no duration_s; it heals at {kind.heal}",
-                )
-            if name not in allowed:
-                self.unknown(prefix, name, allowed, f"for kind '{kind.name}'")
-        if "at_s" not in raw:
-            raise self.error(prefix + "at_s", f"missing; expected {at_key.check.expected()}")
-        at_s = self.value(prefix + "at_s", at_key, raw["at_s"])
-        if at_s > phases.faults_s:
+        allowed = common + [k.name for k in kind.keys]
+        why = f"for kind '{kind.kind}'"
+        if "duration_s" in raw and kind.duration_s is None:
+            raise self.error(prefix + "duration_s",
+                             f"{kind.kind} takes no duration_s; it heals at {kind.heal_at}")
+        own = {k: v for k, v in raw.items() if k not in common}
+        self.table(prefix, kind.Params, {k: v for k, v in own.items() if k not in allowed},
+                   allowed=allowed, why=why)  # unknown keys first, with what is allowed
+        head = self.table(prefix, FaultKeys, {k: v for k, v in raw.items()
+                                              if k in ("at_s", "kind", "duration_s")})
+        if head.at_s > phases.faults_s:
             raise self.error(
                 prefix + "at_s",
                 f"expected a number of seconds within the faults phase (0 .. phases.faults_s = "
-                f"{phases.faults_s:g}), got {_got(raw['at_s'])}",
+                f"{phases.faults_s:g}), got {got(raw['at_s'])}",
             )
-        target = kind.default_target
-        if "target" in raw:
-            target = self.value(
-                prefix + "target",
-                Key("target", TargetCheck(kind.targets), None, "", ""),
-                raw["target"],
-            )
-        duration = kind.duration_s
-        if "duration_s" in raw:
-            duration = self.value(prefix + "duration_s", duration_key, raw["duration_s"])
-        params = self.keys(prefix, kind.params, {k: v for k, v in raw.items() if k not in common})
-        if kind.name == "slicer" and params["size_variation"] >= params["average_size"]:
-            raise self.error(
-                prefix + "size_variation",
-                f"expected an integer number of bytes below average_size "
-                f"({params['average_size']}), got {params['size_variation']}",
-            )
-        return Fault(index, kind.name, at_s, target, duration, Params(params))
+        target = raw.get("target", kind.default_target)
+        form = parse_target(target) if isinstance(target, str) else None
+        if form is None or form.cls not in kind.targets:
+            raise self.error(prefix + "target",
+                             f"expected {targets.expected(kind.targets)}, got {got(target)}")
+        duration = head.duration_s if "duration_s" in raw else kind.duration_s
+        params = self.table(prefix, kind.Params, own, allowed=allowed, why=why)
+        return FaultSpec(index, kind.kind, head.at_s, target, duration,
+                         Params(dataclasses.asdict(params)))
 
     def client_groups(self, raw: object) -> tuple[ClientGroup, ...]:
         if not isinstance(raw, list):
             raise self.error(
                 "client_groups",
-                f"expected an array of tables [[client_groups]], got {_got(raw)}")
+                f"expected an array of tables [[client_groups]], got {got(raw)}")
         groups: list[ClientGroup] = []
         for index, entry in enumerate(raw):
             prefix = f"client_groups[{index}]."
             if not isinstance(entry, dict):
                 raise self.error(f"client_groups[{index}]",
-                                 f"expected a table [[client_groups]], got {_got(entry)}")
-            values = self.keys(prefix, CLIENT_GROUP_KEYS, entry)
-            if values["name"] == "per group":
-                same = [e for e in raw if isinstance(e, dict) and e.get("kind") == values["kind"]]
-                values["name"] = values["kind"] + (
-                    f"-{sum(1 for g in groups if g.kind == values['kind']) + 1}"
-                    if len(same) > 1 else "")
-            if values["processes"] > values["count"]:
+                                 f"expected a table [[client_groups]], got {got(entry)}")
+            group: ClientGroup = self.table(prefix, ClientGroup, entry)
+            if "name" not in entry:
+                same = [e for e in raw if isinstance(e, dict) and e.get("kind") == group.kind]
+                group = dataclasses.replace(group, name=group.kind + (
+                    f"-{sum(1 for g in groups if g.kind == group.kind) + 1}"
+                    if len(same) > 1 else ""))
+            if group.processes > group.count:
                 raise self.error(prefix + "processes",
-                                 f"expected at most count ({values['count']}) processes, "
-                                 f"got {values['processes']}")
-            if any(g.name == values["name"] for g in groups):
+                                 f"expected at most count ({group.count}) processes, "
+                                 f"got {group.processes}")
+            if any(g.name == group.name for g in groups):
                 raise self.error(prefix + "name",
-                                 f"expected a name no other group has, got '{values['name']}'")
-            if values["name"] == "client" or values["name"].startswith("client-"):
+                                 f"expected a name no other group has, got '{group.name}'")
+            if group.name == "client" or group.name.startswith("client-"):
                 raise self.error(prefix + "name",
                                  "expected a name other than 'client' or 'client-…' (the "
-                                 f"Python fleet's viewers are client-<n>), got '{values['name']}'")
-            groups.append(ClientGroup(**values))
+                                 f"Python fleet's viewers are client-<n>), got '{group.name}'")
+            groups.append(group)
         return tuple(groups)
 
     def cross_checks(self, exp: Experiment) -> None:
@@ -1496,8 +696,9 @@ def shipped_experiments(directory: Path = EXPERIMENTS_DIR) -> dict[str, Path]:
     return {p.stem: p for p in sorted(directory.glob("*.toml"))}
 
 
-def _toml(value: object) -> str:
-    if value is REQUIRED:
+def _toml(key: Key) -> str:
+    value = key.default
+    if key.required:
         return "required"
     if value is None:
         return "unset"
@@ -1506,7 +707,7 @@ def _toml(value: object) -> str:
     if isinstance(value, str):
         return value if value in ("per kind", "per group") else f'"{value}"'
     if isinstance(value, tuple | list):
-        return "[]" if not value else "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[]" if not value else "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -1515,57 +716,35 @@ def _toml(value: object) -> str:
 def _table(keys: Sequence[Key]) -> list[str]:
     lines = ["| key | accepts | unit | default | meaning |", "|---|---|---|---|---|"]
     for k in keys:
-        lines.append(
-            f"| `{k.name}` | {k.check.expected()} | {k.unit} | {_toml(k.default)} | {k.doc} |"
-        )
+        lines.append(f"| `{k.name}` | {k.expected()} | {k.unit} | {_toml(k)} | {k.doc} |")
     return lines
 
 
 def reference_markdown() -> str:
     """The generated reference of docs/experiments.md: every key with unit and default."""
     out: list[str] = []
-    for section, keys in SECTIONS.items():
+    for section, section_keys in SECTIONS.items():
         out += ["", "### Top level" if not section else f"### `[{section}]`", ""]
-        out += _table(keys)
+        out += _table(section_keys)
     out += ["", "### `[[faults]]`", "", "Keys common to every kind:", ""]
     out += _table(FAULT_KEYS)
     out += ["", "Target forms (existence is not checked, only the form):", ""]
     out += ["| form | means |", "|---|---|"]
-    meaning = {
-        "node": "one node, e.g. `node-2`",
-        "random": "one node chosen with the experiment's seed",
-        "all": "every node",
-        "redis": "Redis itself, or every node->redis link",
-        "clients": "every clients->lb link (all load-balancer lanes)",
-        "lb": "the load balancer's entry point",
-        "client_link": "`clients->lb` or one lane `clients->lb[0]`",
-        "lb_link": "`lb->node-1` (also `lb->all`, `lb->random`, `lb[0]->node-1`)",
-        "redis_link": "`node-1->redis` (also `all->redis`, `random->redis`)",
-    }
-    for cls, (_, form) in _TARGET_FORMS.items():
-        out.append(f"| `{form.strip(chr(39))}` | {meaning[cls]} |")
+    for _, form, meaning in targets.FORMS.values():
+        out.append(f"| `{form}` | {meaning} |")
     out += ["", "### `[[client_groups]]`", "",
             "Real Pusher clients next to the Python fleet (see \"Real clients\" above):", ""]
     out += _table(CLIENT_GROUP_KEYS)
     out += ["", "### Fault kinds", ""]
     for kind in FAULT_KINDS.values():
-        targets = ", ".join(f"`{_TARGET_FORMS[c][1].strip(chr(39))}`" for c in kind.targets)
-        duration = (
-            f"`duration_s` default {kind.duration_s:g} s"
-            if kind.duration_s is not None
-            else "no `duration_s`"
-        )
-        out += [
-            f"#### `{kind.name}`",
-            "",
-            kind.summary,
-            "",
-            f"- target: {targets} (default `{kind.default_target}`)",
-            f"- {duration}; heal: {kind.heal}",
-            "",
-        ]
-        if kind.params:
-            out += _table(kind.params)
+        forms = ", ".join(f"`{targets.FORMS[c][1]}`" for c in kind.targets)
+        duration = (f"`duration_s` default {kind.duration_s:g} s" if kind.duration_s is not None
+                    else "no `duration_s`")
+        out += [f"#### `{kind.kind}`", "", kind.summary, "",
+                f"- target: {forms} (default `{kind.default_target}`)",
+                f"- {duration}; heal: {kind.heal_at}", ""]
+        if kind.keys:
+            out += _table(kind.keys)
             out.append("")
     return "\n".join(out).strip("\n") + "\n"
 

@@ -27,7 +27,7 @@ import trio
 
 from .events import EventLog
 from .experiment import FAULT_KINDS
-from .faults import Fault, FaultContext, FaultError, make_fault
+from .faults import FaultContext, FaultError, FaultKind, make_fault
 from .history import NEMESIS, HistoryWriter
 
 log = logging.getLogger("turnout.nemesis")
@@ -53,7 +53,7 @@ class ActiveFault:
     target: str
     params: dict[str, Any]
     source: str
-    fault: Fault
+    fault: FaultKind
     heal_now: trio.Event = field(default_factory=trio.Event)
     injected: bool = False
     #: trio time at which the fault is due to start (after its delay) and to heal (set when
@@ -77,7 +77,6 @@ class Nemesis:
         self.events = events
         self.nursery = nursery
         self.active: dict[str, ActiveFault] = {}
-        self.failures: list[str] = []
         #: Why interactive faults are refused now (None: they are accepted).
         self.closed: str | None = None
         self._interactive = 0
@@ -118,7 +117,7 @@ class Nemesis:
         self.nursery.start_soon(self._run, entry, delay_s)
         return fault_id
 
-    def skip_reason(self, fault: Fault) -> str | None:
+    def skip_reason(self, fault: FaultKind) -> str | None:
         """Why ``fault`` cannot run on this cluster's server; None when it can."""
         topology = self.ctx.topology
         if topology is None or not fault.needs:
@@ -214,9 +213,7 @@ class Nemesis:
                 await fault.inject(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
             error = _describe(exc, INJECT_LIMIT_S, "inject")
-            message = f"{entry.kind} on {entry.target} failed: {error}"
-            log.error(message)
-            self.failures.append(message)
+            log.error("%s on %s failed: %s", entry.kind, entry.target, error)
             self.history.record(NEMESIS, "info", "fault", {**value, "error": error[:300]})
             self.events.emit("fault_error", **value, **shown, error=error)
             self.active.pop(entry.fault_id, None)
@@ -229,18 +226,19 @@ class Nemesis:
                          hold_s=None if math.isinf(hold) else hold)
         with trio.move_on_after(hold):
             await entry.heal_now.wait()
+        healed = {"fault_id": entry.fault_id, "observed": fault.observed}
         try:
             with trio.fail_after(HEAL_LIMIT_S):
                 await fault.heal(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
             error = _describe(exc, HEAL_LIMIT_S, "heal")
-            message = f"healing {entry.kind} on {entry.target} failed: {error}"
-            log.error(message)
-            self.failures.append(message)
+            log.error("healing %s on %s failed: %s", entry.kind, entry.target, error)
+            # A failed heal is a failed op: the checker judges it (faults_healed).
+            self.history.record(NEMESIS, "fail", "heal", {**healed, "error": error[:300]})
             self.events.emit("fault_error", **value, **shown, error=f"heal: {error}")
+        else:
+            self.history.record(NEMESIS, "ok", "heal", healed)
         finally:
             self.active.pop(entry.fault_id, None)
-            self.history.record(NEMESIS, "ok", "heal",
-                                {"fault_id": entry.fault_id, "observed": fault.observed})
             self.events.emit("heal", fault_id=entry.fault_id, kind=entry.kind,
                              target=entry.target, by_request=entry.heal_now.is_set())

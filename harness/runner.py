@@ -37,12 +37,11 @@ import httpx
 import orjson
 import trio
 
-from . import checker, leak_check
+from . import checker
 from .control_server import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
-from .experiment import Experiment
-from .experiment import Fault as ExperimentFault
+from .experiment import Experiment, FaultSpec
 from .faults import FAULTS, FaultContext
 from .fleet_control import FleetControl, plan_clients
 from .history import HARNESS, HistoryWriter
@@ -93,7 +92,7 @@ class RunResult:
     cpu: dict[str, Any] | None = None
 
 
-def proxied_links(faults: Sequence[ExperimentFault], proxies: str = "auto"
+def proxied_links(faults: Sequence[FaultSpec], proxies: str = "auto"
                   ) -> tuple[bool | tuple[int, ...], bool]:
     """(clients->lb proxies, lb->node proxies) the run needs: every link with ``proxies =
     "all"``, else only those a scheduled link fault targets. Client proxies are per lane: True
@@ -166,8 +165,9 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.presence_negative_control()
     if options.server is not None and options.target_url is None:
         # --server overrides cluster.server: experiment.json says what really ran.
+        # (replace re-validates it: the Cluster schema's Literal of known servers)
         experiment = replace(experiment, cluster=replace(experiment.cluster,
-                                                         server=options.server))
+                                                         server=options.server))  # type: ignore[arg-type]
     return experiment
 
 
@@ -300,9 +300,7 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
     if error is not None:
         report = checker.error_report(error)
     else:
-        report = checker.check_files([run_dir / "history.jsonl"], experiment.invariants)
-        report = leak_check.apply_rss_invariant(
-            report, run_dir / "events.jsonl", experiment.invariants.max_rss_slope_mb_per_h)
+        report = checker.check_run_dir(run_dir, experiment.invariants)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report.verdict, EXIT_ERROR)
     cpu_table = cpu.report_table()
     document = {**report.to_dict(), "experiment": experiment.name, "run_dir": str(run_dir),
@@ -503,7 +501,5 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 cluster_metrics["fleet"] = fleet.totals().to_dict()
                 if real.tools:
                     cluster_metrics["real_clients"] = real.totals_by_group()
-                for message in nemesis.failures:
-                    history.record(HARNESS, "info", "nemesis_failure", {"message": message})
                 work.cancel_scope.cancel()
         root.cancel_scope.cancel()

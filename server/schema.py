@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, get_args, get_origin
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 __all__ = [
-    "PARTIAL", "SettingError", "dotted", "field_extra", "raise_first", "validate_partial",
+    "PARTIAL", "Key", "SettingError", "dotted", "expectation", "field_extra", "got", "keys",
+    "problem", "raise_first", "validate", "validate_partial", "validate_text",
 ]
 
 #: Validation context for one source's keys alone: cross-field checks wait for the whole.
@@ -190,3 +193,140 @@ def _adapter(schema: type) -> TypeAdapter[Any]:
     if schema not in _ADAPTERS:
         _ADAPTERS[schema] = TypeAdapter(schema)
     return _ADAPTERS[schema]
+
+
+# ---------------------------------------------------------------- the "expected X, got Y" style
+# Experiment files and interactive faults word every bad value as what the key accepts (read
+# from the field: its type, bounds and ``expect``/``unit`` annotations) and what was given.
+
+
+def got(value: object) -> str:
+    """A TOML value as an error shows it: ``'ten'``, ``true``, ``a table``."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
+
+
+def expectation(info: FieldInfo) -> str:
+    """What a field accepts, in words: ``an integer between 1 and 64``, ``true or false``."""
+    what, kind = field_extra(info, "expect"), info.annotation
+    what = str(what) if what is not None else None  # an object may word it when asked
+    if get_origin(kind) in (Union, UnionType):  # X | None: optional, unset by default
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if kind is bool:
+        return what or "true or false"
+    if get_origin(kind) is Literal:
+        return what or "one of " + ", ".join(f"'{o}'" for o in get_args(kind))
+    if kind not in (int, float):
+        return what or "a non-empty string"
+    lo, hi, lo_open = _bound(info, "ge"), _bound(info, "le"), _bound(info, "gt") is not None
+    lo = _bound(info, "gt") if lo_open else lo
+    text = what or ("an integer" if kind is int else "a number")
+    if lo is not None and hi is not None:
+        return f"{text} between {_g(lo)} and {_g(hi)}"
+    if lo is not None:
+        return f"{text} {'>' if lo_open else '>='} {_g(lo)}"
+    return f"{text} <= {_g(hi)}" if hi is not None else text
+
+
+def field_names(schema: Any) -> list[str]:
+    return list(getattr(schema, "__pydantic_fields__", {}))
+
+
+def problem(exc: ValidationError, schema: type, *, allowed: list[str] | None = None,
+            why: str = "") -> tuple[str, str]:
+    """The first error of ``exc`` as (dotted key, "expected X, got Y").
+
+    A SettingError raised by a validator (a cross-field check) keeps its own key (relative to
+    where it was raised) and wording; an unknown key gets a did-you-mean and the ``allowed``
+    keys (default: the fields of its table), ``why`` qualifying it ("for kind 'x'").
+    """
+    error = sorted(exc.errors(include_url=False), key=lambda e: e["type"] not in _UNKNOWN)[0]
+    loc, value = tuple(error["loc"]), error.get("input")
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SettingError):
+        return dotted((*loc, cause.setting)), cause.message
+    if error["type"] == "value_error":
+        return dotted(loc), str(cause)
+    if error["type"] in _UNKNOWN:
+        owner = _field_info(schema, loc[:-1]).annotation if len(loc) > 1 else schema  # type: ignore[union-attr]
+        if get_origin(owner) is tuple:
+            owner = get_args(owner)[0]
+        names = allowed if allowed is not None else field_names(owner)
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        text = "unknown key" + (f" {why}" if why else "")
+        text += f" (did you mean '{close[0]}'?)" if close else ""
+        return dotted(loc), text + "; allowed: " + ", ".join(names)
+    if isinstance(loc[-1], int):  # an item of an array
+        key = loc[:-1]
+        info = _field_info(schema, key)
+        expected = expectation(info) if info is not None else "a valid item"
+        return dotted(key), f"expected {expected}, got {got(value)} in the array"
+    info = _field_info(schema, loc)
+    expected = expectation(info) if info is not None else "a table"
+    if error["type"] == "missing":
+        return dotted(loc), f"missing; expected {expected}"
+    return dotted(loc), f"expected {expected}, got {got(value)}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One field of a schema as docs and forms show it: name, what it accepts, unit, default."""
+
+    name: str
+    info: FieldInfo
+
+    @property
+    def required(self) -> bool:
+        return self.info.is_required()
+
+    @property
+    def default(self) -> Any:
+        return None if self.info.is_required() else self.info.get_default(call_default_factory=True)
+
+    @property
+    def unit(self) -> str:
+        return field_extra(self.info, "unit") or "—"
+
+    @property
+    def doc(self) -> str:
+        return self.info.description or ""
+
+    @property
+    def integer(self) -> bool:
+        return self.info.annotation is int
+
+    @property
+    def boolean(self) -> bool:
+        return self.info.annotation is bool
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """The values of a field that takes one of a list (a Literal); () otherwise."""
+        return get_args(self.info.annotation) if get_origin(self.info.annotation) is Literal \
+            else ()
+
+    def expected(self) -> str:
+        return str(expectation(self.info))
+
+
+def keys(schema: type) -> tuple[Key, ...]:
+    return tuple(Key(name, info) for name, info in schema.__pydantic_fields__.items())  # type: ignore[attr-defined]
+
+
+def validate(schema: type, values: Mapping[str, Any], *, context: Any = None) -> Any:
+    """Build ``schema`` from typed values (TOML, JSON, Python); raises ValidationError."""
+    return _adapter(schema).validate_python(dict(values), context=context)
+
+
+def validate_text(schema: type, values: Mapping[str, Any]) -> Any:
+    """Build ``schema`` from text values (a form, a flag) parsed by pydantic's string mode."""
+    return _adapter(schema).validate_strings(dict(values))

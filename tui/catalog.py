@@ -1,8 +1,8 @@
 """What the TUI browses and offers: experiment files, past run folders, the fault catalogue.
 
-Everything here is plain synchronous Python over files. The fault schema comes from
-``harness.experiment`` (``FAULT_KINDS``: kinds, target classes, parameters with defaults and
-units), which is pure: importing it does not pull in trio (tests/tui/test_no_trio.py).
+Everything here is plain synchronous Python over files. The fault catalogue is
+the harness's (``FAULT_KINDS``, harness.faults: each kind's targets, parameter schema, words
+and sentence), which is pure: importing it does not pull in trio (tests/tui/test_no_trio.py).
 """
 
 from __future__ import annotations
@@ -15,21 +15,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from pydantic import ValidationError
+
+from harness import targets
 from harness.experiment import (
     EXPERIMENTS_DIR,
     FAULT_KINDS,
     Experiment,
     ExperimentError,
-    Key,
+    FaultKind,
     load_experiment,
 )
 from harness.fault_request import ClusterNames, FaultRequestError, check_fault, valid_targets
+from server.schema import Key, field_extra, problem, validate, validate_text
 
 __all__ = [
-    "DESTRUCTIVE",
     "FAULT_KINDS",
+    "ClusterNames",
     "ExperimentEntry",
     "FaultRequest",
     "PhraseError",
@@ -220,7 +225,7 @@ class FaultRequest:
     def describe(self) -> str:
         return describe_fault(self.kind, self.target, self.params, self.duration_s)
 
-    def checked(self, topology: Topology | None) -> FaultRequest:
+    def checked(self, topology: ClusterNames | None) -> FaultRequest:
         """The request as the harness will check it (the experiment schema, the cluster's
         names), defaults filled in; FaultRequestError saying why it is refused."""
         fault = check_fault(self.kind, self.target, dict(self.params), self.duration_s,
@@ -228,49 +233,31 @@ class FaultRequest:
         return FaultRequest(fault.kind, fault.target, fault.params, fault.duration_s)
 
 
-def param_keys(kind: str) -> tuple[Key, ...]:
-    return FAULT_KINDS[kind].params
-
-
 def default_request(kind: str, target: str | None = None) -> FaultRequest:
     spec = FAULT_KINDS[kind]
     return FaultRequest(kind, target or spec.default_target,
-                        {k.name: k.default for k in spec.params}, spec.duration_s)
+                        {k.name: k.default for k in spec.keys}, spec.duration_s)
 
 
-# The names a fault can target in one cluster: nodes and Toxiproxy links (the harness's own
-# type, so the TUI and the control socket check targets alike).
-Topology = ClusterNames
-
-
-def topology_from_experiment(doc: Mapping[str, Any] | None) -> Topology:
+def topology_from_experiment(doc: Mapping[str, Any] | None) -> ClusterNames:
     """The nodes and links a cluster of the experiment has (before any status event)."""
     nodes = int(((doc or {}).get("cluster") or {}).get("nodes") or 3)
     names = tuple(f"node-{i}" for i in range(1, nodes + 1))
     links = ("clients->lb[0]", *(f"lb[0]->{n}" for n in names), *(f"{n}->redis" for n in names))
-    return Topology(names, links)
+    return ClusterNames(names, links)
 
 
-def targets_for(kind: str, topology: Topology) -> list[str]:
+def targets_for(kind: str, topology: ClusterNames) -> list[str]:
     """The targets ``kind`` accepts in this cluster, the kind's default first."""
     return valid_targets(kind, topology)
-
-
-# Faults that take a process down or lose data: the TUI asks before sending them, as it does
-# for a fault on every node or on one picked at random.
-DESTRUCTIVE = {
-    "kill_node": "SIGKILLs a server process: its clients reconnect elsewhere and resume",
-    "stop_node": "drains and stops a server process",
-    "restart_redis": "stops Redis: every node loses its link and catches up after",
-    "rolling_restart": "restarts every node in turn",
-}
 
 
 def confirmation(request: FaultRequest) -> str | None:
     """Why ``request`` should be confirmed before it is sent; None if it need not be."""
     reasons = []
-    if request.kind in DESTRUCTIVE:
-        reasons.append(f"it {DESTRUCTIVE[request.kind]}")
+    spec = FAULT_KINDS.get(request.kind)
+    if spec is not None and spec.destructive:
+        reasons.append(f"it {spec.destructive}")
     if request.kind == "restart_redis" and request.params.get("flush"):
         reasons.append("Redis restarts EMPTY: updates published before cannot be recovered "
                        "(the checker counts them as lost)")
@@ -282,74 +269,19 @@ def confirmation(request: FaultRequest) -> str | None:
     return "; ".join(reasons) if reasons else None
 
 
-def _num(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _on(target: str) -> str:
-    if target == "clients":
-        return "the clients' links"
-    if target == "redis":
-        return "every node's Redis link"
-    if target == "random":
-        return "a random node"
-    if target == "all":
-        return "every node"
-    return target
-
-
 def describe_fault(kind: str, target: str, params: Mapping[str, Any],
                    duration_s: float | None) -> str:
-    """A fault in words: ``kill node-2 (restart after 2 s)``, ``add 300 ms latency to ...``."""
-    p: dict[str, Any] = ({k.name: k.default for k in FAULT_KINDS[kind].params}
-                         if kind in FAULT_KINDS else {})
-    p.update(params)
-    node = _on(target)
-    restart = (f" (restart after {_num(p.get('restart_after_s'))} s)" if p.get("restart", True)
-               else " (no restart)")
-    if kind == "kill_node":
-        text = f"kill {node}{restart}"
-    elif kind == "stop_node":
-        text = f"stop {node} gracefully{restart}"
-    elif kind == "pause_node":
-        text = f"pause {node}"
-    elif kind == "rolling_restart":
-        text = f"rolling restart of every node, {_num(p.get('interval_s'))} s apart"
-    elif kind == "restart_redis":
-        text = f"restart Redis after {_num(p.get('restart_after_s'))} s down"
-        if p.get("flush"):
-            text += ", flushed"
-    elif kind == "partition_redis":
-        if target.endswith("->redis"):
-            who = _on(target.removesuffix("->redis"))
-        else:
-            who = "every node"
-        text = f"partition {who} from Redis"
-        if p.get("mode") == "cut":
-            text += " (cut)"
-    elif kind == "latency":
-        text = f"add {_num(p.get('latency_ms'))} ms latency to {node}"
-        if p.get("jitter_ms"):
-            text += f" (± {_num(p.get('jitter_ms'))} ms)"
-    elif kind == "bandwidth":
-        text = f"throttle {node} to {_num(p.get('rate_kbps'))} KB/s"
-    elif kind == "reset_peer":
-        text = f"reset connections on {node}"
-    elif kind == "slicer":
-        text = f"slice the stream on {node} into ~{_num(p.get('average_size'))} B pieces"
-    elif kind == "leak_memory":
-        text = f"leak {_num(p.get('mb_per_s'))} MB/s on {node}"
-    elif kind == "slow_consumers":
-        text = f"make {_num(float(p.get('share') or 0) * 100)}% of the clients slow consumers"
-    elif kind == "connection_storm":
-        text = f"storm {_num(p.get('clients'))} connections on {target}"
-    else:
-        text = f"{kind} on {target}"
+    """A fault in words (each kind's own ``describe``): ``kill node-2 (restart after 2 s)``,
+    ``add 300 ms latency to the clients' links for 10 s``."""
     spec = FAULT_KINDS.get(kind)
+    if spec is None:
+        text = f"{kind} on {target}"
+    else:
+        known = {k.name: params[k.name] for k in spec.keys if k.name in params}
+        shown = {k.name: k.default for k in spec.keys} | known
+        text = spec.describe(target, SimpleNamespace(**shown))
     if duration_s:
-        text += f" for {_num(float(duration_s))} s"
+        text += f" for {float(duration_s):g} s"
     elif spec is not None and spec.duration_s is not None:
         text += " until healed"
     return text
@@ -365,17 +297,7 @@ class PhraseError(ValueError):
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
-# A target as the experiment schema writes it (harness.experiment's target forms), longest
-# first so that node-1->redis is one target, not node-1.
-_TARGET = re.compile(
-    r"(?<![\w\[>-])("
-    r"clients->lb(?:\[\d+\])?"
-    r"|lb(?:\[\d+\])?->(?:node-\d+|random|all)"
-    r"|(?:node-\d+|random|all)->redis"
-    r"|node-\d+|lb\[\d+\]|lb|clients|redis|random|all"
-    r")(?![\w\]-])")
-_INTEGER_KEYS = {key.name for kind in FAULT_KINDS.values() for key in kind.params
-                 if type(key.check).__name__ == "Integer"}
+_FOR = re.compile(rf"\bfor\s+{_NUMBER}\s*(s|sec|secs|seconds?|m|min|mins|minutes?)?\b")
 
 
 def _normalize(text: str) -> str:
@@ -389,59 +311,37 @@ def _normalize(text: str) -> str:
     return t
 
 
-def _kind_of(t: str) -> str | None:
-    for pattern, kind in (
-        (r"\brolling\b", "rolling_restart"),
-        (r"\brestart\s+redis\b|\bredis\s+restart\b", "restart_redis"),
-        (r"\bpartition\b|\bcut\b.*\bfrom\s+redis\b", "partition_redis"),
-        (r"\bkill\b|\bsigkill\b", "kill_node"),
-        (r"\b(?:stop|drain|sigterm)\b", "stop_node"),
-        (r"\b(?:pause|freeze|sigstop)\b", "pause_node"),
-        (r"\bleak\b", "leak_memory"),
-        (r"\b(?:latency|delay|lag)\b", "latency"),
-        (r"\b(?:throttle|bandwidth)\b", "bandwidth"),
-        (r"\breset\b", "reset_peer"),
-        (r"\bslic", "slicer"),
-        (r"\bslow\b", "slow_consumers"),
-        (r"\bstorm\b", "connection_storm"),
-    ):
-        if re.search(pattern, t):
-            return kind
-    return None
+def _phrase_params(spec: type[FaultKind], t: str, rest: str) -> dict[str, Any]:
+    """The parameters a phrase sets, through each field's ``phrase`` pattern."""
+    params: dict[str, Any] = {}
+    for key in spec.keys:
+        pattern = field_extra(key.info, "phrase")
+        if pattern is None:
+            continue
+        m = re.search(pattern.replace("{N}", _NUMBER), rest if "{N}" in pattern else t)
+        if m is None:
+            continue
+        fixed = field_extra(key.info, "value")
+        if fixed is not None:
+            params[key.name] = fixed
+            continue
+        found = next(g for g in m.groups() if g is not None)
+        if "{N}" not in pattern:
+            params[key.name] = found
+            continue
+        value = float(found) * field_extra(key.info, "scale")
+        params[key.name] = int(value) if key.integer and value.is_integer() else value
+    return params
 
 
-def _number(value: str) -> float:
-    return float(value)
-
-
-def _target_of(kind: str, t: str, tokens: list[str]) -> str | None:
-    """The target the phrase names for ``kind``, as written (checked later), or None."""
-    if kind == "restart_redis":
-        return "redis"
-    if kind == "partition_redis":
-        for token in tokens:
-            if token.endswith("->redis") or (token == "redis" and len(tokens) == 1):
-                return token
-            if re.fullmatch(r"node-\d+|random|all", token):
-                return f"{token}->redis"
-        return None
-    if kind in _LINK_KINDS:
-        # "between node-1 and redis", "node-1 to redis": the node's Redis link
-        m = re.search(r"\b(node-\d+|random|all)\s+(?:and|to|from)\s+redis\b", t)
-        if m:
-            return f"{m.group(1)}->redis"
-    return tokens[0] if tokens else None
-
-
-_LINK_KINDS = ("latency", "bandwidth", "reset_peer", "slicer")
-
-
-def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
+def parse_fault_phrase(text: str, topology: ClusterNames) -> FaultRequest | None:
     """Read a fault from a phrase typed in the command palette.
 
     ``kill node-2``, ``partition node-1 from redis for 10 s``, ``add 300 ms latency to
     node-1->redis``, ``leak 50 MB/s on node-1``, ``pause node-3 for 5s``, ``throttle clients to
-    16 KB/s``, ``restart redis``, ``rolling restart``. None when it names no fault kind.
+    16 KB/s``, ``restart redis``, ``rolling restart``. None when it names no fault kind. The
+    first kind whose ``words`` the phrase contains is the kind; its fields' ``phrase``
+    patterns read the parameters.
 
     What the phrase says is what is sent, or nothing: a target the cluster does not have, a
     target the kind cannot take, a negative or out-of-range number raise PhraseError with the
@@ -449,67 +349,28 @@ def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
     without a target gets the kind's default target, which the palette then names.
     """
     t = _normalize(text)
-    kind = _kind_of(t)
-    if kind is None:
+    spec = next((k for k in FAULT_KINDS.values() if re.search(k.words, t)), None)
+    if spec is None:
         return None
-    spec = FAULT_KINDS[kind]
-    tokens = _TARGET.findall(t)
-    target = _target_of(kind, t, tokens)
+    kind = spec.kind
+    target = spec.phrase_target(t, targets.find_all(t))
     # Numbers are read with the targets taken out (lb[0]->node-2 holds no "-2").
-    rest = _TARGET.sub(" ", t)
-    params: dict[str, Any] = {}
+    rest = targets.TOKEN.sub(" ", t)
     duration: float | None = spec.duration_s
-    m = re.search(rf"\bfor\s+{_NUMBER}\s*(s|sec|secs|seconds?|m|min|mins|minutes?)?\b", rest)
+    params: dict[str, Any] = {}
+    m = _FOR.search(rest)
     if m:
-        value = _number(m.group(1)) * (60 if (m.group(2) or "s").startswith("m") else 1)
+        value = float(m.group(1)) * (60 if (m.group(2) or "s").startswith("m") else 1)
         rest = rest[:m.start()] + " " + rest[m.end():]
         if spec.duration_s is not None:
             duration = value
-        elif kind in ("kill_node", "stop_node", "restart_redis"):
-            params["restart_after_s"] = value
+        elif spec.for_param is not None:
+            params[spec.for_param] = value
         else:
-            raise PhraseError(f"{kind} takes no duration; it heals at {spec.heal}")
-    m = re.search(rf"\bafter\s+{_NUMBER}\s*(?:s|sec|secs|seconds?)?\b", rest)
-    if m and kind in ("kill_node", "stop_node", "restart_redis"):
-        params["restart_after_s"] = _number(m.group(1))
+            raise PhraseError(f"{kind} takes no duration; it heals at {spec.heal_at}")
     if spec.duration_s is not None and re.search(r"\buntil heal", t):
         duration = None
-    if kind == "rolling_restart":
-        m = re.search(rf"{_NUMBER}\s*(?:s|sec|secs|seconds?)\s+apart\b", rest)
-        if m:
-            params["interval_s"] = _number(m.group(1))
-    if kind in ("kill_node", "stop_node") and re.search(r"\bno restart\b|\bfor good\b", t):
-        params["restart"] = False
-    if kind == "restart_redis" and re.search(r"\bflush", t):
-        params["flush"] = True
-    if kind == "partition_redis" and re.search(r"\bcut\b", t):
-        params["mode"] = "cut"
-    if kind == "leak_memory" and (m := re.search(rf"{_NUMBER}\s*mb", rest)):
-        params["mb_per_s"] = _number(m.group(1))
-    if kind == "latency":
-        m = re.search(rf"{_NUMBER}\s*ms\b", rest)
-        if m:
-            params["latency_ms"] = _number(m.group(1))
-        m = re.search(rf"(?:±|\+-|\+/-|jitter)\s*{_NUMBER}\s*(?:ms)?", rest)
-        if m:
-            params["jitter_ms"] = _number(m.group(1))
-    if kind == "bandwidth" and (m := re.search(rf"{_NUMBER}\s*kb", rest)):
-        params["rate_kbps"] = _number(m.group(1))
-    if kind == "reset_peer" and (m := re.search(rf"{_NUMBER}\s*ms\b", rest)):
-        params["timeout_ms"] = _number(m.group(1))
-    if kind == "slow_consumers" and (m := re.search(rf"{_NUMBER}\s*%", rest)):
-        params["share"] = _number(m.group(1)) / 100
-    if kind == "connection_storm":
-        m = re.search(rf"\bstorm\D*?{_NUMBER}", rest) or re.search(
-            rf"{_NUMBER}\s*(?:connections|clients)", rest)
-        if m:
-            params["clients"] = _number(m.group(1))
-    if kind in _LINK_KINDS and (m := re.search(r"\b(upstream|downstream)\b", t)):
-        params["direction"] = m.group(1)
-    for key in list(params):
-        value = params[key]
-        if key in _INTEGER_KEYS and isinstance(value, float) and value.is_integer():
-            params[key] = int(value)
+    params |= _phrase_params(spec, t, rest)
     request = FaultRequest(kind, target or spec.default_target, params, duration)
     try:
         return request.checked(topology)
@@ -517,10 +378,11 @@ def parse_fault_phrase(text: str, topology: Topology) -> FaultRequest | None:
         raise PhraseError(str(exc), _suggest(request, topology)) from None
 
 
-def _suggest(request: FaultRequest, topology: Topology) -> list[FaultRequest]:
+def _suggest(request: FaultRequest, topology: ClusterNames) -> list[FaultRequest]:
     """Valid readings of a refused request: a link fault named on a node → that node's links."""
     out = []
-    if request.kind in _LINK_KINDS and re.fullmatch(r"node-\d+", request.target):
+    if "client_link" in FAULT_KINDS[request.kind].targets \
+            and re.fullmatch(r"node-\d+", request.target):
         for link in topology.links:
             if link.endswith(f"->{request.target}") or link.startswith(f"{request.target}->"):
                 try:
@@ -531,24 +393,16 @@ def _suggest(request: FaultRequest, topology: Topology) -> list[FaultRequest]:
     return out
 
 
-def convert_param(key: Key, raw: str | bool) -> Any:
-    """An input widget's value through the schema's own check (raises ValueError with why)."""
-    check = key.check
-    value: Any = raw
-    if isinstance(raw, str):
-        text = raw.strip()
-        name = type(check).__name__
-        try:
-            if name == "Integer":
-                value = int(text)
-            elif name == "Number":
-                value = float(text)
-        except ValueError:
-            value = text
+def convert_param(kind: str, key: Key, raw: str | bool) -> Any:
+    """An input widget's value through the kind's schema (raises ValueError with why)."""
+    schema = FAULT_KINDS[kind].Params
     try:
-        return check.convert(value)
-    except Exception as exc:  # the schema's _Invalid: its message says what was expected
-        raise ValueError(f"{key.name}: {exc}") from None
+        checked = (validate_text if isinstance(raw, str) else validate)(
+            schema, {key.name: raw.strip() if isinstance(raw, str) else raw})
+    except ValidationError as exc:
+        name, text = problem(exc, schema)
+        raise ValueError(f"{name}: {text}") from None
+    return getattr(checked, key.name)
 
 
 def kind_choices() -> Sequence[tuple[str, str]]:

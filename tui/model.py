@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import FAULT_KINDS, Topology, describe_fault, topology_from_experiment
+from .catalog import FAULT_KINDS, ClusterNames, describe_fault, topology_from_experiment
 
 __all__ = ["COUNTERS", "FaultView", "LogLine", "NodeView", "PhaseView", "RunState", "WaitView"]
 
@@ -179,9 +179,9 @@ class RunState:
             return self.phase_view.waits_for
         return _PHASE_WAITS.get(self.phase)
 
-    def topology(self) -> Topology:
+    def topology(self) -> ClusterNames:
         if self.nodes or self.links:
-            return Topology(tuple(sorted(self.nodes, key=_node_order)), tuple(self.links))
+            return ClusterNames(tuple(sorted(self.nodes, key=_node_order)), tuple(self.links))
         return topology_from_experiment(self.experiment)
 
     def counters(self) -> dict[str, int | None]:

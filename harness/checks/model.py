@@ -24,7 +24,8 @@ from typing import Any
 
 from harness.recording import latency_bucket
 
-__all__ = ["Fault", "Pub", "RunData", "Stale", "Sub", "ViewerData", "accumulate", "runs_of"]
+__all__ = ["FaultWindow", "Pub", "RunData", "Stale", "Sub", "ViewerData", "accumulate",
+           "runs_of"]
 
 _CLIENT_FS = frozenset({"connect", "subscribe", "deliver", "disconnect", "drain", "record",
                         "stale", "error"})
@@ -94,9 +95,11 @@ class Stale:
     ended_by_drain: bool
 
 
-class Fault:
-    __slots__ = ("error", "fault", "fault_id", "healed", "injected", "observed", "params",
-                 "status", "target")
+class FaultWindow:
+    """One fault as the history shows it: when it was injected and healed, how it went."""
+
+    __slots__ = ("error", "fault", "fault_id", "heal_error", "healed", "injected", "observed",
+                 "params", "status", "target")
 
     def __init__(self, fault_id: str) -> None:
         self.fault_id = fault_id
@@ -107,6 +110,7 @@ class Fault:
         self.injected: float | None = None
         self.healed: float | None = None
         self.error: str | None = None
+        self.heal_error: str | None = None  # the heal op failed
         self.observed: Mapping[str, Any] = {}
 
 
@@ -129,12 +133,10 @@ class RunData:
     #: {latency bucket µs: count} over the viewers owing it]
     latency: dict[str, list[Any]] = field(default_factory=dict)
     stale: list[Stale] = field(default_factory=list)
-    faults: dict[str, Fault] = field(default_factory=dict)
+    faults: dict[str, FaultWindow] = field(default_factory=dict)
     phases: list[tuple[str, float]] = field(default_factory=list)
     #: (process, channel, why) of subscriptions whose full deliveries disagree with the record
     inconsistent: list[tuple[str, str, str]] = field(default_factory=list)
-    #: faults the nemesis could not apply or heal (the harness records them at the end)
-    nemesis_failures: list[str] = field(default_factory=list)
     compact: bool = False  # any record op seen
 
     @property
@@ -187,8 +189,6 @@ class _Accumulator:
             self._skipped(value)
         elif f == "phase":
             d.phases.append((str(value.get("phase")), t))
-        elif f == "nemesis_failure":
-            d.nemesis_failures.append(str(value.get("message")))
         elif f == "positions":
             self._positions(process, value.get("positions") or {})
         elif f == "latency":
@@ -273,7 +273,7 @@ class _Accumulator:
     def _skipped(self, value: Mapping[str, Any]) -> None:
         """A scheduled fault the cluster's server cannot take (harness.nemesis): never run."""
         fid = str(value.get("fault_id"))
-        flt = self.data.faults.setdefault(fid, Fault(fid))
+        flt = self.data.faults.setdefault(fid, FaultWindow(fid))
         flt.fault = str(value.get("fault", ""))
         flt.target = str(value.get("target", ""))
         params = value.get("params")
@@ -286,10 +286,12 @@ class _Accumulator:
         fid = str(value.get("fault_id"))
         flt = self.data.faults.get(fid)
         if flt is None:
-            flt = self.data.faults[fid] = Fault(fid)
+            flt = self.data.faults[fid] = FaultWindow(fid)
         if f == "heal":
             if typ == "ok" and (flt.healed is None or t < flt.healed):
                 flt.healed = t
+            elif typ != "ok":
+                flt.heal_error = str(value.get("error", ""))
             observed = value.get("observed")
             if isinstance(observed, Mapping):
                 flt.observed = dict(observed)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .model import Fault, Pub, RunData
+from .model import FaultWindow, Pub, RunData
 
 __all__ = ["HEAL_GRACE_S", "FaultRecovery", "fault_windows", "judge_recovery"]
 
@@ -55,7 +55,7 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def _stale_summary(data: RunData, flt: Fault) -> dict[str, Any] | None:
+def _stale_summary(data: RunData, flt: FaultWindow) -> dict[str, Any] | None:
     if flt.injected is None:
         return None
     stop = (flt.healed if flt.healed is not None else data.t1) + HEAL_GRACE_S

@@ -1,24 +1,67 @@
-"""The fault interface, the context faults act on, and the registry.
+"""The fault-kind interface, the context faults act on, and the registry.
 
-A fault is one small class per module (after Toxiproxy's one-toxic-per-file layout): it
-registers itself under its kind, takes its target and parameters, and implements two awaitable
-steps, ``inject`` and ``heal``. The nemesis (harness.nemesis) records both in the history.
-Everything a fault may touch comes through :class:`FaultContext`, so a fault can be exercised
-against a real topology in a test without the rest of the harness.
+A fault kind is one class in one module (after Toxiproxy's one-toxic-per-file layout). The
+class declares everything about its kind: its name, a one-line summary, the target forms it
+accepts (harness.targets), its default duration, its parameter schema (``Params``, a pydantic
+dataclass whose fields carry default, unit, constraints and docs), how the palette recognises
+it in a typed phrase, and the sentence reports and the TUI use for it. An instance is one
+fault being run: ``inject``, then ``hold_s`` later, ``heal``; the nemesis (harness.nemesis)
+records both in the history. Everything a fault may touch comes through :class:`FaultContext`,
+so a fault can be exercised against a real topology in a test without the rest of the harness.
+Pure Python at import time (no trio): the TUI reads the same classes.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform
+
+from pydantic import ConfigDict, Field
+from pydantic import dataclasses as pydantic_dataclasses
+
+from server.schema import Key, keys, validate
+
+from .. import targets as target_grammar
 
 if TYPE_CHECKING:
     from harness.topology import NodeProcess, Topology
     from harness.toxiproxy import Proxy
 
-__all__ = ["FAULTS", "Fault", "FaultContext", "FaultError", "make_fault", "register"]
+__all__ = ["AFTER", "FAULTS", "FaultContext", "FaultError", "FaultKind", "NoParams",
+           "make_fault", "on", "param", "parameters", "register"]
+
+T = TypeVar("T")
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: The palette phrase that sets a delay: "after 5 s".
+AFTER = r"\bafter\s+{N}\s*(?:s|sec|secs|seconds?)?\b"
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(Field,))
+def parameters(cls: type[T]) -> type[T]:
+    """Make ``cls`` a fault kind's parameter schema (a frozen pydantic dataclass)."""
+    return pydantic_dataclasses.dataclass(frozen=True, config=_CONFIG)(cls)  # type: ignore[return-value]
+
+
+def param(default: Any, unit: str, doc: str, *, expect: object = None,
+          phrase: str | None = None, value: Any = None, scale: float = 1.0,
+          strict: bool = True, **constraints: Any) -> Any:
+    """One parameter (or experiment key): default, unit, doc, constraints (``ge=0``...).
+    ``expect`` words what it accepts in errors and docs (an object may word it when asked);
+    ``phrase`` is the regex that sets it in a palette phrase (``{N}`` a number, its first group
+    the value times ``scale``; or ``value`` when given)."""
+    extra: Any = {k: v for k, v in (("unit", unit), ("expect", expect), ("phrase", phrase),
+                                    ("value", value), ("scale", scale)) if v is not None}
+    if strict:  # a Literal takes no strict flag
+        constraints["strict"] = True
+    return Field(default, description=doc, json_schema_extra=extra, **constraints)
+
+
+@parameters
+class NoParams:
+    """A kind without parameters."""
 
 
 class FaultError(RuntimeError):
@@ -57,59 +100,74 @@ class FaultContext:
         return [topology.nodes[target]]
 
     def links(self, kind: str, target: str) -> list[tuple[str, Proxy]]:
-        """Resolve a link target to (name, proxy) pairs.
-
-        clients, clients->lb: every lane's entry; clients->lb[i]: one lane; lb: every
-        lb->node link; lb[i]->node-<n> / lb->node-<n> / lb->random / lb->all; redis: every
-        node->redis link; node-<n>->redis, random->redis, all->redis.
-        """
+        """Resolve a link target to (name, proxy) pairs (harness.targets.resolve)."""
         topology = self.require_topology(kind)
-        names = sorted(topology.proxies)
-
-        def matching(predicate: Callable[[str], bool]) -> list[tuple[str, Proxy]]:
-            found = [(n, topology.proxies[n]) for n in names if predicate(n)]
-            if not found:
-                raise FaultError(f"{kind}: no link matches {target!r} (links: {names})")
-            return found
-
-        if target in ("clients", "clients->lb"):
-            return matching(lambda n: n.startswith("clients->lb"))
-        if target.startswith("clients->lb["):
-            return matching(lambda n: n == target)
-        if target == "lb":
-            return matching(lambda n: n.startswith("lb[") and "->node-" in n)
-        if target == "redis":
-            return matching(lambda n: n.endswith("->redis"))
-        left, _, right = target.partition("->")
-        if right == "redis":
-            nodes = {n.name for n in self.nodes(kind, left)}
-            return matching(lambda n: n.endswith("->redis") and n.split("->")[0] in nodes)
-        if left.startswith("lb"):
-            nodes = {n.name for n in self.nodes(kind, right)}
-            lane = left[2:]  # "" or "[i]"
-            return matching(lambda n: n.startswith(f"lb{lane}" if lane else "lb[")
-                            and n.split("->")[1] in nodes)
-        raise FaultError(f"{kind}: {target!r} is not a link target")
+        names = target_grammar.ClusterNames(tuple(topology.nodes), tuple(topology.proxies))
+        found = [n for n in target_grammar.resolve(
+            target, names, lambda part: [n.name for n in self.nodes(kind, part)])
+            if n in topology.proxies]
+        if not found:
+            raise FaultError(f"{kind}: no link matches {target!r} "
+                             f"(links: {sorted(topology.proxies)})")
+        return [(n, topology.proxies[n]) for n in found]
 
 
-class Fault:
-    """Base of every fault: ``inject`` then, ``hold_s`` later, ``heal``."""
+def on(target: str) -> str:
+    """A target in a sentence: ``every node``, ``the clients' links``, ``node-2``."""
+    return {"clients": "the clients' links", "redis": "every node's Redis link",
+            "random": "a random node", "all": "every node"}.get(target, target)
+
+
+class FaultKind:
+    """Base of every fault kind. The class is the kind; an instance is one fault run."""
 
     kind: ClassVar[str]
+    #: What the kind does (docs, TUI); its first sentence is the kind's one-line summary.
+    summary: ClassVar[str]
+    #: Target forms it accepts (harness.targets.FORMS) and the default.
+    targets: ClassVar[tuple[str, ...]]
+    default_target: ClassVar[str]
+    #: When it heals, in words ("SIGCONT", "the restart, restart_after_s after the kill").
+    heal_at: ClassVar[str]
+    #: The regex that names the kind in a palette phrase ("kill node-2").
+    words: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    #: The parameter that "for N s" sets in a phrase of a kind without a duration.
+    for_param: ClassVar[str | None] = None
+    #: Why the TUI asks before sending it (None: it need not).
+    destructive: ClassVar[str | None] = None
     #: False for faults that only act on the client side (allowed with --target).
     needs_cluster: ClassVar[bool] = True
     #: Server features (harness.servers) the fault needs; on a server without them the
     #: nemesis skips it and records why.
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The parameters as docs and forms show them (from ``Params``).
+    keys: ClassVar[tuple[Key, ...]] = ()
+    #: On the class: the default duration (None: the kind takes no duration_s); on a fault:
+    #: the duration asked for (None: none, or held until healed).
+    duration_s: float | None = None
 
     def __init__(self, target: str, params: Mapping[str, Any], duration_s: float | None) -> None:
         self.target = target
-        self.params = dict(params)
+        self.params: Any = validate(self.Params, params)
         self.duration_s = duration_s
         self.resolved = target
         #: What the fault saw happen (connections opened, watchdog exits...), recorded with
         #: its heal so a report shows the fault had the effect it is named for.
         self.observed: dict[str, Any] = {}
+
+    @classmethod
+    def describe(cls, target: str, p: Any) -> str:
+        """The fault in words, without its duration: ``kill node-2 (restart after 2 s)``."""
+        return f"{cls.kind} on {target}"
+
+    @classmethod
+    def phrase_target(cls, text: str, tokens: list[str]) -> str | None:
+        """The target a palette phrase names (checked later), or None for the default."""
+        if "redis_link" in cls.targets and (m := re.search(
+                r"\b(node-\d+|random|all)\s+(?:and|to|from)\s+redis\b", text)):
+            return f"{m.group(1)}->redis"  # "between node-1 and redis": the node's Redis link
+        return tokens[0] if tokens else None
 
     @property
     def hold_s(self) -> float:
@@ -123,18 +181,17 @@ class Fault:
         """Undo the fault; instantaneous faults have nothing to undo."""
 
 
-FAULTS: dict[str, type[Fault]] = {}
+FAULTS: dict[str, type[FaultKind]] = {}
 
 
-def register(cls: type[Fault]) -> type[Fault]:
+def register(cls: type[FaultKind]) -> type[FaultKind]:
+    cls.keys = keys(cls.Params)
     FAULTS[cls.kind] = cls
     return cls
 
 
 def make_fault(kind: str, target: str, params: Mapping[str, Any],
-               duration_s: float | None) -> Fault:
-    from harness import faults  # noqa: F401 - importing the package registers every kind
-
+               duration_s: float | None) -> FaultKind:
     try:
         cls = FAULTS[kind]
     except KeyError:

@@ -3,21 +3,31 @@ every proxy the target names, in the chosen direction(s), removed on heal."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from .base import Fault, FaultContext
+from ..targets import LINK_FORMS
+from .base import FaultContext, FaultKind, param
+
+Direction = Literal["upstream", "downstream", "both"]
 
 
-class LinkToxic(Fault):
+def direction(default: str) -> Any:
+    return param(default, "—", "which stream of the link: upstream (towards the server side), "
+                 "downstream, both", strict=False, phrase=r"\b(upstream|downstream)\b")
+
+
+class LinkToxic(FaultKind):
     toxic_type: ClassVar[str]
-    default_direction: ClassVar[str] = "both"
+    targets = LINK_FORMS
+    default_target = "clients"
+    heal_at = "toxic removed"
 
     def attributes(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def streams(self) -> list[str]:
-        direction = self.params.get("direction", self.default_direction)
-        return ["upstream", "downstream"] if direction == "both" else [direction]
+        chosen = self.params.direction
+        return ["upstream", "downstream"] if chosen == "both" else [chosen]
 
     async def inject(self, ctx: FaultContext) -> None:
         self._links = ctx.links(self.kind, self.target)

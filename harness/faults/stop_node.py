@@ -1,18 +1,42 @@
-"""stop_node: SIGTERM a node (it drains its clients with 4200), restart it after it exits."""
+"""stop_node: SIGTERM a node (a graceful drain); restart it ``restart_after_s`` later."""
 
 from __future__ import annotations
 
-from .base import Fault, FaultContext, register
+from typing import Any
+
+from ..targets import NODE_FORMS
+from .base import AFTER, FaultContext, FaultKind, on, param, parameters, register
+from .kill_node import restart_note
+
+
+@parameters
+class StopParams:
+    restart: bool = param(True, "—", "start the node again (false: it stays dead; the heal is "
+                          "logged at once)", phrase=r"\bno restart\b|\bfor good\b", value=False)
+    restart_after_s: float = param(2.0, "s", "delay between the node exiting and its restart",
+                                   expect="a number of seconds", ge=0, phrase=AFTER)
 
 
 @register
-class StopNode(Fault):
+class StopNode(FaultKind):
     kind = "stop_node"
+    summary = ("SIGTERM a node: a graceful drain. It closes its clients with a reconnect code "
+               "within cluster.drain_grace_s and exits; they resume elsewhere.")
+    targets = NODE_FORMS
+    default_target = "random"
+    heal_at = "the restart, restart_after_s after the stop"
+    words = r"\b(?:stop|drain|sigterm)\b"
+    Params = StopParams
+    for_param = "restart_after_s"
+    destructive = "drains and stops a server process"
+
+    @classmethod
+    def describe(cls, target: str, p: Any) -> str:
+        return f"stop {on(target)} gracefully{restart_note(p)}"
 
     @property
     def hold_s(self) -> float:
-        return float(self.params.get("restart_after_s", 2.0)) if self.params.get(
-            "restart", True) else 0.0
+        return self.params.restart_after_s if self.params.restart else 0.0
 
     async def inject(self, ctx: FaultContext) -> None:
         self._nodes = ctx.nodes(self.kind, self.target)
@@ -21,6 +45,6 @@ class StopNode(Fault):
             await node.drain()
 
     async def heal(self, ctx: FaultContext) -> None:
-        if self.params.get("restart", True):
+        if self.params.restart:
             for node in self._nodes:
                 await node.restart()

@@ -381,7 +381,7 @@ def test_docs_reference_block_is_generated_from_the_schema() -> None:
 def test_docs_mention_every_key_kind_experiment_and_definition() -> None:
     text = DOCS.read_text(encoding="utf-8")
     keys = [k for keys in SECTIONS.values() for k in keys] + list(FAULT_KEYS)
-    keys += [k for kind in FAULT_KINDS.values() for k in kind.params]
+    keys += [k for kind in FAULT_KINDS.values() for k in kind.keys]
     for key in keys:
         assert f"`{key.name}`" in text, key.name
         assert key.unit, key.name  # the generated tables need both

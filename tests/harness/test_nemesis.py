@@ -18,7 +18,7 @@ import trio
 from harness.control_server import handle_command
 from harness.events import EventLog
 from harness.faults import FaultContext, FaultError
-from harness.faults.base import FAULTS, Fault
+from harness.faults.base import FAULTS, FaultKind
 from harness.history import HistoryWriter
 from harness.nemesis import Nemesis
 
@@ -26,7 +26,7 @@ NODES = ("node-1", "node-2", "node-3")
 LINKS = ("clients->lb[0]", *(f"lb[0]->{n}" for n in NODES), *(f"{n}->redis" for n in NODES))
 
 
-class StandIn(Fault):
+class StandIn(FaultKind):
     needs_cluster = False
     log: list[tuple[str, str, float]] = []
 
@@ -41,7 +41,8 @@ class StandIn(Fault):
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float]]:
     StandIn.log = []
     for kind in ("latency", "kill_node", "pause_node"):
-        monkeypatch.setitem(FAULTS, kind, type(f"StandIn_{kind}", (StandIn,), {"kind": kind}))
+        # the real kind's declaration (parameters, duration), a stand-in's inject and heal
+        monkeypatch.setitem(FAULTS, kind, type(f"StandIn_{kind}", (StandIn, FAULTS[kind]), {}))
     return StandIn.log
 
 
@@ -209,11 +210,9 @@ async def test_the_control_socket_answers_with_what_will_run(
 async def test_an_inject_that_runs_out_of_time_says_so(tmp_path: Path, autojump_clock: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """trio's TooSlowError has no text: a slow inject ("rolling_restart on all failed: ") must
-    say what happened, in the failures, the history and the event."""
+    say what happened, in the history and the event."""
 
-    class Slow(StandIn):
-        kind = "kill_node"
-
+    class Slow(StandIn, FAULTS["kill_node"]):  # type: ignore[misc, valid-type]
         async def inject(self, ctx: FaultContext) -> None:
             await trio.sleep(1000)
 
@@ -223,7 +222,42 @@ async def test_an_inject_that_runs_out_of_time_says_so(tmp_path: Path, autojump_
         nemesis.start("f1", "kill_node", "node-1", {}, None)
         await nemesis.wait_idle()
     events.close()
-    assert nemesis.failures == ["kill_node on node-1 failed: its inject did not finish within "
-                                "120 s"]
+    nemesis.history.close()
+    ops = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    failed = next(op for op in ops if op["f"] == "fault" and "error" in op["value"])
+    assert failed["value"]["error"] == "its inject did not finish within 120 s"
     errors = [e for e in read_events(tmp_path) if e["type"] == "fault_error"]
     assert errors[0]["error"] == "its inject did not finish within 120 s"
+
+
+async def test_a_failed_heal_is_a_failed_op_the_checker_judges(
+        tmp_path: Path, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the checker decides the verdict: a heal that raises is recorded as a ``fail``
+    heal op (not an ``ok`` one plus a note kept by the harness), so judging the history alone
+    fails the run, the same live and in ``turnout check``."""
+    from harness.checker import check_files
+    from harness.history import NEMESIS
+
+    class StuckHeal(StandIn, FAULTS["latency"]):  # type: ignore[misc, valid-type]
+        async def heal(self, ctx: FaultContext) -> None:
+            raise FaultError("toxiproxy refused to remove the toxic")
+
+    monkeypatch.setitem(FAULTS, "latency", StuckHeal)
+    async with trio.open_nursery() as nursery:
+        events = EventLog(tmp_path / "events.jsonl")
+        history = HistoryWriter(tmp_path / "history.jsonl")
+        nemesis = Nemesis(FaultContext(topology=None, rng=random.Random(1)), history, events,
+                          nursery)
+        nemesis.start("f1", "latency", "clients", {}, 1.0)
+        await nemesis.wait_idle()
+        history.close()
+    ops = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    heal = next(op for op in ops if op["f"] == "heal")
+    assert (heal["process"], heal["type"]) == (NEMESIS, "fail")
+    assert "refused to remove" in heal["value"]["error"]
+    report = check_files([tmp_path / "history.jsonl"])
+    healed = next(r for r in report.invariants if r.name == "faults_healed")
+    assert not healed.ok
+    assert "f1 (latency clients) heal failed: toxiproxy refused" in healed.message
+    assert report.verdict == "fail"
+    assert report.faults[0].heal_error == "toxiproxy refused to remove the toxic"

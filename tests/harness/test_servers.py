@@ -22,7 +22,7 @@ import trio
 
 from harness import checker
 from harness.events import EventLog
-from harness.experiment import SECTIONS, Choice
+from harness.experiment import SECTIONS
 from harness.faults import FAULTS, FaultContext, FaultError
 from harness.history import HistoryWriter, iter_history
 from harness.nemesis import Nemesis
@@ -115,7 +115,7 @@ def test_server_names_are_checked_everywhere() -> None:
     with pytest.raises(ValueError, match="unknown server"):
         TopologySpec(server="reverb")
     key = next(k for k in SECTIONS["cluster"] if k.name == "server")
-    assert set(cast(Choice, key.check).options) == set(SERVERS)
+    assert set(key.choices) == set(SERVERS)
     assert key.default == "turnout"
     assert TopologySpec().adapter.name == "turnout"
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.experiment import FAULT_KINDS
+from harness.experiment import FAULT_KINDS, parse_experiment, reference_markdown
+from harness.faults.base import on, param, parameters, register
+from harness.faults.link_toxic import Direction, LinkToxic, direction
 from tui.catalog import (
+    ClusterNames,
     FaultRequest,
     PhraseError,
-    Topology,
     confirmation,
     convert_param,
     describe_fault,
@@ -127,7 +130,7 @@ def test_palette_phrases_become_fault_requests(phrase: str, kind: str, target: s
     for key, value in params.items():
         assert request.params[key] == value
     # Every parameter of the kind is filled in (defaults), as the control socket expects.
-    assert set(request.params) == {k.name for k in FAULT_KINDS[kind].params}
+    assert set(request.params) == {k.name for k in FAULT_KINDS[kind].keys}
 
 
 def test_a_phrase_naming_no_fault_is_none() -> None:
@@ -200,17 +203,17 @@ def test_the_inject_command_matches_the_control_socket_protocol() -> None:
 
 
 def test_parameters_go_through_the_schema_checks() -> None:
-    [latency_ms, _jitter, direction] = FAULT_KINDS["latency"].params
-    assert convert_param(latency_ms, "300") == 300.0
-    assert convert_param(direction, "upstream") == "upstream"
+    [latency_ms, _jitter, direction] = FAULT_KINDS["latency"].keys
+    assert convert_param("latency", latency_ms, "300") == 300.0
+    assert convert_param("latency", direction, "upstream") == "upstream"
     with pytest.raises(ValueError, match="latency_ms"):
-        convert_param(latency_ms, "-5")
+        convert_param("latency", latency_ms, "-5")
     with pytest.raises(ValueError, match="direction"):
-        convert_param(direction, "sideways")
+        convert_param("latency", direction, "sideways")
 
 
 def test_topology_lanes_come_from_the_links() -> None:
-    topo = Topology(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
+    topo = ClusterNames(("node-1",), ("clients->lb[0]", "clients->lb[1]", "lb[1]->node-1"))
     assert topo.lanes == ("lb[0]", "lb[1]")
 
 
@@ -226,7 +229,7 @@ def test_run_tui_refuses_a_path_that_is_no_run_folder(tmp_path: Path,
 
 # A run whose experiment needs no proxy on the clients' side (proxies = "auto", no client link
 # in its schedule): only the node->redis links go through Toxiproxy.
-REDIS_ONLY = Topology(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
+REDIS_ONLY = ClusterNames(("node-1", "node-2"), ("node-1->redis", "node-2->redis"))
 
 
 @pytest.mark.parametrize(("phrase", "error"), [
@@ -246,3 +249,45 @@ def test_faults_on_the_client_fleet_need_no_proxy() -> None:
     assert "clients" not in targets_for("latency", REDIS_ONLY)
     request = FaultRequest("slow_consumers", "clients", {"share": 0.2}).checked(REDIS_ONLY)
     assert request.target == "clients"
+
+
+# The worked example of docs/architecture.md ("Adding a fault kind"), registered by the test.
+@parameters
+class DuplicateParams:
+    share: float = param(0.05, "fraction", "share of the chunks sent twice",
+                         expect="a fraction", gt=0, le=1, phrase=r"{N}\s*%", scale=0.01)
+    direction: Direction = direction("downstream")
+
+
+class DuplicateBytes(LinkToxic):
+    kind = "duplicate_bytes"
+    summary = "Send a share of the chunks on a link twice."
+    duration_s = 10.0
+    words = r"\bduplicat"
+    Params = DuplicateParams
+    toxic_type = "duplicate"
+
+    @classmethod
+    def describe(cls, target: str, p: Any) -> str:
+        return f"duplicate {p.share * 100:g}% of the chunks on {on(target)}"
+
+
+def test_a_new_fault_kind_is_one_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One class is the whole kind for the experiment loader, the docs, the palette, the
+    targets and the descriptions."""
+    monkeypatch.setitem(FAULT_KINDS, "duplicate_bytes", DuplicateBytes)  # removed after
+    register(DuplicateBytes)
+    exp = parse_experiment('description = "d"\n[[faults]]\nat_s = 1\nkind = "duplicate_bytes"\n'
+                           'share = 0.5\n', default_name="x")
+    assert dict(exp.faults[0].params) == {"share": 0.5, "direction": "downstream"}
+    with pytest.raises(ValueError, match=r"faults\[0\]\.share: expected a fraction between 0 "
+                                         r"and 1, got 2"):
+        parse_experiment('description = "d"\n[[faults]]\nat_s = 1\nkind = "duplicate_bytes"\n'
+                         'share = 2\n', default_name="x")
+    assert "#### `duplicate_bytes`" in reference_markdown()
+    request = parse_fault_phrase("duplicate 10% on clients for 5 s", TOPO)
+    assert request is not None
+    assert (request.kind, request.target, request.params["share"], request.duration_s) == (
+        "duplicate_bytes", "clients", 0.1, 5.0)
+    assert request.describe() == "duplicate 10% of the chunks on the clients' links for 5 s"
+    assert "clients->lb[0]" in targets_for("duplicate_bytes", TOPO)

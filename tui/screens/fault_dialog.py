@@ -1,6 +1,6 @@
 """The fault dialog: pick a kind, a target among the live nodes and links, its parameters
-(defaults and units from ``harness.experiment.FAULT_KINDS``) and a duration (empty: until
-healed, or until the faults phase ends); returns a ``FaultRequest`` (or None when cancelled).
+(widgets, defaults and units generated from the kind's parameter schema) and a duration (empty:
+until healed, or until the faults phase ends); returns a ``FaultRequest`` (or None when cancelled).
 Values go through the harness's own checks (harness.fault_request: the experiment schema and
 the cluster's names), so the dialog refuses what the run would refuse, with the same words."""
 
@@ -17,10 +17,12 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
+from server.schema import Key
+
 from ..catalog import (
     FAULT_KINDS,
+    ClusterNames,
     FaultRequest,
-    Topology,
     confirmation,
     convert_param,
     default_request,
@@ -30,17 +32,13 @@ from ..catalog import (
 __all__ = ["FaultDialog"]
 
 
-def _kind_of(check: object) -> str:
-    return type(check).__name__
-
-
 class FaultDialog(ModalScreen[FaultRequest | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "inject", "Inject"),
     ]
 
-    def __init__(self, topology: Topology, *, preset: FaultRequest | None = None,
+    def __init__(self, topology: ClusterNames, *, preset: FaultRequest | None = None,
                  kind: str | None = None) -> None:
         super().__init__()
         self.topology = topology
@@ -96,9 +94,8 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         params = self.query_one("#params", Vertical)
         await params.remove_children()
         rows = []
-        for key in spec.params:
-            value = request.params.get(key.name, key.default)
-            rows.append(self._param_row(key.name, key.check, value, key.unit, key.doc))
+        for key in spec.keys:
+            rows.append(self._param_row(key, request.params.get(key.name, key.default)))
         await params.mount_all(rows)
         duration = self.query_one("#duration", Input)
         self.query_one("#duration-row").display = spec.duration_s is not None
@@ -106,20 +103,21 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         self._building = False
         self._preview()
 
-    def _param_row(self, name: str, check: Any, value: Any, unit: str, doc: str) -> Widget:
-        widget_id = f"param-{name}"
+    def _param_row(self, key: Key, value: Any) -> Widget:
+        """One parameter's row, generated from its schema field (type, unit, doc)."""
+        widget_id = f"param-{key.name}"
         widget: Widget
-        if _kind_of(check) == "Boolean":
+        if key.boolean:
             widget = Checkbox("", bool(value), id=widget_id, compact=True)
-        elif _kind_of(check) == "Choice":
-            widget = Select([(o, o) for o in check.options], value=value, id=widget_id,
+        elif key.choices:
+            widget = Select([(o, o) for o in key.choices], value=value, id=widget_id,
                             allow_blank=False, compact=True)
         else:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             widget = Input(shown, id=widget_id, compact=True)
-        widget.tooltip = doc
-        row = Horizontal(Label(name, classes="field-label"), widget,
-                         Label("" if unit == "—" else unit, classes="field-unit"),
+        widget.tooltip = key.doc
+        row = Horizontal(Label(key.name, classes="field-label"), widget,
+                         Label("" if key.unit == "—" else key.unit, classes="field-unit"),
                          classes="field param")
         return row
 
@@ -133,7 +131,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
         if not isinstance(target, str):
             raise ValueError("pick a target")
         params: dict[str, Any] = {}
-        for key in spec.params:
+        for key in spec.keys:
             widget = self.query_one(f"#param-{key.name}")
             if isinstance(widget, Checkbox):
                 raw: Any = widget.value
@@ -142,7 +140,7 @@ class FaultDialog(ModalScreen[FaultRequest | None]):
             else:
                 assert isinstance(widget, Input)
                 raw = widget.value
-            params[key.name] = convert_param(key, raw)
+            params[key.name] = convert_param(kind, key, raw)
         duration: float | None = None
         if spec.duration_s is not None:
             text = self.query_one("#duration", Input).value.strip()
