@@ -3,8 +3,10 @@
 ``python -m harness.fleet SPEC.json`` runs every viewer of one worker in a single ``epoll``
 loop over raw non-blocking sockets: no task or coroutine per client, one
 :class:`harness.ws_wire.FrameReader` and one sans-IO :class:`harness.pusher_client.Viewer` per
-client, a timer sweep once a second (four times a second during the final read) that ticks
-only the viewers whose next deadline has come, and a heap of scheduled (re)connects. At the
+client, each distinct update decoded once for all of them
+(:class:`harness.pusher_client.UpdateCache`), a timer sweep once a second (four times a second
+during the final read) that ticks only the viewers whose next deadline has come, and a heap of
+scheduled (re)connects. At the
 election's full size a worker receives ~4,000 updates a second; the loop's cost per delivery
 is measured against a bare ``epoll`` + ``recv`` loop by ``python -m bench.fleet_recv``
 (docs/benchmarks.md).

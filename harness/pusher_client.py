@@ -4,7 +4,9 @@ A :class:`Viewer` is one measured client. It is driven by the worker's event loo
 (:mod:`harness.fleet`), which owns the socket, and never touches I/O itself:
 
 - ``opened(now)`` once the websocket upgrade is done; ``on_text(payload, now)`` for every text
-  message; ``tick(now)`` from the loop's timer sweep; ``lost(now, code, reason)`` when the
+  message, or ``on_update(update, now)`` for one the worker already decoded (a positioned update,
+  :func:`as_update`; an :class:`UpdateCache` decodes each distinct one once for every viewer of
+  a worker); ``tick(now)`` from the loop's timer sweep; ``lost(now, code, reason)`` when the
   connection ended, whatever the cause; ``begin_final_read(now)`` when the harness drains.
 - What it wants sent lands in ``outbox`` (text payloads, framed and masked by the loop); when
   the connection must end, ``tick``/``on_text`` return a close request (code, reason); a
