@@ -129,13 +129,15 @@ class UpdateCache:
     Keyed by the exact bytes received (a whole frame, or one message's payload), a hit is the
     decode of those very bytes: no layout is assumed, only equality. Only positioned updates
     are kept (:func:`as_update`); everything else is decoded by the viewer each time. Bounded:
-    at ``limit`` entries the cache starts over (a worker sees a few distinct updates a second).
+    messages over ``max_bytes`` are not kept, and at ``limit`` entries the cache starts over (a
+    worker sees a few distinct updates a second).
     """
 
-    __slots__ = ("entries", "hits", "limit", "misses")
+    __slots__ = ("entries", "hits", "limit", "max_bytes", "misses")
 
-    def __init__(self, limit: int = 2048) -> None:
+    def __init__(self, limit: int = 1024, max_bytes: int = 16_384) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         #: key bytes -> Update; the fleet's loop reads it directly (``entries.get``)
         self.entries: dict[bytes, Update] = {}
         self.hits = 0  # lookups that went through :meth:`lookup`
@@ -156,7 +158,7 @@ class UpdateCache:
         if type(message) is not dict:
             return None
         update = as_update(message)
-        if update is not None:
+        if update is not None and len(key) <= self.max_bytes:
             if len(self.entries) >= self.limit:
                 self.entries.clear()
             self.entries[key] = update

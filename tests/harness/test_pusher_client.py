@@ -135,6 +135,11 @@ def test_update_cache_decodes_each_distinct_message_once_and_stays_bounded() -> 
     assert len(cache.entries) == 3
     cache.lookup(update("a", 3, "p3", 3.0), update("a", 3, "p3", 3.0))
     assert len(cache.entries) == 1  # the limit reached: it started over
+    big = orjson.dumps({**orjson.loads(update("a", 4, "p4", 4.0)), "pad": "x" * 20_000})
+    decoded = cache.lookup(big, big)  # decoded, but too big to keep
+    assert decoded is not None
+    assert decoded[1] == "p4"
+    assert big not in cache.entries
 
 
 def _conversation(rng: random.Random) -> list[tuple[str, Any, float]]:
