@@ -6,10 +6,9 @@ loop over raw non-blocking sockets: no task or coroutine per client, one
 client, each distinct update decoded once for all of them
 (:class:`harness.pusher_client.UpdateCache`), a timer sweep once a second (four times a second
 during the final read) that ticks only the viewers whose next deadline has come, and a heap of
-scheduled (re)connects. At the
-election's full size a worker receives ~4,000 updates a second; the loop's cost per delivery
-is measured against a bare ``epoll`` + ``recv`` loop by ``python -m bench.fleet_recv``
-(docs/benchmarks.md).
+scheduled (re)connects. At the election's full size a worker receives ~4,000 updates a second;
+the loop's cost per delivery is measured against a bare ``epoll`` + ``recv`` loop by
+``python -m bench.fleet_recv`` (docs/benchmarks.md).
 
 Each viewer connects through its lane's entry (``entries[id % len(entries)]``) from one of
 several 127.0.0.x source addresses (``IP_BIND_ADDRESS_NO_PORT``: ports are chosen per
