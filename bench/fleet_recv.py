@@ -9,8 +9,9 @@ the same source in the same run, each in its own process on the same source addr
     size, counting bytes. Nothing else: the floor.
 ``fleet``
     the real fleet worker (``python -m harness.fleet SPEC.json``, the process a run starts):
-    N sans-IO Pusher viewers in one epoll loop, frame reader, JSON decode of each update,
-    positions into runs, the position table, per-update latency histograms, timers and status.
+    N sans-IO Pusher viewers in one epoll loop, frame reader, JSON decode of each distinct
+    update (once per worker: every viewer of a channel receives the same bytes), positions into
+    runs, the position table, per-update latency histograms, timers and status.
 
 For each receiver, M broadcasts 0.1 s apart are sent, and the receiver's CPU time
 (``/proc/<pid>/task/*/schedstat``) from just before the first until every connection has all M

@@ -3,11 +3,12 @@
 ``python -m harness.fleet SPEC.json`` runs every viewer of one worker in a single ``epoll``
 loop over raw non-blocking sockets: no task or coroutine per client, one
 :class:`harness.ws_wire.FrameReader` and one sans-IO :class:`harness.pusher_client.Viewer` per
-client, a timer sweep once a second (four times a second during the final read) that ticks
-only the viewers whose next deadline has come, and a heap of scheduled (re)connects. At the
-election's full size a worker receives ~4,000 updates a second; the loop's cost per delivery
-is measured against a bare ``epoll`` + ``recv`` loop by ``python -m bench.fleet_recv``
-(docs/benchmarks.md).
+client, each distinct update decoded once for all of them
+(:class:`harness.pusher_client.UpdateCache`), a timer sweep once a second (four times a second
+during the final read) that ticks only the viewers whose next deadline has come, and a heap of
+scheduled (re)connects. At the election's full size a worker receives ~4,000 updates a second;
+the loop's cost per delivery is measured against a bare ``epoll`` + ``recv`` loop by
+``python -m bench.fleet_recv`` (docs/benchmarks.md).
 
 Each viewer connects through its lane's entry (``entries[id % len(entries)]``) from one of
 several 127.0.0.x source addresses (``IP_BIND_ADDRESS_NO_PORT``: ports are chosen per
@@ -52,7 +53,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .history import HistoryWriter
-from .pusher_client import Backoff, PresenceJoin, Viewer
+from .pusher_client import Backoff, PresenceJoin, UpdateCache, Viewer
 from .recording import Recorder
 from .ws_wire import (
     OP_CLOSE,
@@ -235,6 +236,10 @@ class Worker:
         self.storm_errors: dict[str, int] = {}
         self.storm_inflight = 0
         self.storm_meta: dict[int, tuple[int, float]] = {}
+        #: updates decoded once per worker: whole frames of the loop's hot path, and messages
+        #: that came through the frame reader (several frames in one read, split frames)
+        self.frame_updates = UpdateCache()
+        self.message_updates = UpdateCache()
         self.control: socket.socket | None = None
         self._control_buf = b""
         self._control_out = b""
@@ -374,7 +379,9 @@ class Worker:
             if opcode == OP_TEXT:
                 if viewer is None:
                     continue  # storm connections read and discard
-                request = viewer.on_text(payload, now)
+                update = self.message_updates.lookup(payload, payload)
+                request = viewer.on_text(payload, now) if update is None \
+                    else viewer.on_update(update, now)
                 if viewer.outbox:
                     self._drain_outbox(conn, viewer, now)
                 if request is not None:
@@ -388,6 +395,15 @@ class Worker:
                 self._send_close(conn, code or 1000, "")
                 self._teardown(conn, now, code, reason)
                 return
+
+    def _answer(self, conn: Conn, viewer: Viewer, request: tuple[int, str] | None,
+                now: float) -> None:
+        """Send what a viewer wants sent; close the connection if it asked to."""
+        if viewer.outbox:
+            self._drain_outbox(conn, viewer, now)
+        if request is not None:
+            self._send_close(conn, *request)
+            self._teardown(conn, now, *request)
 
     def _drain_outbox(self, conn: Conn, viewer: Viewer, now: float) -> None:
         outbox = viewer.outbox
@@ -654,6 +670,7 @@ class Worker:
         poll = self.ep.poll
         conns = self.conns
         clock = self.clock
+        known_frame = self.frame_updates.entries.get
         control_fd = self.control.fileno() if self.control is not None else -1
         while True:
             now = clock()
@@ -672,7 +689,10 @@ class Worker:
                     self._on_event(conn, ev, clock())
                     continue
                 # The hot path: one readable viewer socket. Most reads are exactly one whole
-                # unmasked text frame; its header is read here, anything else goes through
+                # unmasked text frame, and most of those are a frame this worker has already
+                # decoded for another viewer (a broadcast sends every viewer of a channel the
+                # same bytes): then only this viewer's bookkeeping is left. A new whole frame
+                # has its header read here and is decoded once; anything else goes through
                 # the frame reader.
                 try:
                     data = conn.sock.recv(RECV_BYTES)
@@ -682,6 +702,12 @@ class Worker:
                     self._teardown(conn, clock(), None, f"{type(exc).__name__}: {exc}"[:200])
                     continue
                 now = clock()
+                update = known_frame(data)
+                if update is not None and not conn.reader.buffer:
+                    request = viewer.on_update(update, now)
+                    if request is not None or viewer.outbox:
+                        self._answer(conn, viewer, request, now)
+                    continue
                 if not data:
                     self._teardown(conn, now, None, "EOF")
                     continue
@@ -694,12 +720,12 @@ class Worker:
                         head = 4
                     if length < 126 or head == 4:
                         if head + length == size:
-                            request = viewer.on_text(data[head:], now)
-                            if viewer.outbox:
-                                self._drain_outbox(conn, viewer, now)
-                            if request is not None:
-                                self._send_close(conn, *request)
-                                self._teardown(conn, now, *request)
+                            payload = data[head:]
+                            update = self.frame_updates.lookup(data, payload)
+                            request = viewer.on_text(payload, now) if update is None \
+                                else viewer.on_update(update, now)
+                            if request is not None or viewer.outbox:
+                                self._answer(conn, viewer, request, now)
                             continue
                 self._received(conn, data, now)
             now = clock()

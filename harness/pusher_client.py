@@ -4,7 +4,9 @@ A :class:`Viewer` is one measured client. It is driven by the worker's event loo
 (:mod:`harness.fleet`), which owns the socket, and never touches I/O itself:
 
 - ``opened(now)`` once the websocket upgrade is done; ``on_text(payload, now)`` for every text
-  message; ``tick(now)`` from the loop's timer sweep; ``lost(now, code, reason)`` when the
+  message, or ``on_update(update, now)`` for one the worker already decoded (a positioned update,
+  :func:`as_update`; an :class:`UpdateCache` decodes each distinct one once for every viewer of
+  a worker); ``tick(now)`` from the loop's timer sweep; ``lost(now, code, reason)`` when the
   connection ended, whatever the cause; ``begin_final_read(now)`` when the harness drains.
 - What it wants sent lands in ``outbox`` (text payloads, framed and masked by the loop); when
   the connection must end, ``tick``/``on_text`` return a close request (code, reason); a
@@ -54,7 +56,10 @@ __all__ = [
     "Backoff",
     "PresenceJoin",
     "Subscription",
+    "Update",
+    "UpdateCache",
     "Viewer",
+    "as_update",
     "parse_update",
 ]
 
@@ -91,6 +96,73 @@ def parse_update(data: Any) -> tuple[str | None, int | None, float | None]:
         seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
         float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
     )
+
+
+#: A decoded channel update with everything the in-order path needs:
+#: (channel, update id, seq, publish invoke time, offset, epoch, the decoded message).
+Update = tuple[str, str, int | None, float, int, str, dict[str, Any]]
+
+
+def as_update(message: dict[str, Any]) -> Update | None:
+    """The delivery fields of a positioned channel event (not ``pusher*``) whose data names an
+    update id and a publish time, or None for any other message (which then takes the
+    viewer's general path)."""
+    event = message.get("event")
+    channel = message.get("channel")
+    offset = message.get("offset")
+    epoch = message.get("epoch")
+    if (type(event) is not str or event.startswith("pusher") or type(channel) is not str
+            or type(offset) is not int or type(epoch) is not str):
+        return None
+    pid, seq, t = parse_update(message.get("data"))
+    if pid is None or t is None:
+        return None
+    return channel, pid, seq, t, offset, epoch, message
+
+
+class UpdateCache:
+    """Each distinct update message decoded once per worker, not once per viewer.
+
+    A broadcast hands every viewer of a channel the same bytes (the node's frame for an update
+    is fixed: same event, channel, data and position whichever node sends it), so a worker
+    with thousands of viewers would decode the same ~760-byte message thousands of times.
+    Keyed by the exact bytes received (a whole frame, or one message's payload), a hit is the
+    decode of those very bytes: no layout is assumed, only equality. Only positioned updates
+    are kept (:func:`as_update`); everything else is decoded by the viewer each time. Bounded:
+    messages over ``max_bytes`` are not kept, and at ``limit`` entries the cache starts over (a
+    worker sees a few distinct updates a second).
+    """
+
+    __slots__ = ("entries", "hits", "limit", "max_bytes", "misses")
+
+    def __init__(self, limit: int = 1024, max_bytes: int = 16_384) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        #: key bytes -> Update; the fleet's loop reads it directly (``entries.get``)
+        self.entries: dict[bytes, Update] = {}
+        self.hits = 0  # lookups that went through :meth:`lookup`
+        self.misses = 0
+
+    def lookup(self, key: bytes, payload: bytes) -> Update | None:
+        """The update ``payload`` (received as ``key``) carries, decoding it on a miss; None
+        when it is not a positioned update (or not JSON: the viewer records the error)."""
+        update = self.entries.get(key)
+        if update is not None:
+            self.hits += 1
+            return update
+        self.misses += 1
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        if type(message) is not dict:
+            return None
+        update = as_update(message)
+        if update is not None and len(key) <= self.max_bytes:
+            if len(self.entries) >= self.limit:
+                self.entries.clear()
+            self.entries[key] = update
+        return update
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,34 +445,70 @@ class Viewer:
             return None
         if type(message) is not dict:
             return None
-        # The hot path, ~32,000 times a second at full size: the next update of a channel in
-        # order, outside any replay, stale window or full-history recording, whose data starts
-        # with the publisher's id/seq/t head. Everything else takes the general path below.
-        offset = message.get("offset")
-        channel = message.get("channel")
-        if type(offset) is int and type(channel) is str:
-            sub = self.subs.get(channel)
-            data = message.get("data")
-            if (sub is not None and offset == sub.hi + 1 and sub.hi == sub.top
-                    and message.get("epoch") == sub.run_epoch and type(data) is str
-                    and not self.full and sub.replay_until < 0 and self.stale_since < 0
-                    and data.startswith('{"id":"')):
-                i = data.find('","seq":', 7)
-                j = data.find(',"t":', i + 8)
-                k = data.find(",", j + 5)
-                event = message.get("event")
-                if i > 7 and j > 0 and k > 0 and type(event) is str \
-                        and not event.startswith("pusher"):
-                    try:
-                        t = float(data[j + 5:k])
-                    except ValueError:
-                        pass
-                    else:
-                        self._deliver_in_order(sub, data[7:i], offset, t, now)
-                        return None
+        update = as_update(message)
+        if update is not None:
+            return self.on_update(update, now)
+        return self._on_message(message, now)
+
+    def on_update(self, update: Update, now: float) -> tuple[int, str] | None:
+        """A positioned update, already decoded (:func:`as_update`, often shared by every
+        viewer of the worker through an :class:`UpdateCache`): the same as ``on_text`` of its
+        payload.
+
+        The hot path, ~32,000 times a second at full size: the next update of a channel in
+        order, outside any replay, stale window or full-history recording, is recorded here
+        (what :meth:`_deliver` does for a NEW delivery that extends the open run, inlined: the
+        position table and the latency book are written directly). Everything else takes the
+        general path.
+        """
+        self.last_heard = now
+        self.ping_sent = -1.0
+        if self.final:
+            self.quiet_since = now
+        channel, pid, _seq, t, offset, epoch, message = update
+        sub = self.subs.get(channel)
+        # (hi < 0: nothing received yet, so the subscription's position table is not attached;
+        # the general path attaches it)
+        if (sub is None or offset != sub.hi + 1 or sub.hi != sub.top or epoch != sub.run_epoch
+                or sub.hi < 0 or self.full or sub.replay_until >= 0 or self.stale_since >= 0):
+            return self._on_message(message, now)
+        sub.hi = sub.top = sub.offset = offset
+        sub.epoch = epoch
+        table = sub.table
+        known = table.get(offset)
+        recorder = self.recorder
+        if known is None:
+            table[offset] = pid
+        elif known != pid:
+            recorder.position(channel, epoch, offset, pid, self.process, now)
+        stats = recorder.stats
+        stats.delivered += 1
+        book = recorder.latency
+        entry = book.get(pid)
+        if entry is None:
+            entry = book[pid] = [now, -1.0, {}]
+        if t > sub.first_ok:
+            latency = now - t
+            if latency >= 0:
+                if now > entry[1]:
+                    entry[1] = now
+                us = int(latency * 1e6)
+                shift = us.bit_length() - LATENCY_BITS
+                if shift > 0:
+                    us = (us >> shift) << shift
+                hist = entry[2]
+                hist[us] = hist.get(us, 0) + 1
+                samples = stats.latency_samples
+                if len(samples) < LIVE_SAMPLES:
+                    samples.append(latency * 1000.0)
+        return None
+
+    def _on_message(self, message: dict[str, Any], now: float) -> tuple[int, str] | None:
+        """The general path of a decoded message (``last_heard`` already updated)."""
         event = message.get("event")
         if not isinstance(event, str):
             return None
+        channel = message.get("channel")
         if self.presence is not None and channel == self.presence.channel:
             self._on_presence(event, message, now)
             return None
@@ -424,38 +532,6 @@ class Viewer:
                                  {"channel": channel, "error": str(message.get("data"))[:200]},
                                  now)
         return None
-
-    def _deliver_in_order(self, sub: Subscription, pid: str, offset: int, t: float,
-                          now: float) -> None:
-        """What :meth:`_deliver` does for a NEW delivery that extends the open run, inlined
-        (the recorder's position table and latency book are written directly)."""
-        sub.hi = sub.top = sub.offset = offset
-        table = sub.table
-        known = table.get(offset)
-        if known is None:
-            table[offset] = pid
-        elif known != pid:
-            self.recorder.position(sub.channel, sub.epoch, offset, pid, self.process, now)
-        recorder = self.recorder
-        stats = recorder.stats
-        stats.delivered += 1
-        book = recorder.latency
-        entry = book.get(pid)
-        if entry is None:
-            entry = book[pid] = [now, -1.0, {}]
-        if t > sub.first_ok:
-            if now > entry[1]:
-                entry[1] = now
-            latency = now - t
-            us = int(latency * 1e6)
-            shift = us.bit_length() - LATENCY_BITS
-            if shift > 0:
-                us = (us >> shift) << shift
-            hist = entry[2]
-            hist[us] = hist.get(us, 0) + 1
-            samples = stats.latency_samples
-            if len(samples) < LIVE_SAMPLES:
-                samples.append(latency * 1000.0)
 
     def _established(self, message: dict[str, Any], now: float) -> tuple[int, str] | None:
         try:

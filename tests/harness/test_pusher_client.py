@@ -30,7 +30,9 @@ from harness.pusher_client import (
     Backoff,
     PresenceJoin,
     Subscription,
+    UpdateCache,
     Viewer,
+    as_update,
     parse_update,
 )
 from harness.recording import Recorder, latency_bucket
@@ -93,6 +95,182 @@ def test_parse_update_reads_the_head_and_falls_back_to_json() -> None:
     assert parse_update('{"seq": 3, "id": "x", "t": 2}') == ("x", 3, 2.0)  # other key order
     assert parse_update("not json") == (None, None, None)
     assert parse_update('{"other": 1}') == (None, None, None)
+
+
+def test_as_update_takes_only_positioned_channel_updates_with_an_id_and_a_time() -> None:
+    raw = update("a", 4, "p4", 12.5)
+    message = orjson.loads(raw)
+    assert as_update(message) == ("a", "p4", 4, 12.5, 4, EPOCH, message)
+    # another key order and data that is not the publisher's head: decoded, not sliced
+    other = {"epoch": "e2", "offset": 7, "data": '{"t": 3, "seq": 1, "id": "x"}',
+             "channel": "b", "event": "e"}
+    assert as_update(other) == ("b", "x", 1, 3.0, 7, "e2", other)
+    for changed in ({"event": "pusher_internal:subscription_succeeded"}, {"offset": None},
+                    {"offset": True}, {"offset": "4"}, {"epoch": None}, {"channel": 3},
+                    {"data": '{"id": "p4", "seq": 4}'},  # no publish time
+                    {"data": '{"seq": 4, "t": 1.0}'},  # no update id
+                    {"data": "not json"}):
+        assert as_update({**message, **changed}) is None, changed
+    positionless = dict(message)
+    del positionless["offset"]
+    assert as_update(positionless) is None
+
+
+def test_update_cache_decodes_each_distinct_message_once_and_stays_bounded() -> None:
+    cache = UpdateCache(limit=3)
+    first, second = update("a", 1, "p1", 1.0), update("a", 2, "p2", 2.0)
+    one = cache.lookup(first, first)
+    assert one is not None
+    assert one[:6] == ("a", "p1", 1, 1.0, 1, EPOCH)
+    assert cache.lookup(bytes(bytearray(first)), first) is one  # equal bytes: the same decode
+    assert (cache.hits, cache.misses) == (1, 1)
+    # the key is the bytes as received (a whole frame), the payload what is decoded
+    framed = b"\x81\x7e" + len(second).to_bytes(2, "big") + second
+    assert cache.lookup(framed, second) == cache.lookup(second, second)
+    assert set(cache.entries) == {first, framed, second}
+    # what is not a positioned update is never cached: the viewer decodes it itself
+    for other in (established(), succeeded("a", 0), b"not json", b"[1, 2]",
+                  b'{"event":"e","channel":"a","data":"{}"}'):
+        assert cache.lookup(other, other) is None
+    assert len(cache.entries) == 3
+    cache.lookup(update("a", 3, "p3", 3.0), update("a", 3, "p3", 3.0))
+    assert len(cache.entries) == 1  # the limit reached: it started over
+    big = orjson.dumps({**orjson.loads(update("a", 4, "p4", 4.0)), "pad": "x" * 20_000})
+    decoded = cache.lookup(big, big)  # decoded, but too big to keep
+    assert decoded is not None
+    assert decoded[1] == "p4"
+    assert big not in cache.entries
+
+
+def _conversation(rng: random.Random) -> list[tuple[str, Any, float]]:
+    """A scripted life of one viewer on channels a and b: in-order runs, duplicates,
+    reorders, holes, a new epoch, a position carrying another id, updates invoked before the
+    subscription, updates without a publish time or an id, a server ping, a disconnect with a
+    replay and a stale window, and the final read."""
+    steps: list[tuple[str, Any, float]] = []
+    now = 1.0
+
+    def text(raw: bytes) -> None:
+        nonlocal now
+        now += rng.uniform(0.001, 0.05)
+        steps.append(("text", raw, now))
+
+    steps.append(("connect", None, now))
+    text(succeeded("a", 0))
+    text(succeeded("b", 5))
+    text(update("a", 1, "pa1", 0.5))  # invoked before the subscription: not owed
+    offsets = {"a": 1, "b": 5}
+    for _ in range(60):
+        ch = rng.choice("ab")
+        roll = rng.random()
+        if roll < 0.7:
+            offsets[ch] += 1
+            o = offsets[ch]
+        elif roll < 0.8:
+            o = offsets[ch]  # a duplicate
+        elif roll < 0.88:
+            o = max(1, offsets[ch] - rng.randint(1, 3))  # an older position
+        else:
+            offsets[ch] += 2  # a hole
+            o = offsets[ch]
+        text(update(ch, o, f"p{ch}{o}", now - 0.01))
+    for _ in range(2):  # back in line
+        offsets["a"] += 1
+        text(update("a", offsets["a"], f"pa{offsets['a']}", now))
+    text(update("a", offsets["a"], "pX", now))  # a known position carrying another id
+    # another viewer of the worker received other ids at the next positions: in line, yet
+    # conflicts with the worker's position table
+    for o in (offsets["a"] + 1, offsets["a"] + 2):
+        steps.append(("peer", update("a", o, f"peer{o}", now), now))
+        text(update("a", o, f"pa{o}", now))
+    offsets["a"] += 3
+    text(b'{"event":"e","channel":"a","offset":%d,"epoch":"e1","data":"{\\"id\\":\\"n\\"}"}'
+         % offsets["a"])  # an update without a publish time
+    text(b'{"event":"e","channel":"b","data":"{\\"id\\":\\"u\\",\\"t\\":1}"}')
+    text(b'{"event":"pusher:ping","data":"{}"}')
+    now += 1.0
+    steps.append(("lost", None, now))
+    now += 0.5
+    steps.append(("connect", None, now))
+    # a replay promised up to A+2 on a; b restarted: the stale window closes unrecovered, the
+    # replay goes on in line
+    text(succeeded("a", offsets["a"] + 2, recovered=True))
+    text(succeeded("b", 0, epoch="e2", recovered=False))
+    for o in (offsets["a"] + 1, offsets["a"] + 2, offsets["a"] + 3):
+        text(update("a", o, f"pa{o}", now - 0.2))
+    for o in range(1, 6):
+        text(update("b", o, f"pb2.{o}", now + 0.1, epoch="e2"))
+    text(update("a", offsets["a"] + 4, "pa-late", now + 0.1))
+    steps.append(("final", None, now + 0.1))
+    text(update("b", 6, "pb2.6", now + 0.15, epoch="e2"))
+    steps.append(("tick", None, now + 5.0))
+    return steps
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_decoded_once_updates_are_recorded_exactly_as_decoded_per_viewer(
+        tmp_path: Path, full: bool, seed: int) -> None:
+    """Viewer.on_update with a worker's shared UpdateCache records the same history, record,
+    positions, latency and live counts as on_text decoding every message itself."""
+    steps = _conversation(random.Random(seed))
+    cache = UpdateCache()
+    results = []
+    for shared in (False, True):
+        path = tmp_path / f"shared-{shared}"
+        path.mkdir()
+        rig = Rig(path, ("a", "b"), full=full)
+        v = rig.viewer
+        peer = Viewer(8, ("a",), rig.recorder)
+        peer.opened(0.5)
+        peer.on_text(established(), 0.5)
+        peer.on_text(succeeded("a", 0), 0.5)
+        for kind, raw, now in steps:
+            if kind == "peer":
+                peer.on_text(raw, now)
+            elif kind == "connect":
+                rig.connect(now)
+            elif kind == "lost":
+                v.lost(now, None, "EOF")
+            elif kind == "final":
+                v.begin_final_read(now)
+            elif kind == "tick":
+                assert v.tick(now) == FINISHED
+            elif shared:
+                decoded = cache.lookup(bytes(bytearray(raw)), raw)
+                v.on_text(raw, now) if decoded is None else v.on_update(decoded, now)
+            else:
+                v.on_text(raw, now)
+        outbox = list(v.outbox)
+        rig.close(99.0)
+        stats = rig.recorder.stats
+        results.append((rig.path.read_text(), outbox, stats.delivered, stats.live_duplicates,
+                        stats.live_reorders, stats.conflicts, stats.latency_samples))
+    assert cache.hits == 0  # every message met once per viewer
+    assert cache.misses > 60
+    assert results[0][5] == 3  # pX, and both ids the other viewer saw first
+    assert results[0] == results[1]
+    history = results[0][0]
+    for kind in ('"f":"record"', '"conflict"', '"stale"'):
+        assert kind in history, kind
+
+
+def test_a_first_delivery_at_offset_zero_lands_in_the_position_table(tmp_path: Path) -> None:
+    """An epoch-less server (epoch "") delivering offset 0 first: the open run and the
+    subscription's position table start from the general path, never from a detached table."""
+    rig = Rig(tmp_path)
+    v = rig.viewer
+    rig.connect(1.0, succeeded("a", 0, epoch=""))
+    cache = UpdateCache()
+    for offset in (0, 1):
+        raw = update("a", offset, f"p{offset}", 2.0, epoch="")
+        decoded = cache.lookup(raw, raw)
+        assert decoded is not None
+        v.on_update(decoded, 2.5)
+    rig.close(9.0)
+    ops = {o["f"]: o for o in rig.ops()}
+    assert ops["positions"]["value"]["positions"] == {"a": {"": [0, ["p0", "p1"]]}}
+    assert ops["record"]["value"]["runs"] == [["", 0, 1]]
 
 
 def test_subscription_runs_keep_the_exact_delivery_order() -> None:
