@@ -32,8 +32,8 @@ from .history import NEMESIS, HistoryWriter
 
 log = logging.getLogger("turnout.nemesis")
 
-#: How long one fault's inject (or heal) may take before it is recorded as failed.
-INJECT_LIMIT_S = 120.0
+#: How long one fault's heal may take before it is recorded as failed (the inject's limit is
+#: the kind's: FaultKind.inject_limit_s).
 HEAL_LIMIT_S = 120.0
 
 
@@ -208,11 +208,13 @@ class Nemesis:
         self.history.record(NEMESIS, "invoke", "fault", value)
         self.events.emit("fault_start", **value, **shown)
         self.active[entry.fault_id] = entry
+        inject_limit_s = 120.0  # until the kind says (it may need the cluster to say)
         try:
-            with trio.fail_after(INJECT_LIMIT_S):
+            inject_limit_s = fault.inject_limit_s(self.ctx)
+            with trio.fail_after(inject_limit_s):
                 await fault.inject(self.ctx)
         except (FaultError, OSError, trio.TooSlowError, RuntimeError, ValueError) as exc:
-            error = _describe(exc, INJECT_LIMIT_S, "inject")
+            error = _describe(exc, inject_limit_s, "inject")
             log.error("%s on %s failed: %s", entry.kind, entry.target, error)
             self.history.record(NEMESIS, "info", "fault", {**value, "error": error[:300]})
             self.events.emit("fault_error", **value, **shown, error=error)

@@ -174,6 +174,10 @@ class FaultKind:
         """Seconds between the end of the injection and the heal."""
         return self.duration_s or 0.0
 
+    def inject_limit_s(self, ctx: FaultContext) -> float:
+        """How long the inject may take before the nemesis records it as failed."""
+        return 120.0
+
     async def inject(self, ctx: FaultContext) -> None:
         raise NotImplementedError
 

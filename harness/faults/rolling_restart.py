@@ -31,6 +31,11 @@ class RollingRestart(FaultKind):
     def describe(cls, target: str, p: Any) -> str:
         return f"rolling restart of every node, {p.interval_s:g} s apart"
 
+    def inject_limit_s(self, ctx: FaultContext) -> float:
+        # Each node gets one fault's budget (drain grace, restart, the balancer's check) plus
+        # the interval: 6 nodes with a 10 s drain and 10 s apart outlive a flat 120 s.
+        return len(ctx.nodes(self.kind, "all")) * (120.0 + self.params.interval_s)
+
     async def inject(self, ctx: FaultContext) -> None:
         import trio  # not at import time: the TUI reads this module and never imports trio
 

@@ -261,3 +261,14 @@ async def test_a_failed_heal_is_a_failed_op_the_checker_judges(
     assert "f1 (latency clients) heal failed: toxiproxy refused" in healed.message
     assert report.verdict == "fail"
     assert report.faults[0].heal_error == "toxiproxy refused to remove the toxic"
+
+
+def test_a_rolling_restart_may_take_its_nodes_time() -> None:
+    """A 6-node rolling restart (drain, restart, the balancer's check, interval_s each) is not
+    cut off by the flat limit of one fault's inject."""
+    ctx = FaultContext(topology=SimpleNamespace(nodes={f"node-{i}": None for i in range(1, 7)},
+                                                proxies={}), rng=random.Random(1))
+    ctx.nodes = lambda kind, target: list(range(6))  # type: ignore[method-assign]
+    rolling = FAULTS["rolling_restart"]("all", {"interval_s": 10}, None)
+    assert rolling.inject_limit_s(ctx) == 6 * 130.0
+    assert FAULTS["kill_node"]("node-1", {}, None).inject_limit_s(ctx) == 120.0
