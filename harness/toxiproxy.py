@@ -328,12 +328,6 @@ class ToxiproxyServer:
         host, _, real_port = (data or {}).get("listen", state.listen).rpartition(":")
         return Proxy(name, host or listen_host, int(real_port), upstream, self)
 
-    async def delete_proxy(self, proxy: Proxy | str) -> None:
-        name = proxy if isinstance(proxy, str) else proxy.name
-        await self._request("DELETE", f"/proxies/{name}")
-        if name in await self.proxies():
-            raise ToxiproxyStateError(f"{self.url}: proxy {name} still exists after DELETE")
-
     async def disable(self, proxy: Proxy | str) -> None:
         """Stop listening and close every connection through the proxy (verified)."""
         await self._set_enabled(proxy, False)
