@@ -125,12 +125,7 @@ class Recorder:
 
     def position(self, channel: str, epoch: str, offset: int, pid: str, process: str,
                  now: float) -> None:
-        by_epoch = self.table.get(channel)
-        if by_epoch is None:
-            by_epoch = self.table[channel] = {}
-        offsets = by_epoch.get(epoch)
-        if offsets is None:
-            offsets = by_epoch[epoch] = {}
+        offsets = self.table_for(channel, epoch)
         known = offsets.get(offset)
         if known is None:
             offsets[offset] = pid
