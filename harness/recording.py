@@ -147,10 +147,7 @@ class Recorder:
         if latency_s >= 0:
             if now > entry[1]:
                 entry[1] = now
-            us = int(latency_s * 1e6)
-            shift = us.bit_length() - LATENCY_BITS
-            if shift > 0:
-                us = (us >> shift) << shift
+            us = latency_bucket(int(latency_s * 1e6))
             hist = entry[2]
             hist[us] = hist.get(us, 0) + 1
             if len(stats.latency_samples) < LIVE_SAMPLES:
