@@ -190,10 +190,6 @@ class Report:
     #: the presence check (harness.checks.presence), when the clients joined presence channels
     presence: Mapping[str, Any] | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.verdict == "pass"
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict, "error": self.error, "duration_s": self.duration_s,

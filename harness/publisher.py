@@ -260,7 +260,6 @@ class PublisherProcess:
         self.failed = 0
         self.indeterminate = 0
         self._stream: trio.SocketStream | None = None
-        self._connected = trio.Event()
         self.stopped = trio.Event()
 
     async def serve(self, supervisor: Any, *,

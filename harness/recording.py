@@ -125,12 +125,7 @@ class Recorder:
 
     def position(self, channel: str, epoch: str, offset: int, pid: str, process: str,
                  now: float) -> None:
-        by_epoch = self.table.get(channel)
-        if by_epoch is None:
-            by_epoch = self.table[channel] = {}
-        offsets = by_epoch.get(epoch)
-        if offsets is None:
-            offsets = by_epoch[epoch] = {}
+        offsets = self.table_for(channel, epoch)
         known = offsets.get(offset)
         if known is None:
             offsets[offset] = pid
@@ -152,10 +147,7 @@ class Recorder:
         if latency_s >= 0:
             if now > entry[1]:
                 entry[1] = now
-            us = int(latency_s * 1e6)
-            shift = us.bit_length() - LATENCY_BITS
-            if shift > 0:
-                us = (us >> shift) << shift
+            us = latency_bucket(int(latency_s * 1e6))
             hist = entry[2]
             hist[us] = hist.get(us, 0) + 1
             if len(stats.latency_samples) < LIVE_SAMPLES:

@@ -362,7 +362,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             client_proxies, lb_proxies = proxied_links(experiment.faults, cluster.proxies)
             spec = TopologySpec(
                 nodes=cluster.nodes, clients=clients_cfg.count + storm,
-                history_size=0 if not cluster.recovery else cluster.history_size,
+                history_size=cluster.effective_history_size,
                 history_ttl_s=cluster.history_ttl_s,
                 activity_timeout_s=cluster.activity_timeout_s,
                 drain_grace_s=cluster.drain_grace_s, max_rss_mb=int(cluster.max_rss_mb),

@@ -81,9 +81,6 @@ class ServerAdapter(ABC):
     health_path: ClassVar[str] = "/health"
     features: ClassVar[frozenset[str]] = frozenset()
 
-    def supports(self, feature: str) -> bool:
-        return feature in self.features
-
     def skip_reason(self, fault_kind: str, needs: frozenset[str]) -> str | None:
         """Why a fault of ``fault_kind`` needing ``needs`` cannot run here; None if it can."""
         missing = sorted(needs - self.features)

@@ -66,10 +66,6 @@ class Target:
     cls: str
     node: int | None = None
 
-    @property
-    def is_link(self) -> bool:
-        return self.cls.endswith("_link")
-
 
 def parse(text: str) -> Target | None:
     """Classify a target string; None if it matches no form (existence is not checked)."""

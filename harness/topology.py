@@ -363,10 +363,6 @@ class Topology:
         backend = [self.backend_toxiproxy] if self.backend_toxiproxy is not None else []
         return backend + [lane.toxiproxy for lane in self.lanes if lane.toxiproxy is not None]
 
-    def lane_for(self, client_index: int) -> Lane:
-        """The lane client number ``client_index`` should use (round robin)."""
-        return self.lanes[client_index % len(self.lanes)]
-
     def proxy(self, link: str) -> Proxy:
         try:
             return self.proxies[link]

@@ -168,15 +168,6 @@ class Proxy:
             self, type, stream=stream, attributes=attributes, toxicity=toxicity, name=name
         )
 
-    async def update_toxic(
-        self,
-        name: str,
-        *,
-        attributes: Mapping[str, int | float] | None = None,
-        toxicity: float | None = None,
-    ) -> Toxic:
-        return await self.server.update_toxic(self, name, attributes=attributes, toxicity=toxicity)
-
     async def remove_toxic(self, name: str, *, missing_ok: bool = False) -> None:
         await self.server.remove_toxic(self, name, missing_ok=missing_ok)
 
@@ -328,12 +319,6 @@ class ToxiproxyServer:
         host, _, real_port = (data or {}).get("listen", state.listen).rpartition(":")
         return Proxy(name, host or listen_host, int(real_port), upstream, self)
 
-    async def delete_proxy(self, proxy: Proxy | str) -> None:
-        name = proxy if isinstance(proxy, str) else proxy.name
-        await self._request("DELETE", f"/proxies/{name}")
-        if name in await self.proxies():
-            raise ToxiproxyStateError(f"{self.url}: proxy {name} still exists after DELETE")
-
     async def disable(self, proxy: Proxy | str) -> None:
         """Stop listening and close every connection through the proxy (verified)."""
         await self._set_enabled(proxy, False)
@@ -388,28 +373,6 @@ class ToxiproxyServer:
         }
         await self._request("POST", f"/proxies/{proxy_name}/toxics", json=body)
         return await self._verify_toxic(proxy_name, toxic_name, type, stream, attributes)
-
-    async def update_toxic(
-        self,
-        proxy: Proxy | str,
-        name: str,
-        *,
-        attributes: Mapping[str, int | float] | None = None,
-        toxicity: float | None = None,
-    ) -> Toxic:
-        proxy_name = proxy if isinstance(proxy, str) else proxy.name
-        current = next((t for t in await self.list_toxics(proxy_name) if t.name == name), None)
-        if current is None:
-            raise ToxiproxyStateError(f"{self.url}: {proxy_name} has no toxic {name}")
-        attributes = dict(attributes or {})
-        _check_toxic(
-            current.type, current.stream, attributes, 1.0 if toxicity is None else toxicity
-        )
-        body: dict[str, Any] = {"attributes": attributes}
-        if toxicity is not None:
-            body["toxicity"] = toxicity
-        await self._request("PATCH", f"/proxies/{proxy_name}/toxics/{name}", json=body)
-        return await self._verify_toxic(proxy_name, name, current.type, current.stream, attributes)
 
     async def remove_toxic(
         self, proxy: Proxy | str, name: str, *, missing_ok: bool = False

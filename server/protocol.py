@@ -26,16 +26,11 @@ PONG_NOT_RECEIVED = 4201
 INACTIVE = 4202
 CLIENT_EVENT_REJECTED = 4301
 WATCHLIST_LIMIT = 4302
-# RFC 6455 codes used when the frame layer, not the Pusher layer, is at fault.
-WS_PROTOCOL_ERROR = 1002
-WS_MESSAGE_TOO_BIG = 1009
-WS_GOING_AWAY = 1001
 
 #: Protocol versions accepted on the handshake: 7 (pusher-js, Echo), 6, and 5 (the official
 #: Java/Android client). They differ in nothing a server does today: every refusal is sent both
 #: as a close code (what 6 and 7 read) and as pusher:error first (what 5 reads).
 SUPPORTED_PROTOCOLS = frozenset({"5", "6", "7"})
-SUPPORTED_PROTOCOL = 7
 MAX_CHANNEL_NAME = 164
 MAX_USER_ID = 128
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,164}")

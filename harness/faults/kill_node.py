@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..targets import NODE_FORMS
 from .base import AFTER, FaultContext, FaultKind, on, param, parameters, register
+
+if TYPE_CHECKING:
+    from ..topology import NodeProcess
 
 
 @parameters
@@ -45,7 +48,10 @@ class KillNode(FaultKind):
         self._nodes = ctx.nodes(self.kind, self.target)
         self.resolved = ",".join(n.name for n in self._nodes)
         for node in self._nodes:
-            await node.kill()
+            await self._take_down(node)
+
+    async def _take_down(self, node: NodeProcess) -> None:
+        await node.kill()
 
     async def heal(self, ctx: FaultContext) -> None:
         if self.params.restart:

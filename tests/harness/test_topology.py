@@ -43,7 +43,7 @@ from harness.topology import (
     render_haproxy_config,
     run_topology,
 )
-from harness.toxiproxy import ToxiproxyStateError, start_toxiproxy
+from harness.toxiproxy import start_toxiproxy
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -348,8 +348,6 @@ async def test_toxiproxy_latency_timeout_and_disable(tmp_path: Path) -> None:
                     await proxy.add_toxic("bandwidth", attributes={"rate": 10}, toxicity=0.5)
                     await server.reset()
                     assert await proxy.list_toxics() == []
-                    with pytest.raises(ToxiproxyStateError):
-                        await server.update_toxic(proxy, "nope", attributes={"rate": 1})
                 finally:
                     await server.aclose()
             nursery.cancel_scope.cancel()
