@@ -190,8 +190,8 @@ class Clients:
 @parameters
 class Workload:
     channels: int = param(4, "channels", "result channels published to", ge=1)
-    channel_prefix: str = param("results-", "—", "channel names are `<prefix><n>`, n = 0 .. "
-                                "channels-1", expect="a Pusher channel name prefix",
+    channel_prefix: str = param("results-", "—", "channel names are `<prefix><n>`, n = 1 .. "
+                                "channels", expect="a Pusher channel name prefix",
                                 pattern=r"^[A-Za-z0-9_\-=@,.;]+$")
     publish_interval_s: float = param(2.5, "s", "mean time between two updates of one channel",
                                       expect=S, gt=0)
@@ -216,7 +216,7 @@ class Workload:
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        return tuple(f"{self.channel_prefix}{n}" for n in range(self.channels))
+        return tuple(f"{self.channel_prefix}{n}" for n in range(1, self.channels + 1))
 
 
 @parameters

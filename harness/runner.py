@@ -344,7 +344,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                cluster_metrics: dict[str, dict[str, Any]], cpu: CpuLedger) -> None:
     cluster, clients_cfg, workload, phases = (experiment.cluster, experiment.clients,
                                               experiment.workload, experiment.phases)
-    channels = [f"{workload.channel_prefix}{i}" for i in range(1, workload.channels + 1)]
+    channels = list(workload.channel_names)
     storm = max((int(f.params.get("clients", 0) or 0) for f in experiment.faults
                  if f.kind == "connection_storm"), default=0)
     rng = random.Random(seed)

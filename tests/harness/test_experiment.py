@@ -126,7 +126,7 @@ def test_minimal_file_gets_defaults() -> None:
     assert exp.phases == Phases()
     assert exp.invariants == Invariants()
     assert exp.faults == ()
-    assert exp.workload.channel_names == ("results-0", "results-1", "results-2", "results-3")
+    assert exp.workload.channel_names == ("results-1", "results-2", "results-3", "results-4")
     assert exp.phases.total_s == 55.0
 
 
