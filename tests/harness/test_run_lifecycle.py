@@ -92,15 +92,23 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_no_process_outlives_a_stopped_run(tmp_path: Path, how: signal.Signals):
+def _start_run(tmp_path: Path, steady: float) -> tuple[subprocess.Popen[bytes], Path]:
+    """``turnout run`` of the tiny file in the background, its stderr in a file (a pipe nobody
+    reads can fill up and block the harness mid-teardown)."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=120)),
-         "--out", str(run_dir)], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (tmp_path / "stderr.txt").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=steady)),
+             "--out", str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+            stderr=stderr)
+    return proc, run_dir
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_process_outlives_a_stopped_run(tmp_path: Path, how: signal.Signals):
+    proc, run_dir = _start_run(tmp_path, steady=120)
     try:
         _wait_for_phase(run_dir, "steady", proc, timeout=120)
         descendants = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
@@ -108,7 +116,11 @@ def test_no_process_outlives_a_stopped_run(tmp_path: Path, how: signal.Signals):
         # the whole cluster is really there: redis, toxiproxy, haproxy, nodes, fleet
         assert len(descendants) >= 7, names
         proc.send_signal(how)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the harness outlived its signal by 60 s; its stderr:\n"
+                                 + (tmp_path / "stderr.txt").read_text()[-3000:]) from None
         survivors = _gone(descendants, timeout=30)
         assert not survivors, [psutil.Process(p).cmdline() for p in survivors]
     finally:
@@ -127,13 +139,7 @@ def test_a_run_that_ends_in_error_still_says_where_the_cpu_went(
     """A fleet worker or Redis dying mid-run ends the run in error naming it (and only it: the
     teardown's stopping of the workers is not a loss); the report still carries the CPU table
     up to the last sample (window steady to end), as report.md does."""
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "PATH": f"{REPO / '.tools' / 'bin'}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(tiny(tmp_path, steady=10)),
-         "--out", str(run_dir)], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, run_dir = _start_run(tmp_path, steady=10)
     try:
         _wait_for_phase(run_dir, "steady", proc, timeout=120)
         time.sleep(2.5)  # a few status samples into steady
@@ -142,11 +148,11 @@ def test_a_run_that_ends_in_error_still_says_where_the_cpu_went(
         assert victims
         next(v for v in victims if victim != "harness.fleet"
              or "fleet-w0" in " ".join(v.cmdline())).kill()
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 2, stderr[-3000:]
+    assert proc.returncode == 2, (tmp_path / "stderr.txt").read_text()[-3000:]
     doc = report(run_dir)
     assert doc["verdict"] == "error"
     assert cause in doc["error"]
