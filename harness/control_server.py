@@ -31,6 +31,7 @@ from .experiment import FAULT_KINDS
 from .fault_request import ClusterNames, FaultRequestError, check_fault
 from .faults import FaultError
 from .nemesis import Nemesis
+from .procs import serve_unix
 
 __all__ = ["cluster_names", "handle_command", "serve_control"]
 
@@ -105,15 +106,10 @@ async def _serve_one(stream: trio.SocketStream, nemesis: Nemesis, events: EventL
 
 async def serve_control(path: Path, nemesis: Nemesis, events: EventLog, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    path.unlink(missing_ok=True)
-    await sock.bind(str(path))
-    sock.listen(8)
+    async def serve_one(stream: trio.SocketStream) -> None:
+        await _serve_one(stream, nemesis, events)
+
     try:
-        async with trio.open_nursery() as nursery, trio.SocketListener(sock) as listener:
-            task_status.started()
-            while True:
-                stream = await listener.accept()
-                nursery.start_soon(_serve_one, stream, nemesis, events)
+        await serve_unix(path, serve_one, backlog=8, task_status=task_status)
     finally:
         path.unlink(missing_ok=True)

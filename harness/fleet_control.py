@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .fleet import ClientSpec, FleetSpec
-from .procs import ProcessFailed, ProcessSpec, Supervisor
+from .procs import ProcessFailed, ProcessSpec, Supervisor, serve_unix
 
 __all__ = ["FleetControl", "FleetTotals", "plan_clients", "source_addresses"]
 
@@ -98,16 +98,7 @@ class FleetControl:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Accept worker connections on the control socket and read their status lines."""
-        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        self.socket_path.unlink(missing_ok=True)
-        await listener.bind(str(self.socket_path))
-        listener.listen(64)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async with trio.SocketListener(listener) as socket_listener:
-                while True:
-                    stream = await socket_listener.accept()
-                    nursery.start_soon(self._read_worker, stream)
+        await serve_unix(self.socket_path, self._read_worker, task_status=task_status)
 
     async def _read_worker(self, stream: trio.SocketStream) -> None:
         buffer = b""

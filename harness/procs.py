@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, NoReturn, final
+from typing import Any, Final, NoReturn, final
 
 import httpx
 import psutil
@@ -53,7 +53,9 @@ __all__ = [
     "http_ready",
     "open_supervisor",
     "run_process",
+    "serve_unix",
     "tcp_ready",
+    "unix_listener",
 ]
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
@@ -527,3 +529,26 @@ async def cancel_on_signals(
         async for _ in received:
             scope.cancel()
             return
+
+
+# -- the Unix sockets a run's children (fleet workers, the publisher, real-client tools) and
+# the TUI talk to the harness over
+async def unix_listener(path: Path, backlog: int) -> trio.SocketListener:
+    """A listening Unix socket at ``path`` (a file left by an earlier run is replaced)."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    path.unlink(missing_ok=True)
+    await sock.bind(str(path))
+    sock.listen(backlog)
+    return trio.SocketListener(sock)
+
+
+async def serve_unix(path: Path, handler: Callable[[trio.SocketStream], Awaitable[Any]], *,
+                     backlog: int = 64,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Accept connections on ``path`` until cancelled, each served by ``handler`` in its own
+    task; started once listening."""
+    async with trio.open_nursery() as nursery, await unix_listener(path, backlog) as listener:
+        task_status.started()
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(handler, stream)

@@ -265,21 +265,18 @@ class PublisherProcess:
     async def serve(self, supervisor: Any, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the process; ``started`` once it is connected (it publishes at once)."""
-        from .procs import ProcessSpec
+        from .procs import ProcessSpec, unix_listener
 
-        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        self.socket_path.unlink(missing_ok=True)
-        await listener.bind(str(self.socket_path))
-        listener.listen(1)
+        listener = await unix_listener(self.socket_path, 1)
         spec_path = self.run_dir / "publisher.json"
         spec_path.write_text(self.spec.to_json())
         repo = Path(__file__).resolve().parent.parent
         await supervisor.start(ProcessSpec(
             name="publisher", argv=[sys.executable, "-m", "harness.publisher", str(spec_path)],
             env={"PYTHONPATH": str(repo)}, ready=None, stop_grace=5.0))
-        async with trio.SocketListener(listener) as socket_listener:
+        async with listener:
             with trio.fail_after(30):
-                self._stream = await socket_listener.accept()
+                self._stream = await listener.accept()
         task_status.started()
         buffer = b""
         async with self._stream:

@@ -41,7 +41,7 @@ import trio
 
 from .experiment import ClientGroup
 from .history import HistoryWriter
-from .procs import REPO_ROOT, HarnessSetupError, ProcessSpec, Supervisor
+from .procs import REPO_ROOT, HarnessSetupError, ProcessSpec, Supervisor, serve_unix
 
 log = logging.getLogger("turnout.real_clients")
 
@@ -285,17 +285,8 @@ class RealClients:
                     ) -> None:
         """Accept the tools' connections and read their records until cancelled; then close
         the history files (so they are complete before the run merges them)."""
-        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        self.socket_path.unlink(missing_ok=True)
-        await listener.bind(str(self.socket_path))
-        listener.listen(64)
         try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                async with trio.SocketListener(listener) as socket_listener:
-                    while True:
-                        stream = await socket_listener.accept()
-                        nursery.start_soon(self._read_tool, stream)
+            await serve_unix(self.socket_path, self._read_tool, task_status=task_status)
         finally:
             self.close()
 
