@@ -175,7 +175,10 @@ class TestCapacity:
     def test_trials(self, snap_compare: Any, fixtures: Path, capacity_runs: Path,
                     size: tuple[int, int]) -> None:
         async def trials(pilot: Pilot[Any]) -> None:
-            await pilot.press("3", "enter")
+            await pilot.press("3")
+            await wait_for(pilot, lambda: pilot.app.focused is not None
+                           and pilot.app.focused.id == "capacity-list", what="the search list")
+            await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(pilot.app.screen, CapacityScreen),
                            what="the capacity screen")
             await pilot.press("down")  # the first trial that failed
