@@ -291,7 +291,7 @@ class BrowserScreen(Screen[None]):
         self.query_one(TabbedContent).active = tab
         # Focus the tab's list now, not only on TabActivated (a message that can arrive after
         # the next key): "3" then "enter" opens the highlighted search, however fast it is typed.
-        self.query_one(_LISTS.get(tab, "#run-list")).focus()
+        self.set_focus(self.query_one(_LISTS.get(tab, "#run-list")))
 
     def action_run(self) -> None:
         entry = self.selected_experiment
