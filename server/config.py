@@ -276,6 +276,11 @@ class Config:
     host: Host = _setting("127.0.0.1", "Address to listen on for websocket and HTTP.")
     port: int = _setting(6001, "TCP port to listen on; 0 picks an ephemeral port.", ge=0,
                          le=65535)
+    unix_socket: str = _setting(
+        "", "Also serve websockets and HTTP on this Unix-socket path (string; '' = off), for a "
+        "load balancer on the same host (HAProxy: server NAME unix@PATH). A Unix socket skips "
+        "the TCP stack: about 60 % less CPU per frame on that hop (docs/benchmarks.md).",
+        max_length=100)
     redis_url: Annotated[str, AfterValidator(_redis_url)] = _setting(
         "redis://127.0.0.1:6379/0", "Redis to scale over, as redis://host[:port][/db].")
     # Node ids end up in Redis keys, log lines and metrics labels, so keep them boring.

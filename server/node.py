@@ -8,8 +8,10 @@ watchdog drained the node).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import resource
 import signal
 import socket
@@ -143,6 +145,7 @@ class Node:
         self._chaos_sockets = 0
         self._listener: socket.socket | None = None
         self._chaos_listener: socket.socket | None = None
+        self._unix_listener: socket.socket | None = None
         self._drain_requested = trio.Event()
         self._done = trio.Event()
 
@@ -160,6 +163,29 @@ class Node:
         sock.listen(backlog)
         sock.setblocking(False)
         return sock
+
+    @staticmethod
+    def _bind_unix(path: str, backlog: int = 4096) -> socket.socket:
+        """A Unix-socket listener at ``path``; a file left there by a killed node is replaced
+        (a live node's is not: bind fails with EADDRINUSE only if we raced, which we log)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+
+    def _close_unix_listener(self) -> None:
+        """Stop accepting on the Unix socket and remove its file (once: a node restarted in
+        our place may already have bound the path again after that)."""
+        if self._unix_listener is None:
+            return
+        trio.lowlevel.notify_closing(self._unix_listener)
+        self._unix_listener.close()
+        self._unix_listener = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.config.unix_socket)
 
     def internal_error(self, what: str, exc: BaseException) -> None:
         """An unexpected exception ended one connection: count it, log it (rate-limited)."""
@@ -193,6 +219,11 @@ class Node:
                     self.chaos_port = self._chaos_listener.getsockname()[1]
                     conns.start_soon(self._chaos_accept_loop, self._chaos_listener, conns)
                 conns.start_soon(self._accept_loop, self._listener, conns)
+                if self.config.unix_socket:
+                    self._unix_listener = self._bind_unix(self.config.unix_socket)
+                    conns.start_soon(self._accept_loop, self._unix_listener, conns)
+                    log.info("node %s also listening on unix:%s", self.config.node_id,
+                             self.config.unix_socket)
                 conns.start_soon(self._drain_when_requested)
                 log.info("node %s listening on %s:%d (redis %s)", self.config.node_id,
                          self.config.host, self.port, self.config.redis_url)
@@ -204,6 +235,7 @@ class Node:
                 task_status.started(self)
                 await self._done.wait()
                 conns.cancel_scope.cancel()
+            self._close_unix_listener()
             for listener in (self._listener, self._chaos_listener):
                 if listener is not None:
                     trio.lowlevel.notify_closing(listener)
@@ -230,7 +262,9 @@ class Node:
                     log.error("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     break
-                ip = addr[0]
+                # A Unix-socket peer (the load balancer on this host) has no address.
+                unix = listener.family == socket.AF_UNIX
+                ip = "unix" if unix else addr[0]
                 from_ip = self.sockets_by_ip.get(ip, 0)
                 over = self.open_sockets >= self.max_connections or (
                     per_ip_limit > 0 and from_ip >= per_ip_limit)
@@ -242,12 +276,13 @@ class Node:
                 self.open_sockets += 1
                 self.sockets_by_ip[ip] = from_ip + 1
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not unix:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.config.socket_send_buffer:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                     self.config.socket_send_buffer)
-                conns.start_soon(serve_socket, self, self.api_route, sock, ip, f"{ip}:{addr[1]}",
-                                 over)
+                conns.start_soon(serve_socket, self, self.api_route, sock, ip,
+                                 ip if unix else f"{ip}:{addr[1]}", over)
 
     async def _chaos_accept_loop(self, listener: socket.socket, conns: trio.Nursery) -> None:
         while True:
@@ -323,6 +358,7 @@ class Node:
             trio.lowlevel.notify_closing(self._listener)
             self._listener.close()
             self._listener = None
+        self._close_unix_listener()
         targets = list(self.connections)
         grace = self.config.drain_grace
         start = trio.current_time()

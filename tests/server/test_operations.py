@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed
 
 from harness.redis_server import start_redis
 from server.auth import sign_request
-from tests.support.client import in_thread, pusher_client
+from tests.support.client import PusherTestClient, in_thread, publish, pusher_client
 from tests.support.procs import APP_ID, APP_KEY, APP_SECRET, NodeProc, free_port
 from tests.support.raw import drain_raw, raw_subscriber
 
@@ -521,3 +521,47 @@ async def test_max_rss_watchdog_drains_and_exits_3(start_nodes):
     assert re.search(rf"RSS \d+ MB passed --max-rss {limit} MB", log), log
     assert "draining (max_rss exceeded" in log, log
     assert "drained; exiting with 3" in log, log
+
+
+# ------------------------------------------------------------------------ 7. Unix socket
+async def test_unix_socket_serves_websockets_and_http_and_goes_on_drain(start_nodes,
+                                                                         tmp_path: Path):
+    """--unix-socket: the same service as the TCP port for a load balancer on this host;
+    a drain removes the file so the balancer's connects fail at once."""
+    from trio_websocket import wrap_client_stream
+
+    path = str(tmp_path / "node.sock")
+    node = start_nodes("node-unix", "--unix-socket", path, "--drain-grace", "1")
+    def get_health() -> httpx.Response:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path)) as http:
+            return http.get("http://turnout/health")
+
+    health = await in_thread(get_health)
+    assert health.status_code == 200, health.text
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            stream = await trio.open_unix_socket(path)
+            ws = await wrap_client_stream(nursery, stream, "turnout",
+                                          f"/app/{APP_KEY}?protocol=7")
+            client = PusherTestClient(ws)
+            hello = await client.next()
+            assert hello["event"] == "pusher:connection_established", hello
+            ok = await client.subscribe("over-unix")
+            assert ok["event"] == "pusher_internal:subscription_succeeded", ok
+            # Published over TCP, delivered over the Unix socket (same hub).
+            response = await in_thread(publish, node.url, "over-unix", "results", {"n": 1})
+            assert response.status_code == 200, response.text
+            event = await client.next()
+            assert event["event"] == "results", event
+            assert json.loads(event["data"]) == {"n": 1}, event
+            assert (await scrape(node))["turnout_connections"] == 1
+
+            node.proc.send_signal(signal.SIGTERM)
+            _, code = await client.closed()
+            assert code == 4200
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+    assert await in_thread(_wait_exit, node, 10) == 0, node.log()
+    assert not Path(path).exists(), "the drained node left its socket file"
+    assert "also listening on unix:" in node.log()
