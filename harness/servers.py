@@ -43,6 +43,7 @@ __all__ = [
     "CHAOS_ENDPOINT",
     "POSITIONS",
     "SERVERS",
+    "UNIX_SOCKET",
     "NodeLaunch",
     "ServerAdapter",
     "SockudoServer",
@@ -58,6 +59,9 @@ POSITIONS: Final = "positions"
 MEMORY_WATCHDOG: Final = "memory_watchdog"
 #: Feature: Prometheus /metrics on the node's own port with turnout_* counters.
 NODE_METRICS: Final = "node_metrics"
+#: Feature: also serves on a Unix socket (``--unix-socket``), which the load balancer uses
+#: when no fault needs a proxy between it and the node (docs/benchmarks.md, "Hops").
+UNIX_SOCKET: Final = "unix_socket"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class NodeLaunch:
     chaos_token: str
     #: turnout's chaos endpoint listens on its own loopback port, never the public one
     chaos_port: int = 0
+    #: the node's Unix-socket path for the load balancer ("" = TCP only)
+    unix_socket: str = ""
 
 
 class ServerAdapter(ABC):
@@ -118,7 +124,8 @@ class TurnoutServer(ServerAdapter):
 
     name = "turnout"
     health_path = "/health"
-    features = frozenset({CHAOS_ENDPOINT, POSITIONS, MEMORY_WATCHDOG, NODE_METRICS})
+    features = frozenset({CHAOS_ENDPOINT, POSITIONS, MEMORY_WATCHDOG, NODE_METRICS,
+                          UNIX_SOCKET})
 
     def command(self, spec: TopologySpec) -> list[str]:
         if spec.node_command:
@@ -161,6 +168,7 @@ class TurnoutServer(ServerAdapter):
             "--key-prefix", spec.key_prefix,
             "--chaos",
             "--chaos-port", str(launch.chaos_port),
+            *(("--unix-socket", launch.unix_socket) if launch.unix_socket else ()),
             *(() if spec.reap_dead_nodes else ("--no-reap-dead-nodes",)),
         ]  # fmt: skip
 

@@ -43,6 +43,8 @@ import enum
 import io
 import math
 import secrets
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -66,7 +68,7 @@ from harness.procs import (
     tcp_ready,
 )
 from harness.redis_server import redis_argv, redis_ready
-from harness.servers import NodeLaunch, ServerAdapter, server_adapter
+from harness.servers import UNIX_SOCKET, NodeLaunch, ServerAdapter, server_adapter
 from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
 
 __all__ = [
@@ -456,7 +458,7 @@ def render_haproxy_config(
     lane: int,
     frontend_port: int,
     stats_port: int,
-    backends: Mapping[str, tuple[str, int]],
+    backends: Mapping[str, tuple[str, int] | str],
     maxconn: int,
     source: str | None = None,
     health_checks: bool = True,
@@ -468,22 +470,29 @@ def render_haproxy_config(
     TCP mode: the load balancer only has to pick a healthy node and relay bytes; measured per
     relayed frame it costs ~30 % less CPU than HTTP mode (docs/benchmarks.md, "Hops"). One
     thread: a second one saves nothing per frame and lanes already spread the load.
-    ``source`` is the address HAProxy connects to the nodes from (its own per lane).
+    A backend is ``(host, port)`` or the path of the node's Unix socket (no TCP stack on that
+    hop). ``source`` is the address HAProxy connects to TCP backends from (its own per lane).
     ``api_port``, if given, adds an HTTP-mode frontend for the publisher: every request is
     balanced round robin on its own; its servers track the relay's health checks (no second
     set of checks).
     """
     check = " check" if health_checks else ""
+
+    def address(backend: tuple[str, int] | str) -> str:
+        if isinstance(backend, str):
+            return f"unix@{backend}"
+        host, port = backend
+        return f"{host}:{port}" + (f" source {source}" if source else "")
+
     servers = "\n".join(
-        f"    server {name} {host}:{port}{check}" for name, (host, port) in backends.items()
+        f"    server {name} {address(backend)}{check}" for name, backend in backends.items()
     )
-    source_line = f" source {source}" if source else ""
     api = ""
     if api_port is not None:
         tracked = "\n".join(
-            f"    server {name} {host}:{port}{source_line}"
+            f"    server {name} {address(backend)}"
             + (f" track nodes/{name}" if health_checks else "")
-            for name, (host, port) in backends.items()
+            for name, backend in backends.items()
         )
         api = f"""
 frontend api{lane}
@@ -541,8 +550,7 @@ backend nodes
     # A check every 2 s while all is well (each is an HTTP request the node serves: at 6
     # nodes x 5 lanes, every 500 ms was 60 requests a second), every 500 ms once one failed
     # or the server is down, so a dead node is still out of rotation within ~3 s.
-    default-server inter 2s fastinter 500ms downinter 500ms fall 2 rise 2 \
-maxconn {maxconn}{source_line}
+    default-server inter 2s fastinter 500ms downinter 500ms fall 2 rise 2 maxconn {maxconn}
 {servers}
 {api}
 listen stats
@@ -602,6 +610,21 @@ def _prepare_run_dir(run_dir: Path, spec: TopologySpec) -> Path:
     for sub in ("logs", "redis", *spec.node_names):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+#: sun_path holds 108 bytes; the node refuses paths over 100 (server/config.py).
+_UNIX_PATH_MAX = 100
+
+
+def _unix_socket_path(run_dir: Path, name: str, stack: AsyncExitStack) -> str:
+    """``<run_dir>/<node>/node.sock``, or a short temporary folder's when that is too long
+    for a socket address (deep pytest folders); the folder goes with the topology."""
+    path = run_dir / name / "node.sock"
+    if len(str(path)) <= _UNIX_PATH_MAX:
+        return str(path)
+    short = Path(tempfile.mkdtemp(prefix="turnout-"))
+    stack.callback(shutil.rmtree, short, True)
+    return str(short / f"{name}.sock")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -685,12 +708,21 @@ async def run_topology(
 
         adapter = spec.adapter
 
+        # Without a proxy between the load balancer and a node, HAProxy reaches it over a Unix
+        # socket where the server has one: that hop is on the same host, and a Unix socket
+        # skips the TCP stack (docs/benchmarks.md, "Hops").
+        unix_paths: dict[str, str] = {}
+        if UNIX_SOCKET in adapter.features and not spec.lb_proxies:
+            unix_paths = {name: _unix_socket_path(run_dir, name, stack)
+                          for name in spec.node_names}
+
         async def start_node(name: str) -> None:
             port = node_ports[name]
             launch = NodeLaunch(name=name, port=port,
                                 redis_url=f"redis://{topo.proxies[f'{name}->redis'].listen}/0",
                                 cwd=run_dir / name, chaos_token=topo.chaos_token,
-                                chaos_port=chaos_ports[name])
+                                chaos_port=chaos_ports[name],
+                                unix_socket=unix_paths.get(name, ""))
             process = await supervisor.start(adapter.process_spec(spec, launch))
             topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s, adapter,
                                            chaos_ports[name])
@@ -710,7 +742,7 @@ async def run_topology(
                 )
                 stack.push_async_callback(toxi.aclose)
             node_proxies: dict[str, Proxy] = {}
-            backends: dict[str, tuple[str, int]] = {}
+            backends: dict[str, tuple[str, int] | str] = {}
             for name, node in topo.nodes.items():
                 if toxi is not None and spec.lb_proxies:
                     proxy = await toxi.create_proxy(
@@ -720,7 +752,7 @@ async def run_topology(
                     node_proxies[name] = proxy
                     backends[name] = (proxy.listen_host, proxy.listen_port)
                 else:
-                    backends[name] = (LOOPBACK, node.port)
+                    backends[name] = unix_paths.get(name) or (LOOPBACK, node.port)
             frontend_port, stats_port = reserve(), reserve()
             api_port = reserve() if index == 0 else None
             config_path = run_dir / f"haproxy-lane{index}.cfg"

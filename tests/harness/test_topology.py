@@ -56,6 +56,7 @@ FAKE_NODE = textwrap.dedent(
     import argparse, http.server, os, signal
     p = argparse.ArgumentParser()
     p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--node-id")
+    p.add_argument("--unix-socket", default="")
     args, _ = p.parse_known_args()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,6 +71,12 @@ FAKE_NODE = textwrap.dedent(
             pass
 
     server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
+    if args.unix_socket:  # what the load balancer uses when no proxy is in between
+        import socketserver, threading
+        class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+        unix = UnixServer(args.unix_socket, Handler)
+        threading.Thread(target=unix.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     server.serve_forever()
     """
@@ -464,6 +471,25 @@ async def test_api_frontend_balances_each_request_and_tracks_the_checks(tmp_path
     assert "check" not in api.split("backend api", 1)[1].split("listen stats")[0]
 
 
+async def test_unix_socket_backends_have_no_source_address(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        render_haproxy_config(
+            lane=1, frontend_port=21001, stats_port=21002,
+            backends={"node-1": str(tmp_path / "node-1.sock"), "node-2": ("127.0.0.1", 21004)},
+            maxconn=5000, source="127.0.1.2", api_port=21005,
+        )
+    )
+    with trio.fail_after(15):
+        output = await check_haproxy_config(config)
+    assert "valid" in output.lower()
+    text = config.read_text()
+    relay, api = text.split("frontend api1", 1)
+    assert f"server node-1 unix@{tmp_path / 'node-1.sock'} check" in relay
+    assert "server node-2 127.0.0.1:21004 source 127.0.1.2 check" in relay
+    assert f"server node-1 unix@{tmp_path / 'node-1.sock'} track nodes/node-1" in api
+
+
 # --- topology -------------------------------------------------------------------------------
 
 
@@ -537,7 +563,8 @@ async def test_topology_plumbing_with_fake_nodes(tmp_path: Path) -> None:
 
 async def test_client_side_proxies_only_where_asked(tmp_path: Path) -> None:
     """Without client-side proxies a lane is HAProxy alone (9,000 clients under the fd cap), the
-    entry is HAProxy's frontend and HAProxy checks and reaches the nodes directly."""
+    entry is HAProxy's frontend and HAProxy checks and reaches the nodes directly, over their
+    Unix sockets."""
     fake = tmp_path / "fake_node.py"
     fake.write_text(FAKE_NODE)
     spec = TopologySpec(nodes=2, clients=9001, node_command=(PY, str(fake)), ready_timeout_s=20,
@@ -556,8 +583,10 @@ async def test_client_side_proxies_only_where_asked(tmp_path: Path) -> None:
                                        for lane in topo.lanes]
             config = (tmp_path / "run" / "haproxy-lane1.cfg").read_text()
             for node in topo.nodes.values():
-                assert f"server {node.name} 127.0.0.1:{node.port} check" in config
-            assert "source 127.0.1.2" in config
+                path = tmp_path / "run" / node.name / "node.sock"
+                assert f"server {node.name} unix@{path} check" in config
+                assert path.is_socket()
+            assert "source 127.0.1.2" not in config  # only TCP backends have a source
             async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
                 for url in topo.entry_urls:
                     assert (await client.get(f"{url}/health")).status_code == 200
