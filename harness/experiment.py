@@ -173,8 +173,13 @@ class Clients:
                                            gt=0)
     ping_after_silence_s: float = param(
         5.0, "s", "a client that has heard nothing for this long sends pusher:ping and "
-        "reconnects if no pong comes within 5 s (its dead-link detector; pusher-js waits the "
-        "server's activity_timeout); raise it for very large idle fleets", expect=S, gt=0)
+        "reconnects if no pong comes within pong_timeout_s (its dead-link detector; pusher-js "
+        "waits the server's activity_timeout); raise it for very large idle fleets",
+        expect=S, gt=0)
+    pong_timeout_s: float = param(
+        5.0, "s", "how long a client waits for the pong before it calls the link dead and "
+        "reconnects (pusher-js waits 30 s: under a loaded cluster a short wait turns slow "
+        "answers into a reconnect storm)", expect=S, gt=0)
     resume: bool = param(True, "—", "resubscribe with the last position (false: plain Pusher "
                          "clients, expect losses)")
     source_addresses: Annotated[tuple[str, ...], AfterValidator(_addresses)] = param(

@@ -400,6 +400,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                     "backoff_max_s": clients_cfg.reconnect_backoff_max_s,
                     "resume": clients_cfg.resume,
                     "silence_ping_s": clients_cfg.ping_after_silence_s,
+                    "pong_timeout_s": clients_cfg.pong_timeout_s,
                     "full_history": tuple(sorted(sample)),
                 })
             expected = sum(len(c.channels) for c in plan)
