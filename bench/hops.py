@@ -19,6 +19,8 @@ Configurations:
                          TCP mode, one thread, fixed 64 KiB socket buffers)
 ``haproxy-tuned-pe``     the same with ``tune.maxpollevents 1024`` (default 200 events per
                          ``epoll_wait``)
+``haproxy-unix``         the same, reaching the source over a Unix socket (what the harness runs
+                         when no fault needs a proxy between HAProxy and the nodes)
 ``toxiproxy``            one Toxiproxy proxy (GOMAXPROCS unset: one P per core)
 ``toxiproxy-1p``         one Toxiproxy proxy with GOMAXPROCS=1
 
@@ -47,9 +49,9 @@ from bench.wire import BenchError, Child, cpu_ns, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("direct", "haproxy", "haproxy-1t", "haproxy-http-splice", "haproxy-tcp",
-           "haproxy-tcp-splice", "haproxy-tuned", "haproxy-tuned-pe", "toxiproxy",
-           "toxiproxy-1p")
-DEFAULT_CONFIGS = ("direct", "haproxy", "haproxy-tuned", "toxiproxy")
+           "haproxy-tcp-splice", "haproxy-tuned", "haproxy-tuned-pe", "haproxy-unix",
+           "toxiproxy", "toxiproxy-1p")
+DEFAULT_CONFIGS = ("direct", "haproxy", "haproxy-tuned", "haproxy-unix", "toxiproxy")
 
 
 def _python_role(module: str, role: str) -> list[str]:
@@ -95,12 +97,14 @@ listen stats
 """
 
 
-def tuned_haproxy_config(frontend: int, backend: int, stats: int, connections: int) -> str:
+def tuned_haproxy_config(frontend: int, backend: int | str, stats: int,
+                         connections: int) -> str:
     from harness.topology import render_haproxy_config
 
-    return render_haproxy_config(lane=0, frontend_port=frontend, stats_port=stats,
-                                 backends={"s1": ("127.0.0.1", backend)},
-                                 maxconn=connections + 1000, health_checks=False)
+    return render_haproxy_config(
+        lane=0, frontend_port=frontend, stats_port=stats,
+        backends={"s1": backend if isinstance(backend, str) else ("127.0.0.1", backend)},
+        maxconn=connections + 1000, health_checks=False)
 
 
 @dataclass
@@ -149,6 +153,10 @@ def _wait_port(port: int, child: Child, timeout: float = 15.0) -> None:
     raise BenchError(f"port {port} not listening")
 
 
+def _unix_path(work: Path, config: str) -> str:
+    return str(work / f"source-{config}.sock")
+
+
 def build(config: str, source_port: int, work: Path, connections: int) -> Hop:
     if config == "direct":
         return Hop([], source_port)
@@ -166,6 +174,8 @@ def build(config: str, source_port: int, work: Path, connections: int) -> Hop:
         elif config == "haproxy-http-splice":
             text = legacy_haproxy_config(frontend, source_port, stats, 1, "http",
                                          "    option splice-auto\n")
+        elif config == "haproxy-unix":
+            text = tuned_haproxy_config(frontend, _unix_path(work, config), stats, connections)
         else:
             text = tuned_haproxy_config(frontend, source_port, stats, connections)
             if config == "haproxy-tuned-pe":
@@ -181,7 +191,9 @@ def build(config: str, source_port: int, work: Path, connections: int) -> Hop:
 
 def measure(config: str, connections: int, messages: int, work: Path,
             sources: list[str]) -> dict[str, Any]:
-    source = Child(_python_role("bench.wire", "source"), work / f"source-{config}.log")
+    env = dict(os.environ, BENCH_UNIX_SOCKET=_unix_path(work, config)) \
+        if config == "haproxy-unix" else None
+    source = Child(_python_role("bench.wire", "source"), work / f"source-{config}.log", env=env)
     children = [source]
     try:
         port = source.read_json(time.monotonic() + 15)["port"]

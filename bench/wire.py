@@ -90,10 +90,22 @@ def run_source() -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
-    listener.listen(4096)
-    listener.setblocking(False)
+    listeners = [listener]
+    # BENCH_UNIX_SOCKET: also accept on a Unix socket (a relay on this host reaching us
+    # without the TCP stack, as the harness's HAProxy reaches turnout nodes).
+    unix_path = os.environ.get("BENCH_UNIX_SOCKET", "")
+    if unix_path:
+        if os.path.exists(unix_path):  # the previous round's source was killed
+            os.unlink(unix_path)
+        unix_listener = socket.socket(socket.AF_UNIX)
+        unix_listener.bind(unix_path)
+        listeners.append(unix_listener)
     ep = select.epoll()
-    ep.register(listener.fileno(), select.EPOLLIN)
+    for sock in listeners:
+        sock.listen(4096)
+        sock.setblocking(False)
+        ep.register(sock.fileno(), select.EPOLLIN)
+    by_fd = {sock.fileno(): sock for sock in listeners}
     ep.register(0, select.EPOLLIN)
     pending: dict[int, tuple[socket.socket, bytes]] = {}
     ready: dict[int, socket.socket] = {}
@@ -106,14 +118,15 @@ def run_source() -> None:
     _emit({"port": listener.getsockname()[1]})
     while True:
         for fd, _ev in ep.poll():
-            if fd == listener.fileno():
+            if fd in by_fd:
                 for _ in range(512):
                     try:
-                        sock, _addr = listener.accept()
+                        sock, _addr = by_fd[fd].accept()
                     except BlockingIOError:
                         break
                     sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if sock.family != socket.AF_UNIX:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     pending[sock.fileno()] = (sock, b"")
                     ep.register(sock.fileno(), select.EPOLLIN)
             elif fd == 0:
