@@ -82,6 +82,7 @@ __all__ = [
     "TopologySpec",
     "TopologyStatistics",
     "check_haproxy_config",
+    "in_rotation",
     "lane_capacity",
     "render_haproxy_config",
     "run_topology",
@@ -312,6 +313,19 @@ class Lane:
         }
 
 
+def in_rotation(status: tuple[str, str]) -> bool:
+    """Whether HAProxy's (status, last check) puts the node in rotation after a passing check:
+    "UP", or "UP 1/2" when the one failed check timed out. A node slow to answer /health
+    under a reconnect storm is loaded, not gone; a refused or failed check is not waved
+    through, and a second slow one takes the node out ("DOWN")."""
+    state, check = status
+    return state == "UP" or (state.startswith("UP ") and check.lstrip("* ") in _SLOW_CHECKS)
+
+
+#: HAProxy's check results for an answer that did not come in time (not a refusal).
+_SLOW_CHECKS: Final = frozenset({"L7TOUT", "L4TOUT"})
+
+
 @dataclass(frozen=True)
 class TopologyStatistics:
     processes: tuple[ProcStats, ...]
@@ -401,8 +415,8 @@ class Topology:
     async def wait_lb_ready(
         self, nodes: Sequence[str] | None = None, *, timeout: float = 15.0
     ) -> None:
-        """Wait until every lane's HAProxy has ``nodes`` (default: all up nodes) UP after a
-        passing check, and the health endpoint through every lane's entry answers 200."""
+        """Wait until every lane's HAProxy has ``nodes`` (default: all up nodes) in rotation
+        (:func:`in_rotation`), and the health endpoint through every lane's entry answers 200."""
         wanted = (
             list(nodes)
             if nodes is not None
@@ -417,11 +431,7 @@ class Topology:
                         for lane in self.lanes:
                             status = await lane.backend_status()
                             last = status
-                            if any(
-                                status.get(n, ("?", ""))[0] != "UP"
-                                or not status[n][1].startswith("L7OK")
-                                for n in wanted
-                            ):
+                            if not all(in_rotation(status.get(n, ("?", ""))) for n in wanted):
                                 ready = False
                                 break
                             path = self.spec.adapter.health_path

@@ -40,6 +40,7 @@ from harness.topology import (
     Topology,
     TopologySpec,
     check_haproxy_config,
+    in_rotation,
     render_haproxy_config,
     run_topology,
 )
@@ -469,6 +470,22 @@ async def test_api_frontend_balances_each_request_and_tracks_the_checks(tmp_path
     assert "server node-1 127.0.0.1:21003 source 127.0.1.1 track nodes/node-1" in api
     assert "server node-2 127.0.0.1:21004 source 127.0.1.1 track nodes/node-2" in api
     assert "check" not in api.split("backend api", 1)[1].split("listen stats")[0]
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (("UP", "L7OK"), True),
+    (("UP 1/2", "* L7TOUT"), True),   # one slow answer under load: still in rotation
+    (("UP 1/2", "L4TOUT"), True),
+    (("UP 1/2", "L4CON"), False),     # refused: the node is gone, not slow
+    (("UP 1/2", "L7STS"), False),     # answered, but not healthy (e.g. draining: 503)
+    (("DOWN", "L7TOUT"), False),
+    (("DOWN 1/2", "L7OK"), False),    # coming back, not yet in rotation
+    (("NOLB", "L7OK"), False),
+    (("MAINT", ""), False),
+    (("?", ""), False),               # not in this lane's table at all
+])
+def test_in_rotation(status: tuple[str, str], expected: bool) -> None:
+    assert in_rotation(status) is expected
 
 
 async def test_unix_socket_backends_have_no_source_address(tmp_path: Path) -> None:
