@@ -104,9 +104,10 @@ class _Pending:
 
 
 class ChannelState:
-    __slots__ = ("app_id", "catching_up", "catchup_again", "catchup_running", "epoch",
-                 "init_lock", "internal", "joiners", "key", "last", "last_count", "members",
-                 "name", "pending", "ready", "settled", "subscribers", "suspect_top", "user")
+    __slots__ = ("app_id", "arriving", "catching_up", "catchup_again", "catchup_running",
+                 "epoch", "init_lock", "internal", "joiners", "key", "last", "last_count",
+                 "members", "name", "pending", "ready", "settled", "subscribers", "suspect_top",
+                 "user")
 
     def __init__(self, app_id: str, name: str, key: bytes) -> None:
         self.app_id = app_id
@@ -114,6 +115,9 @@ class ChannelState:
         self.key = key
         self.subscribers: dict[Subscriber, None] = {}
         self.joiners: list[_Joiner] = []
+        # Subscribers between _ready_state and going live (waiting for the channel to settle
+        # or to pass their position): they hold the state as surely as subscribers do.
+        self.arriving = 0
         # Presence memberships of this node's subscribers (presence channels only).
         self.members: dict[Subscriber, _PresenceMember] = {}
         # A user's #server-to-user- channel: carries the terminate event.
@@ -135,7 +139,7 @@ class ChannelState:
 
     @property
     def occupied(self) -> bool:
-        return bool(self.subscribers or self.joiners)
+        return bool(self.subscribers or self.joiners or self.arriving)
 
 
 class Hub:
@@ -333,12 +337,16 @@ class Hub:
 
     # ------------------------------------------------------------------ subscriptions
     async def _ready_state(self, app_id: str, name: str) -> ChannelState:
+        """The channel's state, initialised; the caller is counted in ``arriving`` (it must
+        :meth:`_arrived` once live, or pass the state to :meth:`_abandon`), so the state is
+        not released under it while it waits."""
         key = self.broker.channel_key(app_id, name)
         while True:
             state = self.channels.get(key)
             if state is None:
                 state = self.channels[key] = ChannelState(app_id, name, key)
             if state.ready:
+                state.arriving += 1
                 return state
             async with state.init_lock:
                 if self.channels.get(key) is not state:
@@ -350,6 +358,7 @@ class Hub:
                     buffered, state.pending = state.pending, []
                     for item in sorted(buffered, key=lambda p: p.offset):
                         self._accept(state, item)
+                state.arriving += 1
                 return state
 
     async def subscribe(self, conn: Subscriber, app_id: str, name: str,
@@ -390,9 +399,10 @@ class Hub:
                                position: Position | None, quiet: bool) -> None:
         key = self.broker.channel_key(app_id, name)
         joiner: _Joiner | None = None
+        arrived: ChannelState | None = None
         try:
             with trio.fail_after(SETTLE_TIMEOUT):
-                state = await self._ready_state(app_id, name)
+                state = arrived = await self._ready_state(app_id, name)
                 await state.settled.wait()
                 if position is not None and position[1] == "":
                     # Epoch "" = the channel had no epoch yet when the client subscribed: it
@@ -415,13 +425,15 @@ class Hub:
                     elif recovered:
                         since = p_offset
         except (RedisLinkDown, RedisError, trio.TooSlowError) as exc:
-            self._abandon(key, joiner)
+            self._abandon(key, joiner, arrived=arrived)
             raise SubscribeRefused(f"cannot subscribe to {name} now: {exc}") from None
         except BaseException:
-            self._abandon(key, joiner)  # cancelled: the connection went away mid-subscribe
+            # cancelled: the connection went away mid-subscribe
+            self._abandon(key, joiner, arrived=arrived)
             raise
         # From here to the end nothing awaits: replay, buffered live events and the switch to
         # live delivery happen atomically with respect to the fan-out.
+        self._arrived(state)
         if joiner is not None:
             state.joiners.remove(joiner)
         if not quiet:
@@ -441,9 +453,10 @@ class Hub:
         joiner: _Joiner | None = None
         membership: _PresenceMember | None = None
         entry = ""
+        arrived: ChannelState | None = None
         try:
             with trio.fail_after(SETTLE_TIMEOUT):
-                state = await self._ready_state(app_id, name)
+                state = arrived = await self._ready_state(app_id, name)
                 await state.settled.wait()
                 # Buffer from before the snapshot: every event after its position that this
                 # node delivers from now on reaches the joiner.
@@ -477,16 +490,17 @@ class Hub:
                             conn, app_id, name, p_offset, since, epoch,
                             skip_members=member is not None)
         except PresenceFull:
-            self._abandon(key, joiner, entry)
+            self._abandon(key, joiner, entry, arrived=arrived)
             raise ChannelFull(f"presence channel {name} has {self.max_members(app_id)} "
                               "members already") from None
         except (RedisLinkDown, RedisError, trio.TooSlowError, _SnapshotGone) as exc:
-            self._abandon(key, joiner, entry, membership, app_id, name)
+            self._abandon(key, joiner, entry, membership, app_id, name, arrived=arrived)
             raise SubscribeRefused(f"cannot subscribe to {name} now: {exc}") from None
         except BaseException:
-            self._abandon(key, joiner, entry, membership, app_id, name)
+            self._abandon(key, joiner, entry, membership, app_id, name, arrived=arrived)
             raise
         # Atomic from here, as in subscribe().
+        self._arrived(state)
         state.joiners.remove(joiner)
         self._joining.discard(entry)
         if not quiet:
@@ -598,9 +612,18 @@ class Hub:
                 return
             await trio.sleep(0.05)
 
+    def _arrived(self, state: ChannelState) -> None:
+        """The subscriber counted by _ready_state goes live now (no await until it does)."""
+        state.arriving -= 1
+        # Held while it waited, the state cannot have been released: going live on a released
+        # state would be a subscription nothing ever delivers to.
+        assert self.channels.get(state.key) is state, f"{state.name}: released under a subscriber"
+
     def _abandon(self, key: bytes, joiner: _Joiner | None, entry: str = "",
                  membership: _PresenceMember | None = None, app_id: str = "",
-                 name: str = "") -> None:
+                 name: str = "", *, arrived: ChannelState | None = None) -> None:
+        if arrived is not None:
+            arrived.arriving -= 1
         state = self.channels.get(key)
         if state is not None and joiner is not None and joiner in state.joiners:
             state.joiners.remove(joiner)
