@@ -189,22 +189,37 @@ class PresenceJoin:
             "auth": f"{self.key}:{digest}"}})
 
 
+#: Pusher's "reconnect after backing off" close codes (the protocol's 4100-4199).
+TRY_LATER_CODES: Final = (4100, 4199)
+
+
 class Backoff:
     """Exponential backoff with full jitter (AWS architecture blog): a fleet that lost its node
-    at once spreads its reconnects over [0, current) instead of arriving together."""
+    at once spreads its reconnects over [0, current) instead of arriving together.
 
-    __slots__ = ("current", "maximum", "minimum")
+    A node that sends the viewer away with "try again later" (Pusher close codes 4100-4199:
+    over capacity, cannot reach Redis) adds a floor of at least a second, doubling while it
+    keeps doing so: pusher-js backs off on those codes too. Coming straight back, as after a
+    4200, feeds the storm the node is refusing under (seen at 40,000 viewers: one node turned
+    away thousands of subscriptions a minute for nine minutes)."""
+
+    __slots__ = ("current", "floor", "maximum", "minimum")
 
     def __init__(self, minimum: float, maximum: float) -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.current = minimum
+        self.floor = 0.0
 
     def reset(self) -> None:
         self.current = self.minimum
+        self.floor = 0.0
+
+    def try_later(self) -> None:
+        self.floor = min(max(self.floor * 2, 1.0), self.maximum)
 
     def next_delay(self, rng: random.Random) -> float:
-        delay = rng.uniform(0, self.current)
+        delay = min(self.floor + rng.uniform(0, self.current), max(self.maximum, self.floor))
         self.current = min(self.current * 2, self.maximum)
         return delay
 
@@ -365,7 +380,10 @@ class Viewer:
             return
         if was_connected:
             self.recorder.disconnected()
-            self.backoff.reset()
+            if code is not None and TRY_LATER_CODES[0] <= code <= TRY_LATER_CODES[1]:
+                self.backoff.try_later()
+            else:
+                self.backoff.reset()
             if self.stale_since < 0:
                 self.stale_since = now
             self.reconnected_at = -1.0

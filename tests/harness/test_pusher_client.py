@@ -386,6 +386,25 @@ def test_backoff_full_jitter_doubles_to_the_cap_and_resets() -> None:
     assert backoff.current == 0.1
 
 
+def test_a_node_saying_try_later_gets_a_growing_wait_and_a_normal_close_resets_it(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, ("a",))
+    v = rig.viewer
+    v.backoff = Backoff(0.1, 5.0)
+    rng = random.Random(7)
+    floors = []
+    for attempt in range(4):
+        rig.connect(float(attempt))
+        v.lost(attempt + 0.5, 4100, "node cannot reach redis; reconnect elsewhere")
+        floors.append(v.backoff.floor)
+        assert v.backoff.floor <= v.backoff.next_delay(rng) <= 5.0
+    assert floors == [1.0, 2.0, 4.0, 5.0]
+    rig.connect(10.0)
+    v.lost(11.0, 4200, "server draining; reconnect")  # come back at once after a drain
+    assert v.backoff.floor == 0.0
+    assert v.backoff.next_delay(rng) <= 0.1
+
+
 def test_stale_window_from_disconnect_until_everything_published_before_the_reconnect(
         tmp_path: Path) -> None:
     rig = Rig(tmp_path, ("a", "b"))
