@@ -20,7 +20,6 @@ short poll as fallback where pidfds do not exist.
 from __future__ import annotations
 
 import enum
-import math
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NoReturn, final
+from typing import Any, Final, final
 
 import httpx
 import psutil
@@ -52,7 +51,6 @@ __all__ = [
     "find_binary",
     "http_ready",
     "open_supervisor",
-    "run_process",
     "serve_unix",
     "tcp_ready",
     "unix_listener",
@@ -276,13 +274,6 @@ class ManagedProcess:
         with trio.fail_after(10):
             return await self.wait()
 
-    def send_signal(self, sig: int) -> None:
-        """Signal the main process only (not its group)."""
-        if self.alive:
-            assert self._popen is not None
-            with suppress(ProcessLookupError):
-                os.kill(self._popen.pid, sig)
-
     def pause(self) -> None:
         """SIGSTOP the process group (a frozen, unresponsive process, like a GC pause)."""
         if self.alive:
@@ -488,24 +479,6 @@ async def open_supervisor(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
-
-
-async def run_process(
-    spec: ProcessSpec,
-    log_dir: Path,
-    *,
-    task_status: trio.TaskStatus[ManagedProcess] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Service form: ``proc = await nursery.start(run_process, spec, log_dir)``.
-
-    The child is torn down when the service is cancelled.  If it dies by itself the service keeps
-    running (faults kill processes on purpose); look at ``proc.state`` / ``proc.returncode``.
-    """
-    async with open_supervisor(log_dir) as supervisor:
-        proc = await supervisor.start(spec)
-        task_status.started(proc)
-        await trio.sleep(math.inf)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def cancel_on_signals(

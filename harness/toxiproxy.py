@@ -27,11 +27,9 @@ names (``{"latency_ms": 500}`` would give a 0 ms latency toxic).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Literal, NoReturn, final, get_args
+from typing import Any, Final, Literal, final, get_args
 
 import httpx
 import trio
@@ -43,7 +41,6 @@ from harness.procs import (
     Supervisor,
     find_binary,
     http_ready,
-    open_supervisor,
 )
 
 __all__ = [
@@ -57,7 +54,6 @@ __all__ = [
     "ToxiproxyError",
     "ToxiproxyServer",
     "ToxiproxyStateError",
-    "serve_toxiproxy",
     "start_toxiproxy",
 ]
 
@@ -205,7 +201,7 @@ class ToxiproxyServer:
 
     Every method is one API operation under a trio deadline of ``timeout`` seconds, and raises
     :class:`ToxiproxyError` (or a subclass) when it fails, times out or does not take effect.
-    Call :meth:`aclose` when done (``start_toxiproxy`` / ``serve_toxiproxy`` arrange that).
+    Call :meth:`aclose` when done.
     """
 
     def __init__(
@@ -269,10 +265,6 @@ class ToxiproxyServer:
             return response.text
 
     # -- server
-    async def version(self) -> str:
-        data = await self._request("GET", "/version")
-        return data["version"] if isinstance(data, dict) else str(data).strip()
-
     async def proxies(self) -> dict[str, ProxyState]:
         data = await self._request("GET", "/proxies")
         return {name: ProxyState.from_json(p) for name, p in data.items()}
@@ -445,21 +437,3 @@ async def start_toxiproxy(
         server._owned_ports.append(port)
     return server
 
-
-async def serve_toxiproxy(
-    log_dir: Path,
-    *,
-    name: str = "toxiproxy",
-    seed: int | None = None,
-    task_status: trio.TaskStatus[ToxiproxyServer] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Service form: ``server = await nursery.start(serve_toxiproxy, log_dir)``."""
-    async with open_supervisor(log_dir) as supervisor:
-        server = await start_toxiproxy(supervisor, name, seed=seed)
-        try:
-            task_status.started(server)
-            await trio.sleep(math.inf)
-        finally:
-            with trio.CancelScope(shield=True):
-                await server.aclose()
-    raise AssertionError("unreachable")  # pragma: no cover
