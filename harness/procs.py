@@ -51,6 +51,7 @@ __all__ = [
     "find_binary",
     "http_ready",
     "open_supervisor",
+    "read_lines",
     "serve_unix",
     "tcp_ready",
     "unix_listener",
@@ -525,3 +526,19 @@ async def serve_unix(path: Path, handler: Callable[[trio.SocketStream], Awaitabl
         while True:
             stream = await listener.accept()
             nursery.start_soon(handler, stream)
+
+
+async def read_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
+    """The newline-terminated lines of ``stream`` (without the newline) until the peer closes
+    it or it breaks; a last line without its newline is dropped."""
+    buffer = b""
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not data:
+            return
+        *lines, buffer = (buffer + data).split(b"\n")
+        for line in lines:
+            yield line
