@@ -8,7 +8,6 @@ Every refusal carries a JSON body saying why and is logged.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from . import protocol
-from .auth import SignatureError, verify_request
+from .auth import SignatureError, signatures_match, verify_request
 from .config import AppConfig, Config
 from .interfaces import NodeStatus, Publisher, PublishItem
 from .metrics import Metrics, NodeStats
@@ -367,5 +366,4 @@ async def _terminate(ctx: ApiContext, app: AppConfig, user_id: str) -> Response:
 
 
 def token_matches(expected: str, given: str | None) -> bool:
-    return bool(expected) and given is not None and hmac.compare_digest(
-        expected.encode(), given.encode())
+    return bool(expected) and signatures_match(expected, given)
