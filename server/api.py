@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from . import protocol
-from .auth import SignatureError, signatures_match, verify_request
+from .auth import SignatureError, verify_request
 from .config import AppConfig, Config
 from .interfaces import NodeStatus, Publisher, PublishItem
 from .metrics import Metrics, NodeStats
@@ -359,7 +359,3 @@ async def _terminate(ctx: ApiContext, app: AppConfig, user_id: str) -> Response:
     await ctx.publisher.publish_many(app.id, [PublishItem(channel,
                                                           protocol.terminate_prefix(channel))])
     return Response.json(200, {})
-
-
-def token_matches(expected: str, given: str | None) -> bool:
-    return bool(expected) and signatures_match(expected, given)
