@@ -400,40 +400,32 @@ async def start_toxiproxy(
     supervisor: Supervisor,
     name: str = "toxiproxy",
     *,
-    port: int | None = None,
     seed: int | None = None,
-    log_level: str = "warn",
     ports: PortAllocator | None = None,
-    ready_timeout: float = 15.0,
 ) -> ToxiproxyServer:
-    """Start ``toxiproxy-server`` under ``supervisor``; return its client once GET /version works.
-
-    ``log_level`` defaults to "warn" because at "info" Toxiproxy logs every proxied connection.
-    The caller owns the returned client (``await server.aclose()``).
+    """Start ``toxiproxy-server`` on a port of ``ports`` under ``supervisor``; return its client
+    once GET /version works. The caller owns the returned client (``await server.aclose()``,
+    which also releases the port).
     """
     binary = find_binary("toxiproxy-server")
     allocator = ports or default_allocator()
-    owned = port is None
-    port = allocator.allocate() if port is None else port
+    port = allocator.allocate()
     argv = [binary, "-host", LOOPBACK, "-port", str(port)]
     if seed is not None:
         argv += ["-seed", str(seed)]
     spec = ProcessSpec(
         name=name,
         argv=argv,
-        env={"LOG_LEVEL": log_level},
+        env={"LOG_LEVEL": "warn"},  # at "info" Toxiproxy logs every proxied connection
         ready=http_ready(f"http://{LOOPBACK}:{port}/version"),
-        ready_timeout=ready_timeout,
+        ready_timeout=15.0,
         stop_grace=3.0,
     )
     try:
         process = await supervisor.start(spec)
     except BaseException:
-        if owned:
-            allocator.release(port)
+        allocator.release(port)
         raise
     server = ToxiproxyServer(LOOPBACK, port, process=process, ports=allocator)
-    if owned:
-        server._owned_ports.append(port)
+    server._owned_ports.append(port)
     return server
-
