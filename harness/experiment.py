@@ -36,7 +36,6 @@ from harness.checker import Invariants
 from harness.faults import FAULTS as FAULT_KINDS
 from harness.faults import FaultKind as FaultKind
 from harness.faults.base import param, parameters
-from harness.targets import Target as Target
 from harness.targets import parse as parse_target
 from server.schema import Key, got, keys, problem, validate
 
@@ -55,7 +54,6 @@ __all__ = [
     "Key",
     "Params",
     "Phases",
-    "Target",
     "Workload",
     "load_experiment",
     "parse_experiment",
