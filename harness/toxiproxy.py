@@ -265,17 +265,14 @@ class ToxiproxyServer:
             return response.text
 
     # -- server
-    async def proxies(self) -> dict[str, ProxyState]:
-        data = await self._request("GET", "/proxies")
-        return {name: ProxyState.from_json(p) for name, p in data.items()}
-
     async def get_proxy(self, name: str) -> ProxyState:
         return ProxyState.from_json(await self._request("GET", f"/proxies/{name}"))
 
     async def reset(self) -> None:
         """Re-enable every proxy and remove every toxic (verified)."""
         await self._request("POST", "/reset")
-        for state in (await self.proxies()).values():
+        for data in (await self._request("GET", "/proxies")).values():
+            state = ProxyState.from_json(data)
             if not state.enabled or state.toxics:
                 raise ToxiproxyStateError(f"{self.url}: /reset left {state.name} as {state}")
 
