@@ -177,7 +177,6 @@ class ProcStats:
     returncode: int | None
     starts: int
     rss_bytes: int | None
-    cpu_seconds: float | None
     num_fds: int | None
     log_path: Path
 
@@ -217,13 +216,11 @@ class ManagedProcess:
         return self._popen is not None and not self._exited.is_set()
 
     def statistics(self) -> ProcStats:
-        rss = cpu = fds = None
+        rss = fds = None
         if self.alive and self._psutil is not None:
             with suppress(psutil.Error):
                 with self._psutil.oneshot():
                     rss = self._psutil.memory_info().rss
-                    times = self._psutil.cpu_times()
-                    cpu = times.user + times.system
                     fds = self._psutil.num_fds()
         return ProcStats(
             name=self.name,
@@ -232,7 +229,6 @@ class ManagedProcess:
             returncode=self._returncode,
             starts=self._starts,
             rss_bytes=rss,
-            cpu_seconds=cpu,
             num_fds=fds,
             log_path=self.log_path,
         )
