@@ -76,8 +76,6 @@ TOXIC_ATTRIBUTES: Final[Mapping[str, frozenset[str]]] = {
 }
 assert set(TOXIC_ATTRIBUTES) == set(get_args(ToxicType))
 
-_DEFAULT_TIMEOUT: Final = 5.0
-
 
 class ToxiproxyError(RuntimeError):
     """A Toxiproxy operation failed or did not finish before its deadline."""
@@ -210,21 +208,20 @@ class ToxiproxyServer:
         port: int,
         *,
         process: ManagedProcess | None = None,
-        timeout: float = _DEFAULT_TIMEOUT,
         ports: PortAllocator | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}"
         self.process = process
-        self.timeout = timeout
+        self.timeout = 5.0  # seconds, for each API operation
         self._ports = ports or default_allocator()
         self._owned_ports: list[int] = []
         # trust_env=False: never route loopback API calls through an environment proxy.
         # A non-browser User-Agent is required: Toxiproxy answers 403 to "Mozilla/...".
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            timeout=timeout,
+            timeout=self.timeout,
             trust_env=False,
             headers={"User-Agent": "turnout-harness"},
         )
