@@ -28,10 +28,6 @@ from .experiment import Experiment, Phases
 
 __all__ = ["CapacitySearch", "Trial", "TrialShape", "render_capacity", "trial_experiment"]
 
-TRIAL_STEADY_S = 30.0
-TRIAL_FAULTS_S = 60.0
-TRIAL_HEAL_S = 10.0
-TRIAL_SETTLE_S = 30.0
 VIEWERS_PER_WORKER = 12_000
 
 
@@ -39,10 +35,10 @@ VIEWERS_PER_WORKER = 12_000
 class TrialShape:
     """How long each phase of a trial lasts (the file's faults are squeezed into faults_s)."""
 
-    steady_s: float = TRIAL_STEADY_S
-    faults_s: float = TRIAL_FAULTS_S
-    heal_s: float = TRIAL_HEAL_S
-    settle_s: float = TRIAL_SETTLE_S
+    steady_s: float = 30.0
+    faults_s: float = 60.0
+    heal_s: float = 10.0
+    settle_s: float = 30.0
 
 
 def trial_experiment(base: Experiment, viewers: int, p99_ms: float,

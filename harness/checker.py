@@ -31,7 +31,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -100,8 +100,7 @@ class InvariantResult:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "actual": self.actual, "limit": self.limit,
-                "message": self.message}
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,7 +302,7 @@ def _check(args: argparse.Namespace) -> int:
 def _capacity(args: argparse.Namespace) -> int:
     import time as _time
 
-    from .capacity import TRIAL_HEAL_S, CapacitySearch, TrialShape
+    from .capacity import CapacitySearch, TrialShape
 
     try:
         experiment = load_experiment(args.file)
@@ -328,8 +328,8 @@ def _capacity(args: argparse.Namespace) -> int:
                             resolution=args.resolution or max(500, max_viewers // 20),
                             file=str(args.file), run_trial=run_trial,
                             echo=lambda line: console.print(f"[bold]trial[/] {line}"),
-                            shape=TrialShape(args.steady_s, args.faults_s, TRIAL_HEAL_S,
-                                             args.settle_s))
+                            shape=TrialShape(steady_s=args.steady_s, faults_s=args.faults_s,
+                                             settle_s=args.settle_s))
     answer: int | None = None
     finished = False
 

@@ -31,7 +31,7 @@ from .experiment import FAULT_KINDS
 from .fault_request import ClusterNames, FaultRequestError, check_fault
 from .faults import FaultError
 from .nemesis import Nemesis
-from .procs import serve_unix
+from .procs import read_lines, serve_unix
 
 __all__ = ["cluster_names", "handle_command", "serve_control"]
 
@@ -82,26 +82,16 @@ def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str
 
 
 async def _serve_one(stream: trio.SocketStream, nemesis: Nemesis, events: EventLog) -> None:
-    buffer = b""
     async with stream:
-        while True:
+        async for line in read_lines(stream):
             try:
-                data = await stream.receive_some(65536)
+                reply = handle_command(nemesis, events, json.loads(line))
+            except json.JSONDecodeError as exc:
+                reply = {"ok": False, "error": f"invalid JSON: {exc}"}
+            try:
+                await stream.send_all((json.dumps(reply) + "\n").encode())
             except trio.BrokenResourceError:
                 return
-            if not data:
-                return
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                try:
-                    reply = handle_command(nemesis, events, json.loads(line))
-                except json.JSONDecodeError as exc:
-                    reply = {"ok": False, "error": f"invalid JSON: {exc}"}
-                try:
-                    await stream.send_all((json.dumps(reply) + "\n").encode())
-                except trio.BrokenResourceError:
-                    return
 
 
 async def serve_control(path: Path, nemesis: Nemesis, events: EventLog, *,

@@ -60,7 +60,6 @@ class _Mark:
 class CpuLedger:
     """Accumulates CPU seconds per component from periodic samples."""
 
-    clock: Any = None
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     totals: dict[str, float] = field(default_factory=dict)
     processes: dict[str, set[str]] = field(default_factory=dict)

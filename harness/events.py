@@ -72,14 +72,8 @@ class EventLog:
     def phase(self, name: str, *, duration_s: float | None = None, waits_for: str | None = None,
               timeout_s: float | None = None) -> dict[str, Any]:
         """A phase begins: how long it lasts and what it waits for, for the TUI's phase bar."""
-        fields: dict[str, Any] = {"phase": name}
-        if duration_s is not None:
-            fields["duration_s"] = duration_s
-        if waits_for is not None:
-            fields["waits_for"] = waits_for
-        if timeout_s is not None:
-            fields["timeout_s"] = timeout_s
-        return self.emit("phase", **fields)
+        given = {"duration_s": duration_s, "waits_for": waits_for, "timeout_s": timeout_s}
+        return self.emit("phase", phase=name, **{k: v for k, v in given.items() if v is not None})
 
     def wait(self, waits_for: str, *, timeout_s: float | None = None, **details: Any
              ) -> dict[str, Any]:

@@ -36,7 +36,6 @@ from harness.checker import Invariants
 from harness.faults import FAULTS as FAULT_KINDS
 from harness.faults import FaultKind as FaultKind
 from harness.faults.base import param, parameters
-from harness.targets import Target as Target
 from harness.targets import parse as parse_target
 from server.schema import Key, got, keys, problem, validate
 
@@ -55,7 +54,6 @@ __all__ = [
     "Key",
     "Params",
     "Phases",
-    "Target",
     "Workload",
     "load_experiment",
     "parse_experiment",
@@ -427,32 +425,25 @@ class Experiment:
         )
         return dataclasses.replace(self, clients=clients, faults=faults)
 
+    def _variant(self, suffix: str, **changes: Any) -> Experiment:
+        """The same experiment named ``<name>-<suffix>``, with ``changes``."""
+        return dataclasses.replace(self, name=f"{self.name}-{suffix}", **changes)
+
     def presence_negative_control(self) -> Experiment:
         """The same experiment with the nodes' reaper off: a killed node's presence members
         stay, and the presence check must report them (ghosts)."""
-        return dataclasses.replace(
-            self,
-            name=f"{self.name}-no-reaper",
-            cluster=dataclasses.replace(self.cluster, reaper=False),
-        )
+        return self._variant("no-reaper", cluster=dataclasses.replace(self.cluster, reaper=False))
 
     def negative_control(self) -> Experiment:
         """The same experiment with recovery off: it must report losses to prove the checker."""
-        return dataclasses.replace(
-            self,
-            name=f"{self.name}-negative-control",
-            cluster=dataclasses.replace(self.cluster, recovery=False),
-        )
+        return self._variant("negative-control",
+                             cluster=dataclasses.replace(self.cluster, recovery=False))
 
     def plugin_off(self) -> Experiment:
         """The same experiment with every client group's resume plugin off: plain pusher-js,
         which must lose updates where the plugin kept them (the Python fleet still resumes)."""
-        return dataclasses.replace(
-            self,
-            name=f"{self.name}-plugin-off",
-            client_groups=tuple(
-                dataclasses.replace(g, plugin=False) for g in self.client_groups),
-        )
+        return self._variant("plugin-off", client_groups=tuple(
+            dataclasses.replace(g, plugin=False) for g in self.client_groups))
 
     def to_dict(self) -> dict[str, Any]:
         return {

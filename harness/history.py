@@ -44,7 +44,6 @@ __all__ = [
     "HistoryWriter",
     "Op",
     "OpType",
-    "client_process",
     "iter_history",
     "merge_histories",
     "read_history",
@@ -57,11 +56,6 @@ PHASES: Final[tuple[str, ...]] = ("steady", "faults", "heal", "settle", "drain")
 PUBLISHER: Final = "publisher"
 NEMESIS: Final = "nemesis"
 HARNESS: Final = "harness"
-
-
-def client_process(n: int) -> str:
-    """The process name of client number ``n`` (``client-<n>``)."""
-    return f"client-{n}"
 
 
 class HistoryError(ValueError):

@@ -37,7 +37,6 @@ __all__ = [
     "PortExhaustedError",
     "allocate_port",
     "default_allocator",
-    "release_port",
 ]
 
 LOOPBACK: Final = "127.0.0.1"
@@ -198,7 +197,3 @@ def default_allocator() -> PortAllocator:
 def allocate_port() -> int:
     """Reserve one free loopback port from the process-wide allocator."""
     return default_allocator().allocate()
-
-
-def release_port(port: int) -> None:
-    default_allocator().release(port)

@@ -20,7 +20,6 @@ short poll as fallback where pidfds do not exist.
 from __future__ import annotations
 
 import enum
-import math
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NoReturn, final
+from typing import Any, Final, final
 
 import httpx
 import psutil
@@ -52,7 +51,7 @@ __all__ = [
     "find_binary",
     "http_ready",
     "open_supervisor",
-    "run_process",
+    "read_lines",
     "serve_unix",
     "tcp_ready",
     "unix_listener",
@@ -178,7 +177,6 @@ class ProcStats:
     returncode: int | None
     starts: int
     rss_bytes: int | None
-    cpu_seconds: float | None
     num_fds: int | None
     log_path: Path
 
@@ -218,13 +216,11 @@ class ManagedProcess:
         return self._popen is not None and not self._exited.is_set()
 
     def statistics(self) -> ProcStats:
-        rss = cpu = fds = None
+        rss = fds = None
         if self.alive and self._psutil is not None:
             with suppress(psutil.Error):
                 with self._psutil.oneshot():
                     rss = self._psutil.memory_info().rss
-                    times = self._psutil.cpu_times()
-                    cpu = times.user + times.system
                     fds = self._psutil.num_fds()
         return ProcStats(
             name=self.name,
@@ -233,7 +229,6 @@ class ManagedProcess:
             returncode=self._returncode,
             starts=self._starts,
             rss_bytes=rss,
-            cpu_seconds=cpu,
             num_fds=fds,
             log_path=self.log_path,
         )
@@ -275,13 +270,6 @@ class ManagedProcess:
         # SIGKILL cannot be ignored; the deadline only guards against a kernel-level hang.
         with trio.fail_after(10):
             return await self.wait()
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the main process only (not its group)."""
-        if self.alive:
-            assert self._popen is not None
-            with suppress(ProcessLookupError):
-                os.kill(self._popen.pid, sig)
 
     def pause(self) -> None:
         """SIGSTOP the process group (a frozen, unresponsive process, like a GC pause)."""
@@ -490,24 +478,6 @@ async def open_supervisor(
         raise
 
 
-async def run_process(
-    spec: ProcessSpec,
-    log_dir: Path,
-    *,
-    task_status: trio.TaskStatus[ManagedProcess] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Service form: ``proc = await nursery.start(run_process, spec, log_dir)``.
-
-    The child is torn down when the service is cancelled.  If it dies by itself the service keeps
-    running (faults kill processes on purpose); look at ``proc.state`` / ``proc.returncode``.
-    """
-    async with open_supervisor(log_dir) as supervisor:
-        proc = await supervisor.start(spec)
-        task_status.started(proc)
-        await trio.sleep(math.inf)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 async def cancel_on_signals(
     scope: trio.CancelScope,
     *,
@@ -552,3 +522,19 @@ async def serve_unix(path: Path, handler: Callable[[trio.SocketStream], Awaitabl
         while True:
             stream = await listener.accept()
             nursery.start_soon(handler, stream)
+
+
+async def read_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
+    """The newline-terminated lines of ``stream`` (without the newline) until the peer closes
+    it or it breaks; a last line without its newline is dropped."""
+    buffer = b""
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not data:
+            return
+        *lines, buffer = (buffer + data).split(b"\n")
+        for line in lines:
+            yield line

@@ -37,6 +37,7 @@ import trio
 from server.auth import sign_request
 
 from .history import PUBLISHER, HistoryWriter
+from .procs import ProcessSpec, read_lines, unix_listener
 
 __all__ = ["Publisher", "PublisherProcess", "PublisherSpec", "election_payload"]
 
@@ -206,20 +207,10 @@ async def _serve(spec: PublisherSpec) -> None:
                 stop.set()
 
         async def control() -> None:
-            buffer = b""
-            while not stop.is_set():
-                try:
-                    data = await stream.receive_some(4096)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    stop.set()  # the harness went away
-                    return
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip() and json.loads(line).get("cmd") == "stop":
-                        stop.set()
+            async for line in read_lines(stream):
+                if line.strip() and json.loads(line).get("cmd") == "stop":
+                    stop.set()
+            stop.set()  # the harness went away
 
         async def status() -> None:
             while True:
@@ -265,8 +256,6 @@ class PublisherProcess:
     async def serve(self, supervisor: Any, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the process; ``started`` once it is connected (it publishes at once)."""
-        from .procs import ProcessSpec, unix_listener
-
         listener = await unix_listener(self.socket_path, 1)
         spec_path = self.run_dir / "publisher.json"
         spec_path.write_text(self.spec.to_json())
@@ -278,25 +267,15 @@ class PublisherProcess:
             with trio.fail_after(30):
                 self._stream = await listener.accept()
         task_status.started()
-        buffer = b""
         async with self._stream:
-            while True:
-                try:
-                    data = await self._stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
+            async for line in read_lines(self._stream):
+                message = json.loads(line)
+                self.ok = int(message.get("ok", 0))
+                self.failed = int(message.get("failed", 0))
+                self.indeterminate = int(message.get("indeterminate", 0))
+                if message.get("type") == "stopped":
                     self.stopped.set()
-                    return
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    message = json.loads(line)
-                    self.ok = int(message.get("ok", 0))
-                    self.failed = int(message.get("failed", 0))
-                    self.indeterminate = int(message.get("indeterminate", 0))
-                    if message.get("type") == "stopped":
-                        self.stopped.set()
+        self.stopped.set()
 
     async def stop(self, timeout: float) -> bool:
         """Ask it to stop; True once every channel's last request has completed."""

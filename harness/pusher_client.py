@@ -34,8 +34,6 @@ position (a member list is a snapshot), and records its member list as ops for
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import random
 import re
@@ -43,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+
+from server.auth import channel_auth
 
 from .recording import LATENCY_BITS, LIVE_SAMPLES
 
@@ -182,11 +182,9 @@ class PresenceJoin:
     def subscribe(self, socket_id: str, user: str) -> bytes:
         """The signed pusher:subscribe (the signature covers socket_id:channel:channel_data)."""
         channel_data = orjson.dumps({"user_id": user}).decode()
-        digest = hmac.new(self.secret.encode(), f"{socket_id}:{self.channel}:{channel_data}"
-                          .encode(), hashlib.sha256).hexdigest()
+        auth = channel_auth(self.key, self.secret, socket_id, self.channel, channel_data)
         return orjson.dumps({"event": "pusher:subscribe", "data": {
-            "channel": self.channel, "channel_data": channel_data,
-            "auth": f"{self.key}:{digest}"}})
+            "channel": self.channel, "channel_data": channel_data, "auth": auth}})
 
 
 #: Pusher's "reconnect after backing off" close codes (the protocol's 4100-4199).

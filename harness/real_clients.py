@@ -41,7 +41,7 @@ import trio
 
 from .experiment import ClientGroup
 from .history import HistoryWriter
-from .procs import REPO_ROOT, HarnessSetupError, ProcessSpec, Supervisor, serve_unix
+from .procs import REPO_ROOT, HarnessSetupError, ProcessSpec, Supervisor, read_lines, serve_unix
 
 log = logging.getLogger("turnout.real_clients")
 
@@ -291,37 +291,26 @@ class RealClients:
             self.close()
 
     async def _read_tool(self, stream: trio.SocketStream) -> None:
-        buffer = b""
         tool: _Tool | None = None
         async with stream:
             try:
-                while True:
+                async for line in read_lines(stream):
+                    if not line.strip():
+                        continue
                     try:
-                        data = await stream.receive_some(65536)
-                    except trio.BrokenResourceError:
-                        data = b""
-                    if not data:
-                        return
-                    buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    now = time.monotonic()
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        try:
-                            record = json.loads(line)
-                        except json.JSONDecodeError:
-                            log.warning("unparsable record from a client tool: %r", line[:200])
-                            continue
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        log.warning("unparsable record from a client tool: %r", line[:200])
+                        continue
+                    if tool is None:
+                        tool = self.tools.get(str(record.get("process")))
                         if tool is None:
-                            tool = self.tools.get(str(record.get("process")))
-                            if tool is None:
-                                log.warning("record from an unknown client tool: %r", record)
-                                return
-                            tool.stream = stream
-                        if record.get("type") == "ready":
-                            tool.ready.set()
-                        tool.record.on_record(record, now)
+                            log.warning("record from an unknown client tool: %r", record)
+                            return
+                        tool.stream = stream
+                    if record.get("type") == "ready":
+                        tool.ready.set()
+                    tool.record.on_record(record, time.monotonic())
             finally:
                 if tool is not None:
                     tool.gone.set()

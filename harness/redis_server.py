@@ -69,7 +69,6 @@ class RedisServer:
 
     port: int
     proc: subprocess.Popen[bytes]
-    dir: Path
     log_path: Path
 
     @property
@@ -96,7 +95,7 @@ def start_redis(data_dir: Path, port: int | None = None, *, persist: bool = Fals
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"redis-{port}.log"
     proc = spawn(redis_argv(binary, port, data_dir, persist=persist), log_path)
-    server = RedisServer(port, proc, data_dir, log_path)
+    server = RedisServer(port, proc, log_path)
     deadline = time.monotonic() + timeout
     while not _answers_ping(port):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -276,18 +276,16 @@ async def run_experiment(experiment: Experiment, options: RunOptions,
         stopped = False
     except (HarnessSetupError, ProcessFailed, OSError, TimeoutError, ValueError,
             httpx.HTTPError) as exc:
-        stopped = False
         error = f"{type(exc).__name__}: {exc}"
-        log.error("run could not complete: %s", error)
-        events.log(error, level="error")
     except BaseExceptionGroup as group:
         error = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(group))[:2000]
         if not error:
             raise
-        stopped = False
-        log.error("run could not complete: %s", error)
-        events.log(error, level="error")
     finally:
+        if error:  # empty: only cancellations, re-raised above (stopped stays set)
+            stopped = False
+            log.error("run could not complete: %s", error)
+            events.log(error, level="error")
         history.close()
         cpu.finish(trio.current_time())
         if stopped:

@@ -123,7 +123,6 @@ class TurnoutServer(ServerAdapter):
     """turnout's own node (``server/``), started with ``--chaos`` so leak_memory can act."""
 
     name = "turnout"
-    health_path = "/health"
     features = frozenset({CHAOS_ENDPOINT, POSITIONS, MEMORY_WATCHDOG, NODE_METRICS,
                           UNIX_SOCKET})
 

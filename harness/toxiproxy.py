@@ -27,11 +27,9 @@ names (``{"latency_ms": 500}`` would give a 0 ms latency toxic).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Literal, NoReturn, final, get_args
+from typing import Any, Final, Literal, final, get_args
 
 import httpx
 import trio
@@ -43,7 +41,6 @@ from harness.procs import (
     Supervisor,
     find_binary,
     http_ready,
-    open_supervisor,
 )
 
 __all__ = [
@@ -57,7 +54,6 @@ __all__ = [
     "ToxiproxyError",
     "ToxiproxyServer",
     "ToxiproxyStateError",
-    "serve_toxiproxy",
     "start_toxiproxy",
 ]
 
@@ -79,8 +75,6 @@ TOXIC_ATTRIBUTES: Final[Mapping[str, frozenset[str]]] = {
     "limit_data": frozenset({"bytes"}),
 }
 assert set(TOXIC_ATTRIBUTES) == set(get_args(ToxicType))
-
-_DEFAULT_TIMEOUT: Final = 5.0
 
 
 class ToxiproxyError(RuntimeError):
@@ -205,7 +199,7 @@ class ToxiproxyServer:
 
     Every method is one API operation under a trio deadline of ``timeout`` seconds, and raises
     :class:`ToxiproxyError` (or a subclass) when it fails, times out or does not take effect.
-    Call :meth:`aclose` when done (``start_toxiproxy`` / ``serve_toxiproxy`` arrange that).
+    Call :meth:`aclose` when done.
     """
 
     def __init__(
@@ -214,21 +208,20 @@ class ToxiproxyServer:
         port: int,
         *,
         process: ManagedProcess | None = None,
-        timeout: float = _DEFAULT_TIMEOUT,
         ports: PortAllocator | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}"
         self.process = process
-        self.timeout = timeout
+        self.timeout = 5.0  # seconds, for each API operation
         self._ports = ports or default_allocator()
         self._owned_ports: list[int] = []
         # trust_env=False: never route loopback API calls through an environment proxy.
         # A non-browser User-Agent is required: Toxiproxy answers 403 to "Mozilla/...".
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            timeout=timeout,
+            timeout=self.timeout,
             trust_env=False,
             headers={"User-Agent": "turnout-harness"},
         )
@@ -269,21 +262,14 @@ class ToxiproxyServer:
             return response.text
 
     # -- server
-    async def version(self) -> str:
-        data = await self._request("GET", "/version")
-        return data["version"] if isinstance(data, dict) else str(data).strip()
-
-    async def proxies(self) -> dict[str, ProxyState]:
-        data = await self._request("GET", "/proxies")
-        return {name: ProxyState.from_json(p) for name, p in data.items()}
-
     async def get_proxy(self, name: str) -> ProxyState:
         return ProxyState.from_json(await self._request("GET", f"/proxies/{name}"))
 
     async def reset(self) -> None:
         """Re-enable every proxy and remove every toxic (verified)."""
         await self._request("POST", "/reset")
-        for state in (await self.proxies()).values():
+        for data in (await self._request("GET", "/proxies")).values():
+            state = ProxyState.from_json(data)
             if not state.enabled or state.toxics:
                 raise ToxiproxyStateError(f"{self.url}: /reset left {state.name} as {state}")
 
@@ -408,58 +394,32 @@ async def start_toxiproxy(
     supervisor: Supervisor,
     name: str = "toxiproxy",
     *,
-    port: int | None = None,
     seed: int | None = None,
-    log_level: str = "warn",
     ports: PortAllocator | None = None,
-    ready_timeout: float = 15.0,
 ) -> ToxiproxyServer:
-    """Start ``toxiproxy-server`` under ``supervisor``; return its client once GET /version works.
-
-    ``log_level`` defaults to "warn" because at "info" Toxiproxy logs every proxied connection.
-    The caller owns the returned client (``await server.aclose()``).
+    """Start ``toxiproxy-server`` on a port of ``ports`` under ``supervisor``; return its client
+    once GET /version works. The caller owns the returned client (``await server.aclose()``,
+    which also releases the port).
     """
     binary = find_binary("toxiproxy-server")
     allocator = ports or default_allocator()
-    owned = port is None
-    port = allocator.allocate() if port is None else port
+    port = allocator.allocate()
     argv = [binary, "-host", LOOPBACK, "-port", str(port)]
     if seed is not None:
         argv += ["-seed", str(seed)]
     spec = ProcessSpec(
         name=name,
         argv=argv,
-        env={"LOG_LEVEL": log_level},
+        env={"LOG_LEVEL": "warn"},  # at "info" Toxiproxy logs every proxied connection
         ready=http_ready(f"http://{LOOPBACK}:{port}/version"),
-        ready_timeout=ready_timeout,
+        ready_timeout=15.0,
         stop_grace=3.0,
     )
     try:
         process = await supervisor.start(spec)
     except BaseException:
-        if owned:
-            allocator.release(port)
+        allocator.release(port)
         raise
     server = ToxiproxyServer(LOOPBACK, port, process=process, ports=allocator)
-    if owned:
-        server._owned_ports.append(port)
+    server._owned_ports.append(port)
     return server
-
-
-async def serve_toxiproxy(
-    log_dir: Path,
-    *,
-    name: str = "toxiproxy",
-    seed: int | None = None,
-    task_status: trio.TaskStatus[ToxiproxyServer] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Service form: ``server = await nursery.start(serve_toxiproxy, log_dir)``."""
-    async with open_supervisor(log_dir) as supervisor:
-        server = await start_toxiproxy(supervisor, name, seed=seed)
-        try:
-            task_status.started(server)
-            await trio.sleep(math.inf)
-        finally:
-            with trio.CancelScope(shield=True):
-                await server.aclose()
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -13,10 +13,11 @@ Nothing here touches a socket: :class:`FrameReader` takes bytes and returns mess
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import struct
 from typing import Final
+
+from server.frames import accept_key, apply_mask  # the same arithmetic on the server side
 
 __all__ = [
     "OP_BINARY",
@@ -43,7 +44,6 @@ OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD: Final = 16_384
 DEFAULT_MAX_MESSAGE: Final = 1 << 20
 
@@ -64,7 +64,7 @@ class HandshakeError(Exception):
 def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     """The GET upgrade request and the Sec-WebSocket-Accept value the server must answer."""
     key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    accept = accept_key(key.decode("ascii")).encode("ascii")
     request = (b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                b"Sec-WebSocket-Version: 13\r\n\r\n") % (path.encode(), host.encode(), port, key)
@@ -223,8 +223,4 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = 
     if not mask:
         return head + payload
     key = os.urandom(4) if key is None else key
-    size = len(payload)
-    if size:
-        stream = int.from_bytes((key * (size // 4 + 1))[:size], "little")
-        payload = (int.from_bytes(payload, "little") ^ stream).to_bytes(size, "little")
-    return head + key + payload
+    return head + key + apply_mask(payload, key)

@@ -8,7 +8,6 @@ Every refusal carries a JSON body saying why and is logged.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from dataclasses import dataclass
@@ -69,7 +68,6 @@ async def handle_request(ctx: ApiContext, method: str, path: str, query: str,
                          headers: dict[str, str], body: bytes, peer: str) -> Response:
     """Route one request of the public listener."""
     params = dict(parse_qsl(query, keep_blank_values=True))
-    ctx.stats.http_requests += 1
     try:
         if path == "/health" and method == "GET":
             return _health(ctx)
@@ -237,7 +235,6 @@ async def _events(ctx: ApiContext, app: AppConfig, body: dict[str, Any]) -> Resp
     items = _event_items(ctx, body, batch=False)
     info = _info_names(body.get("info"))
     results = await ctx.publisher.publish_many(app.id, items)
-    ctx.stats.api_events += 1
     response: dict[str, Any] = {"positions": _positions(items, results)}
     if info:
         response["channels"] = await _info(ctx, app, [item.channel for item in items], info)
@@ -258,7 +255,6 @@ async def _batch(ctx: ApiContext, app: AppConfig, body: dict[str, Any]) -> Respo
         items += _event_items(ctx, event, batch=True)
         infos.append(_info_names(event.get("info")))
     results = await ctx.publisher.publish_many(app.id, items)
-    ctx.stats.api_events += len(items)
     out: list[dict[str, Any]] = [{"positions": _positions([item], [r])}
                                  for item, r in zip(items, results, strict=True)]
     if any(infos):
@@ -353,7 +349,6 @@ async def _user_event(ctx: ApiContext, app: AppConfig, user_id: str,
     item = PublishItem(channel, protocol.event_prefix(_event_name(body), channel,
                                                       _event_data(ctx, body)))
     (result,) = await ctx.publisher.publish_many(app.id, [item])
-    ctx.stats.api_events += 1
     return Response.json(200, {"positions": _positions([item], [result])})
 
 
@@ -364,8 +359,3 @@ async def _terminate(ctx: ApiContext, app: AppConfig, user_id: str) -> Response:
     await ctx.publisher.publish_many(app.id, [PublishItem(channel,
                                                           protocol.terminate_prefix(channel))])
     return Response.json(200, {})
-
-
-def token_matches(expected: str, given: str | None) -> bool:
-    return bool(expected) and given is not None and hmac.compare_digest(
-        expected.encode(), given.encode())

@@ -17,6 +17,7 @@ __all__ = [
     "body_md5",
     "channel_auth",
     "sign_request",
+    "signatures_match",
     "string_to_sign",
     "user_auth",
     "verify_channel_auth",
@@ -34,6 +35,11 @@ class SignatureError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def signatures_match(expected: str, given: object) -> bool:
+    """Whether ``given`` is the string ``expected``, compared in constant time."""
+    return isinstance(given, str) and hmac.compare_digest(expected.encode(), given.encode())
 
 
 def _hmac_hex(secret: str, message: str) -> str:
@@ -54,10 +60,7 @@ def verify_channel_auth(
     key: str, secret: str, socket_id: str, channel: str, auth: object,
     channel_data: str | None = None,
 ) -> bool:
-    if not isinstance(auth, str):
-        return False
-    expected = channel_auth(key, secret, socket_id, channel, channel_data)
-    return hmac.compare_digest(expected.encode(), auth.encode())
+    return signatures_match(channel_auth(key, secret, socket_id, channel, channel_data), auth)
 
 
 def user_auth(key: str, secret: str, socket_id: str, user_data: str) -> str:
@@ -67,10 +70,7 @@ def user_auth(key: str, secret: str, socket_id: str, user_data: str) -> str:
 
 def verify_user_auth(key: str, secret: str, socket_id: str, user_data: str,
                      auth: object) -> bool:
-    if not isinstance(auth, str):
-        return False
-    expected = user_auth(key, secret, socket_id, user_data)
-    return hmac.compare_digest(expected.encode(), auth.encode())
+    return signatures_match(user_auth(key, secret, socket_id, user_data), auth)
 
 
 def body_md5(body: bytes) -> str:
@@ -127,5 +127,5 @@ def verify_request(
         if not hmac.compare_digest(params.get("body_md5", "").encode(), body_md5(body).encode()):
             raise SignatureError(401, "body_md5 does not match the body")
     expected = _hmac_hex(secret, string_to_sign(method, path, params))
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    if not signatures_match(expected, signature):
         raise SignatureError(401, "invalid auth_signature")

@@ -24,6 +24,7 @@ __all__ = [
     "FrameError",
     "FrameParser",
     "accept_key",
+    "apply_mask",
     "encode_close",
     "encode_frame",
     "encode_text",
@@ -109,7 +110,8 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
     return code, reason
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def apply_mask(payload: bytes, mask: bytes) -> bytes:
+    """``payload`` XORed with the 4-byte ``mask`` (RFC 6455 5.3): masks and unmasks alike."""
     n = len(payload)
     if n == 0:
         return payload
@@ -185,7 +187,7 @@ class FrameParser:
                 break
             mask = buf[pos + head : pos + head + 4]
             start = pos + head + 4
-            payload = _unmask(buf[start : start + length], mask)
+            payload = apply_mask(buf[start : start + length], mask)
             pos = start + length
             if is_control:
                 if opcode not in (OP_CLOSE, OP_PING, OP_PONG):

@@ -33,8 +33,6 @@ class NodeStats:
     bad_frames: int = 0
     bad_messages: int = 0
     auth_failures: int = 0
-    http_requests: int = 0
-    api_events: int = 0
     client_events: int = 0
     client_events_rejected: int = 0
     loop_lag: float = 0.0

@@ -87,9 +87,6 @@ class WebhookPolicy:
     queue: str = ""
     types: str = ","
 
-    def wants(self, kind: str) -> bool:
-        return bool(self.queue) and f",{kind}," in self.types
-
     def args(self) -> list[Any]:
         return [self.queue, self.types, WEBHOOK_QUEUE_MAX]
 

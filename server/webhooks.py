@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -125,11 +125,9 @@ class _Endpoint:
 
 @dataclass
 class WebhookStats:
-    batches: int = 0
     events: int = 0
     failures: int = 0
     dropped: int = 0
-    by_endpoint: dict[str, int] = field(default_factory=dict)
 
 
 class WebhookSender:
@@ -246,7 +244,4 @@ class WebhookSender:
                                  [self.holder, len(events)])
         except (RedisLinkDown, RedisError):
             return  # kept: sent again by whoever holds the lease next (at least once)
-        self.stats.batches += 1
         self.stats.events += len(events)
-        self.stats.by_endpoint[endpoint.url] = \
-            self.stats.by_endpoint.get(endpoint.url, 0) + len(events)

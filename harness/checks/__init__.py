@@ -12,23 +12,3 @@
   after its heal everything published before it had arrived;
 - :mod:`.groups`: the totals per client group (the Python fleet, each ``[[client_groups]]``).
 """
-
-from .delivery import DeliveryResult as DeliveryResult
-from .delivery import judge_delivery as judge_delivery
-from .groups import judge_groups as judge_groups
-from .latency import LatencyResult as LatencyResult
-from .latency import judge_latency as judge_latency
-from .model import FaultWindow as FaultWindow
-from .model import RunData as RunData
-from .model import accumulate as accumulate
-from .order import OrderResult as OrderResult
-from .order import judge_order as judge_order
-from .presence import PresenceResult as PresenceResult
-from .presence import judge_presence as judge_presence
-from .recovery import FaultRecovery as FaultRecovery
-from .recovery import fault_windows as fault_windows
-from .recovery import judge_recovery as judge_recovery
-
-__all__ = ["DeliveryResult", "FaultRecovery", "FaultWindow", "LatencyResult", "OrderResult",
-           "PresenceResult", "RunData", "accumulate", "fault_windows", "judge_delivery",
-           "judge_groups", "judge_latency", "judge_order", "judge_presence", "judge_recovery"]

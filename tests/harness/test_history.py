@@ -11,7 +11,6 @@ from harness.history import (
     HistoryError,
     HistoryWriter,
     Op,
-    client_process,
     iter_history,
     merge_histories,
     read_history,
@@ -139,7 +138,3 @@ def test_merge_sorts_by_time_stably(tmp_path: Path) -> None:
     merged = merge_histories([a, b])
     assert [o.value["id"] for o in merged] == ["q", "x", "v", "y", "z", "w"]
     assert [o.value["id"] for o in merge_histories([b, a])] == ["q", "x", "v", "w", "y", "z"]
-
-
-def test_client_process_name() -> None:
-    assert client_process(7) == "client-7"
