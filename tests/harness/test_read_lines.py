@@ -9,15 +9,15 @@ import trio.testing
 from harness.procs import read_lines
 
 
+async def _collect(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
+    into.extend([line async for line in read_lines(stream)])
+
+
 async def test_lines_split_across_reads_and_batched_in_one_read_come_out_whole() -> None:
     send, receive = trio.testing.memory_stream_pair()
     got: list[bytes] = []
-
-    async def reader() -> None:
-        got.extend([line async for line in read_lines(receive)])
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        nursery.start_soon(_collect, receive, got)
         for chunk in (b'{"a": 1}\n{"b"', b': 2}\n\n{"c": 3}\n{"d', b'": 4}\nunfinished'):
             await send.send_all(chunk)
             await trio.sleep(0.01)
@@ -28,12 +28,8 @@ async def test_lines_split_across_reads_and_batched_in_one_read_come_out_whole()
 async def test_a_broken_stream_ends_the_lines_quietly() -> None:
     send, receive = trio.testing.lockstep_stream_pair()
     got: list[bytes] = []
-
-    async def reader() -> None:
-        got.extend([line async for line in read_lines(receive)])
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        nursery.start_soon(_collect, receive, got)
         await send.send_all(b"one\n")
         await trio.sleep(0.01)
         await receive.aclose()  # closed under the reader: ClosedResourceError, caught
