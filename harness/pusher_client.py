@@ -187,8 +187,10 @@ class PresenceJoin:
             "channel": self.channel, "channel_data": channel_data, "auth": auth}})
 
 
-#: Pusher's "reconnect after backing off" close codes (the protocol's 4100-4199).
+#: Pusher's "reconnect after backing off" close codes (the protocol's 4100-4199), and how
+#: long pusher-js waits after one.
 TRY_LATER_CODES: Final = (4100, 4199)
+TRY_LATER_WAIT_S: Final = 1.0
 
 
 class Backoff:
@@ -196,10 +198,10 @@ class Backoff:
     at once spreads its reconnects over [0, current) instead of arriving together.
 
     A node that sends the viewer away with "try again later" (Pusher close codes 4100-4199:
-    over capacity, cannot reach Redis) adds a floor of at least a second, doubling while it
-    keeps doing so: pusher-js backs off on those codes too. Coming straight back, as after a
-    4200, feeds the storm the node is refusing under (seen at 40,000 viewers: one node turned
-    away thousands of subscriptions a minute for nine minutes)."""
+    over capacity, cannot reach Redis) gets a second before the reconnect, as pusher-js
+    waits (its ``retryIn(1000)`` on those codes). Coming straight back, as after a 4200,
+    feeds the storm the node is refusing under (seen at 40,000 viewers: one node turned away
+    thousands of subscriptions a minute for nine minutes)."""
 
     __slots__ = ("current", "floor", "maximum", "minimum")
 
@@ -214,7 +216,8 @@ class Backoff:
         self.floor = 0.0
 
     def try_later(self) -> None:
-        self.floor = min(max(self.floor * 2, 1.0), self.maximum)
+        self.current = self.minimum
+        self.floor = TRY_LATER_WAIT_S
 
     def next_delay(self, rng: random.Random) -> float:
         delay = min(self.floor + rng.uniform(0, self.current), max(self.maximum, self.floor))

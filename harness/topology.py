@@ -622,8 +622,8 @@ def _prepare_run_dir(run_dir: Path, spec: TopologySpec) -> Path:
     return run_dir
 
 
-#: sun_path holds 108 bytes; the node refuses paths over 100 (server/config.py).
-_UNIX_PATH_MAX = 100
+#: HAProxy takes `unix@` paths of at most 97 bytes (sun_path holds 108).
+_UNIX_PATH_MAX = 97
 
 
 def _unix_socket_path(run_dir: Path, name: str, stack: AsyncExitStack) -> str:

@@ -100,7 +100,7 @@ def test_hops_benchmark_runs_end_to_end(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=110, env=_with_tools_path())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     median = json.loads(out.read_text())["median"]
-    assert set(median) == {"direct", "haproxy", "haproxy-tuned", "toxiproxy"}
+    assert set(median) == {"direct", "haproxy", "haproxy-tuned", "haproxy-unix", "toxiproxy"}
     assert all(median[c]["sink"] > 0 for c in median)
     assert all(median[c]["hop0"] > 0 for c in median if c != "direct")
 

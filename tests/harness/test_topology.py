@@ -735,3 +735,19 @@ def test_runs_proxy_only_the_client_side_links_their_faults_need() -> None:
         'target = "clients->lb[1]"\n', default_name="x")
     assert proxied_links(one_lane.faults) == ((1,), False)
     assert proxied_links(one_lane.faults, "all") == (True, True)
+
+
+def test_a_run_folder_too_deep_for_a_socket_path_gets_a_short_one(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from harness.topology import _unix_socket_path
+
+    with ExitStack() as stack:  # what the topology's exit stack does with it
+        near = tmp_path / "r"
+        assert _unix_socket_path(near, "node-1", stack) == str(  # type: ignore[arg-type]
+            near / "node-1" / "node.sock")
+        path = _unix_socket_path(tmp_path / ("x" * 80), "node-1", stack)  # type: ignore[arg-type]
+        assert len(path) <= 97  # HAProxy refuses longer unix@ paths
+        assert path.endswith("node-1.sock")
+        assert Path(path).parent.is_dir()
+    assert not Path(path).parent.exists()  # gone with the topology
