@@ -166,8 +166,8 @@ class Node:
 
     @staticmethod
     def _bind_unix(path: str, backlog: int = 4096) -> socket.socket:
-        """A Unix-socket listener at ``path``; a file left there by a killed node is replaced
-        (a live node's is not: bind fails with EADDRINUSE only if we raced, which we log)."""
+        """A Unix-socket listener at ``path``. Whatever file is there is replaced: a killed
+        node leaves its socket file behind, and its restart must be able to bind again."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
