@@ -144,6 +144,12 @@ class Cluster:
         "only where a scheduled fault needs them (each costs ~19 µs of CPU per delivery); "
         "'all' proxies every link, for interactive link faults from the TUI (node->redis links "
         "are always proxied)", strict=False)
+    balancer: Literal["haproxy", "kernel"] = param(
+        "haproxy", "—", "how viewers reach the nodes: 'haproxy' (lanes of HAProxy: leastconn, "
+        "health checks) or 'kernel' (every node also listens on one shared port with "
+        "SO_REUSEPORT and the kernel spreads new connections over the nodes: no balancer "
+        "process relays a frame, ~15 µs of CPU less per delivery, but no health checks and no "
+        "lb->node links to cut; turnout nodes only)", strict=False)
     server: Literal["turnout", "sockudo"] = param(
         "turnout", "—", "the Pusher server the nodes run (turnout run --server overrides it): "
         "'sockudo' runs Sockudo nodes over their Redis adapter behind the same load balancer "
@@ -659,6 +665,17 @@ class _Loader:
                 f"expected a number of seconds below publish_interval_s "
                 f"({w.publish_interval_s:g}), got {w.interval_jitter_s:g}",
             )
+        if k.balancer == "kernel":
+            if k.server != "turnout":
+                raise self.error("cluster.balancer", f"expected 'haproxy' with server "
+                                 f"'{k.server}' (only turnout nodes share a port), got 'kernel'")
+            for fault in exp.faults:
+                form = parse_target(fault.target)
+                if form is not None and form.cls == "lb_link":
+                    raise self.error(
+                        f"faults[{fault.index}].target",
+                        f"expected a link the kernel balancer has (it has no lb->node links: "
+                        f"cluster.balancer = 'kernel'), got '{fault.target}'")
         if exp.faults and p.faults_s == 0:
             raise self.error(
                 "phases.faults_s", "expected a number of seconds > 0 when there are faults, got 0"

@@ -41,7 +41,7 @@ from . import checker
 from .control_server import serve_control
 from .cpu import CpuLedger
 from .events import EventLog
-from .experiment import Experiment, FaultSpec
+from .experiment import Experiment, ExperimentError, FaultSpec
 from .faults import FAULTS, FaultContext
 from .fleet_control import FleetControl, plan_clients
 from .history import HARNESS, HistoryWriter
@@ -163,6 +163,11 @@ def prepare(experiment: Experiment, options: RunOptions) -> Experiment:
         experiment = experiment.plugin_off()
     if options.no_reaper:
         experiment = experiment.presence_negative_control()
+    if (options.server not in (None, "turnout") and options.target_url is None
+            and experiment.cluster.balancer == "kernel"):
+        raise ExperimentError(experiment.source or experiment.name, "cluster.balancer",
+                              f"--server {options.server} needs 'haproxy' (only turnout nodes "
+                              "share a port), got 'kernel'")
     if options.server is not None and options.target_url is None:
         # --server overrides cluster.server: experiment.json says what really ran.
         # (replace re-validates it: the Cluster schema's Literal of known servers)
@@ -369,8 +374,9 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 app_id=app[0], app_key=app[1], app_secret=app[2],
                 key_prefix=f"turnout-{seed}", toxiproxy_seed=seed,
                 reap_dead_nodes=cluster.reaper,
-                client_proxies=client_proxies, lb_proxies=lb_proxies,
-                server=cluster.server)
+                client_proxies=client_proxies,
+                lb_proxies=lb_proxies and cluster.balancer == "haproxy",
+                balancer=cluster.balancer, server=cluster.server)
             events.phase("setup", waits_for=f"Redis, Toxiproxy, HAProxy and {cluster.nodes} "
                                              "nodes to be ready")
             topology = await root.start(run_topology, spec, run_dir)

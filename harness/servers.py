@@ -43,6 +43,7 @@ __all__ = [
     "CHAOS_ENDPOINT",
     "POSITIONS",
     "SERVERS",
+    "SHARED_PORT",
     "UNIX_SOCKET",
     "NodeLaunch",
     "ServerAdapter",
@@ -62,6 +63,9 @@ NODE_METRICS: Final = "node_metrics"
 #: Feature: also serves on a Unix socket (``--unix-socket``), which the load balancer uses
 #: when no fault needs a proxy between it and the node (docs/benchmarks.md, "Hops").
 UNIX_SOCKET: Final = "unix_socket"
+#: Feature: also listens on a TCP port shared by every node (``--shared-port``, SO_REUSEPORT),
+#: for ``cluster.balancer = "kernel"``: the kernel spreads connections over the nodes.
+SHARED_PORT: Final = "shared_port"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class NodeLaunch:
     chaos_port: int = 0
     #: the node's Unix-socket path for the load balancer ("" = TCP only)
     unix_socket: str = ""
+    #: the TCP port every node shares under the kernel balancer (0 = none)
+    shared_port: int = 0
 
 
 class ServerAdapter(ABC):
@@ -124,7 +130,7 @@ class TurnoutServer(ServerAdapter):
 
     name = "turnout"
     features = frozenset({CHAOS_ENDPOINT, POSITIONS, MEMORY_WATCHDOG, NODE_METRICS,
-                          UNIX_SOCKET})
+                          UNIX_SOCKET, SHARED_PORT})
 
     def command(self, spec: TopologySpec) -> list[str]:
         if spec.node_command:
@@ -168,6 +174,7 @@ class TurnoutServer(ServerAdapter):
             "--chaos",
             "--chaos-port", str(launch.chaos_port),
             *(("--unix-socket", launch.unix_socket) if launch.unix_socket else ()),
+            *(("--shared-port", str(launch.shared_port)) if launch.shared_port else ()),
             *(() if spec.reap_dead_nodes else ("--no-reap-dead-nodes",)),
         ]  # fmt: skip
 

@@ -68,10 +68,11 @@ from harness.procs import (
     tcp_ready,
 )
 from harness.redis_server import redis_argv, redis_ready
-from harness.servers import UNIX_SOCKET, NodeLaunch, ServerAdapter, server_adapter
+from harness.servers import SHARED_PORT, UNIX_SOCKET, NodeLaunch, ServerAdapter, server_adapter
 from harness.toxiproxy import Proxy, ToxiproxyServer, start_toxiproxy
 
 __all__ = [
+    "BALANCERS",
     "HAPROXY_LANE_CAPACITY",
     "LANE_CAPACITY",
     "HarnessSetupError",
@@ -93,6 +94,10 @@ __all__ = [
 LANE_CAPACITY: Final = 4000
 #: ... when at most one is (2 fds per client in HAProxy, 2 per proxied hop in Toxiproxy).
 HAPROXY_LANE_CAPACITY: Final = 9000
+#: How client connections reach the nodes: "haproxy" (a lane of HAProxy, leastconn and health
+#: checks) or "kernel" (every node listens on one shared port with SO_REUSEPORT and the kernel
+#: spreads new connections over them: no balancer process relays any frame).
+BALANCERS: Final = ("haproxy", "kernel")
 # Connections a lane's HAProxy accepts beyond its clients: publisher, health probes, stats.
 _LANE_HEADROOM: Final = 1000
 # HAProxy needs 2 descriptors per connection plus a few of its own under the 20,000 cap.
@@ -140,6 +145,8 @@ class TopologySpec:
     client_proxies: bool | tuple[int, ...] = True
     #: Toxiproxy on lb[i]->node-k (every client connection crosses one)
     lb_proxies: bool = True
+    #: One of :data:`BALANCERS`.
+    balancer: str = "haproxy"
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -149,7 +156,21 @@ class TopologySpec:
         most = lane_capacity(self.client_proxies, self.lb_proxies)
         if self.lane_capacity is not None and not 1 <= self.lane_capacity <= most:
             raise ValueError(f"lane_capacity must be within 1..{most} (fd cap)")
-        server_adapter(self.server)  # raises ValueError naming the known servers
+        adapter = server_adapter(self.server)  # raises ValueError naming the known servers
+        if self.balancer not in BALANCERS:
+            raise ValueError(f"balancer must be one of {', '.join(BALANCERS)}, "
+                             f"got {self.balancer!r}")
+        if self.kernel_balanced:
+            if self.lb_proxies:
+                raise ValueError("the kernel balancer has no lb->node links to proxy")
+            if SHARED_PORT not in adapter.features:
+                raise ValueError(f"the kernel balancer needs nodes with a shared port "
+                                 f"(--shared-port); {adapter.name} has none")
+
+    @property
+    def kernel_balanced(self) -> bool:
+        """Whether the nodes share one SO_REUSEPORT port instead of sitting behind HAProxy."""
+        return self.balancer == "kernel"
 
     @property
     def adapter(self) -> ServerAdapter:
@@ -263,14 +284,15 @@ class NodeProcess:
 @final
 @dataclass(frozen=True, eq=False)
 class Lane:
-    """One shard of the client-facing path: a Toxiproxy process and an HAProxy process."""
+    """One shard of the client-facing path: a Toxiproxy process and an HAProxy process (none
+    under the kernel balancer, where ``frontend_port`` is the nodes' shared port)."""
 
     index: int
     toxiproxy: ToxiproxyServer | None  # None when neither client-side hop is proxied
-    haproxy: ManagedProcess
+    haproxy: ManagedProcess | None  # None under the kernel balancer
     frontend_port: int
-    stats_port: int
-    config_path: Path
+    stats_port: int | None
+    config_path: Path | None
     api_port: int | None = field(default=None, kw_only=True)  # the HTTP-mode API frontend
     entry: Proxy | None  # clients->lb[i]; None: clients connect to HAProxy directly
     node_proxies: Mapping[str, Proxy] = field(repr=False)  # node name -> lb[i]->node (or none)
@@ -301,7 +323,11 @@ class Lane:
         return f"ws://{self.entry_address}"
 
     async def backend_status(self, timeout: float = 2.0) -> dict[str, tuple[str, str]]:
-        """HAProxy's view of each node: name -> (status, last check status), e.g. ("UP", "L7OK")."""
+        """HAProxy's view of each node: name -> (status, last check status), e.g. ("UP", "L7OK");
+        empty under the kernel balancer, which keeps no view (a node is in its group from its
+        bind until it drains or dies)."""
+        if self.stats_port is None:
+            return {}
         url = f"http://{LOOPBACK}:{self.stats_port}/;csv"
         async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
             text = (await client.get(url)).raise_for_status().text
@@ -416,7 +442,9 @@ class Topology:
         self, nodes: Sequence[str] | None = None, *, timeout: float = 15.0
     ) -> None:
         """Wait until every lane's HAProxy has ``nodes`` (default: all up nodes) in rotation
-        (:func:`in_rotation`), and the health endpoint through every lane's entry answers 200."""
+        (:func:`in_rotation`), and the health endpoint through every lane's entry answers 200.
+        Under the kernel balancer a node is in rotation once its own health endpoint answers
+        200 (it binds the shared port before it serves)."""
         wanted = (
             list(nodes)
             if nodes is not None
@@ -428,12 +456,20 @@ class Topology:
                 while True:
                     try:
                         ready = True
-                        for lane in self.lanes:
-                            status = await lane.backend_status()
-                            last = status
-                            if not all(in_rotation(status.get(n, ("?", ""))) for n in wanted):
-                                ready = False
-                                break
+                        if self.spec.kernel_balanced:
+                            for name in wanted:
+                                code = await self.nodes[name].health()
+                                last = f"{name} health -> {code}"
+                                if code != 200:
+                                    ready = False
+                        for lane in self.lanes if ready else ():
+                            if lane.haproxy is not None:
+                                status = await lane.backend_status()
+                                last = status
+                                if not all(in_rotation(status.get(n, ("?", "")))
+                                           for n in wanted):
+                                    ready = False
+                                    break
                             path = self.spec.adapter.health_path
                             response = await client.get(f"{lane.entry_url}{path}")
                             last = f"lane {lane.index} GET {path} -> {response.status_code}"
@@ -722,9 +758,10 @@ async def run_topology(
         # socket where the server has one: that hop is on the same host, and a Unix socket
         # skips the TCP stack (docs/benchmarks.md, "Hops").
         unix_paths: dict[str, str] = {}
-        if UNIX_SOCKET in adapter.features and not spec.lb_proxies:
+        if UNIX_SOCKET in adapter.features and not spec.lb_proxies and not spec.kernel_balanced:
             unix_paths = {name: _unix_socket_path(run_dir, name, stack)
                           for name in spec.node_names}
+        shared_port = reserve() if spec.kernel_balanced else 0
 
         async def start_node(name: str) -> None:
             port = node_ports[name]
@@ -732,7 +769,8 @@ async def run_topology(
                                 redis_url=f"redis://{topo.proxies[f'{name}->redis'].listen}/0",
                                 cwd=run_dir / name, chaos_token=topo.chaos_token,
                                 chaos_port=chaos_ports[name],
-                                unix_socket=unix_paths.get(name, ""))
+                                unix_socket=unix_paths.get(name, ""),
+                                shared_port=shared_port)
             process = await supervisor.start(adapter.process_spec(spec, launch))
             topo.nodes[name] = NodeProcess(name, port, process, spec.drain_grace_s, adapter,
                                            chaos_ports[name])
@@ -743,6 +781,23 @@ async def run_topology(
         # 4. Lanes: an HAProxy each, and a Toxiproxy for the client-side hops that need one.
         maxconn = min(spec.capacity + _LANE_HEADROOM, _HAPROXY_MAXCONN)
         lanes: dict[int, Lane] = {}
+
+        async def start_kernel_lane(index: int) -> None:
+            # No balancer process: the lane is its clients' entry (a Toxiproxy where a fault
+            # needs one) to the nodes' shared port.
+            toxi: ToxiproxyServer | None = None
+            entry: Proxy | None = None
+            if spec.client_proxy(index):
+                toxi = await start_toxiproxy(
+                    supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
+                )
+                stack.push_async_callback(toxi.aclose)
+                entry = await toxi.create_proxy(
+                    f"lane{index}.clients-lb", f"{LOOPBACK}:{shared_port}", listen_port=reserve()
+                )
+            lanes[index] = Lane(index=index, toxiproxy=toxi, haproxy=None,
+                                frontend_port=shared_port, stats_port=None, config_path=None,
+                                entry=entry, node_proxies={})
 
         async def start_lane(index: int) -> None:
             toxi: ToxiproxyServer | None = None
@@ -806,7 +861,8 @@ async def run_topology(
                 node_proxies=node_proxies,
             )
 
-        await _concurrently([partial(start_lane, i) for i in range(spec.lanes)])
+        starter = start_kernel_lane if spec.kernel_balanced else start_lane
+        await _concurrently([partial(starter, i) for i in range(spec.lanes)])
         topo.lanes = [lanes[i] for i in range(spec.lanes)]
         for lane in topo.lanes:
             if lane.entry is not None:

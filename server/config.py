@@ -281,6 +281,11 @@ class Config:
         "load balancer on the same host (HAProxy: server NAME unix@PATH). A Unix socket skips "
         "the TCP stack: about 60 % less CPU per frame on that hop (docs/benchmarks.md).",
         max_length=100)
+    shared_port: int = _setting(
+        0, "Also listen on this TCP port of --host with SO_REUSEPORT, shared by every node on "
+        "this host: the kernel spreads new connections over the nodes listening on it, with no "
+        "balancer process in the data path (a node leaves the group when it drains or dies). "
+        "0 = off.", ge=0, le=65535)
     redis_url: Annotated[str, AfterValidator(_redis_url)] = _setting(
         "redis://127.0.0.1:6379/0", "Redis to scale over, as redis://host[:port][/db].")
     # Node ids end up in Redis keys, log lines and metrics labels, so keep them boring.

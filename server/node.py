@@ -146,6 +146,7 @@ class Node:
         self._listener: socket.socket | None = None
         self._chaos_listener: socket.socket | None = None
         self._unix_listener: socket.socket | None = None
+        self._shared_listener: socket.socket | None = None
         self._drain_requested = trio.Event()
         self._done = trio.Event()
 
@@ -155,10 +156,15 @@ class Node:
 
     # ------------------------------------------------------------------ serving
     @staticmethod
-    def _bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    def _bind(host: str, port: int, backlog: int = 4096, *, shared: bool = False
+              ) -> socket.socket:
+        """A TCP listener; ``shared``: in the SO_REUSEPORT group of every node bound to the
+        same address, among which the kernel spreads new connections."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -175,6 +181,16 @@ class Node:
         sock.listen(backlog)
         sock.setblocking(False)
         return sock
+
+    def _leave_balancing(self) -> None:
+        """Stop taking new connections from the balancing paths: leave the shared port's
+        group (the kernel sends new connections to the other nodes from now on) and close the
+        Unix socket."""
+        if self._shared_listener is not None:
+            trio.lowlevel.notify_closing(self._shared_listener)
+            self._shared_listener.close()
+            self._shared_listener = None
+        self._close_unix_listener()
 
     def _close_unix_listener(self) -> None:
         """Stop accepting on the Unix socket and remove its file (once: a node restarted in
@@ -224,6 +240,12 @@ class Node:
                     conns.start_soon(self._accept_loop, self._unix_listener, conns)
                     log.info("node %s also listening on unix:%s", self.config.node_id,
                              self.config.unix_socket)
+                if self.config.shared_port:
+                    self._shared_listener = self._bind(self.config.host,
+                                                       self.config.shared_port, shared=True)
+                    conns.start_soon(self._accept_loop, self._shared_listener, conns)
+                    log.info("node %s also listening on shared port %s:%d (SO_REUSEPORT)",
+                             self.config.node_id, self.config.host, self.config.shared_port)
                 conns.start_soon(self._drain_when_requested)
                 log.info("node %s listening on %s:%d (redis %s)", self.config.node_id,
                          self.config.host, self.port, self.config.redis_url)
@@ -235,7 +257,7 @@ class Node:
                 task_status.started(self)
                 await self._done.wait()
                 conns.cancel_scope.cancel()
-            self._close_unix_listener()
+            self._leave_balancing()
             for listener in (self._listener, self._chaos_listener):
                 if listener is not None:
                     trio.lowlevel.notify_closing(listener)
@@ -358,7 +380,7 @@ class Node:
             trio.lowlevel.notify_closing(self._listener)
             self._listener.close()
             self._listener = None
-        self._close_unix_listener()
+        self._leave_balancing()
         targets = list(self.connections)
         grace = self.config.drain_grace
         start = trio.current_time()
