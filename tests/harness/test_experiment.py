@@ -355,10 +355,24 @@ def test_fault_must_be_a_table() -> None:
          "in the faults, heal and settle phases), got 22"),
         ("[phases]\nfaults_s = 0\n[[faults]]\nkind = 'kill_node'\nat_s = 0\n",
          "phases.faults_s: expected a number of seconds > 0 when there are faults, got 0"),
+        ("[cluster]\nbalancer = 'kernel'\nserver = 'sockudo'\n",
+         "cluster.balancer: expected 'haproxy' with server 'sockudo' (only turnout nodes share "
+         "a port), got 'kernel'"),
+        ("[cluster]\nbalancer = 'kernel'\n[[faults]]\nkind = 'latency'\nat_s = 1\n"
+         "target = 'lb[0]->node-1'\n",
+         "faults[0].target: expected a link the kernel balancer has (it has no lb->node links: "
+         "cluster.balancer = 'kernel'), got 'lb[0]->node-1'"),
     ],
 )
 def test_cross_field_errors(extra: str, expected: str) -> None:
     assert error(MINIMAL + extra) == f"x.toml: {expected}"
+
+
+def test_the_kernel_balancer_keeps_client_link_faults() -> None:
+    exp = parse(MINIMAL + "[cluster]\nbalancer = 'kernel'\n[[faults]]\nkind = 'latency'\n"
+                "at_s = 1\ntarget = 'clients->lb[0]'\n")
+    assert exp.cluster.balancer == "kernel"
+    assert "cluster.balancer: expected" in error(MINIMAL + "[cluster]\nbalancer = 'nginx'\n")
 
 
 def test_recovery_off_skips_the_retention_checks() -> None:

@@ -58,6 +58,7 @@ FAKE_NODE = textwrap.dedent(
     p = argparse.ArgumentParser()
     p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--node-id")
     p.add_argument("--unix-socket", default="")
+    p.add_argument("--shared-port", type=int, default=0)
     args, _ = p.parse_known_args()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -78,6 +79,14 @@ FAKE_NODE = textwrap.dedent(
             daemon_threads = True
         unix = UnixServer(args.unix_socket, Handler)
         threading.Thread(target=unix.serve_forever, daemon=True).start()
+    if args.shared_port:  # the kernel balancer: every node in one SO_REUSEPORT group
+        import socket, threading
+        class SharedServer(http.server.ThreadingHTTPServer):
+            def server_bind(self):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                super().server_bind()
+        shared = SharedServer((args.host, args.shared_port), Handler)
+        threading.Thread(target=shared.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     server.serve_forever()
     """
@@ -623,6 +632,56 @@ async def test_client_side_proxies_only_where_asked(tmp_path: Path) -> None:
             assert set(topo.proxies) == {"clients->lb[1]", "node-1->redis"}
             assert topo.lanes[0].toxiproxy is None
             assert topo.entry_urls[1] == f"http://{topo.proxy('clients->lb[1]').listen}"
+            nursery.cancel_scope.cancel()
+        await _wait_gone(pids)
+
+
+async def test_kernel_balancer_has_no_haproxy_and_spreads_over_live_nodes(tmp_path: Path
+                                                                          ) -> None:
+    """cluster.balancer = "kernel": the nodes share one SO_REUSEPORT port, lanes have no
+    HAProxy (a Toxiproxy only where a client link fault needs one), new connections spread over
+    the nodes, and a dead node's share goes to the others."""
+    fake = tmp_path / "fake_node.py"
+    fake.write_text(FAKE_NODE)
+    with pytest.raises(ValueError, match="no lb->node links"):
+        TopologySpec(balancer="kernel")
+    with pytest.raises(ValueError, match="balancer must be one of haproxy, kernel"):
+        TopologySpec(balancer="nginx", lb_proxies=False)
+    with pytest.raises(ValueError, match="sockudo has none"):
+        TopologySpec(balancer="kernel", lb_proxies=False, server="sockudo")
+    spec = TopologySpec(nodes=2, clients=9001, node_command=(PY, str(fake)), ready_timeout_s=20,
+                        client_proxies=(1,), lb_proxies=False, balancer="kernel")
+    assert spec.lanes == 2
+
+    async def who_answers(url: str, times: int) -> set[str]:
+        seen = set()
+        for _ in range(times):  # a new connection each time: each is balanced on its own
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                response = await client.get(f"{url}/health")
+                assert response.status_code == 200
+                seen.add(response.text.split()[-1])
+        return seen
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            topo = await nursery.start(run_topology, spec, tmp_path / "run")
+            pids = _topology_pids(topo)
+            assert not [p for p in topo.supervisor.processes if p.startswith("haproxy")]
+            assert [lane.haproxy for lane in topo.lanes] == [None, None]
+            shared = topo.lanes[0].frontend_port
+            assert topo.entry_urls[0] == topo.http_api_url == f"http://127.0.0.1:{shared}"
+            assert set(topo.proxies) == {"clients->lb[1]", "node-1->redis", "node-2->redis"}
+            assert topo.proxy("clients->lb[1]").upstream == f"127.0.0.1:{shared}"
+            assert await topo.lb_status() == {0: {}, 1: {}}
+            for url in topo.entry_urls:
+                assert await who_answers(url, 40) == {"node-1", "node-2"}
+
+            await topo.nodes["node-1"].kill()
+            assert await who_answers(topo.entry_urls[0], 20) == {"node-2"}
+            await topo.nodes["node-1"].restart()
+            await topo.wait_lb_ready(timeout=10)
+            assert await who_answers(topo.entry_urls[0], 40) == {"node-1", "node-2"}
+            pids.append(topo.nodes["node-1"].pid)
             nursery.cancel_scope.cancel()
         await _wait_gone(pids)
 

@@ -565,3 +565,40 @@ async def test_unix_socket_serves_websockets_and_http_and_goes_on_drain(start_no
     assert await in_thread(_wait_exit, node, 10) == 0, node.log()
     assert not Path(path).exists(), "the drained node left its socket file"
     assert "also listening on unix:" in node.log()
+
+
+# ------------------------------------------------------------------------ 8. shared port
+async def test_nodes_sharing_a_port_split_connections_and_a_drained_node_leaves(start_nodes):
+    """--shared-port: every node binds the same port with SO_REUSEPORT and the kernel spreads
+    new connections over them (the harness's kernel balancer); a draining node leaves the
+    group at once, so every later connection reaches the others."""
+    from contextlib import AsyncExitStack
+
+    shared = free_port()
+    first = start_nodes("node-a", "--shared-port", str(shared), "--drain-grace", "1")
+    second = start_nodes("node-b", "--shared-port", str(shared))
+    url = f"ws://127.0.0.1:{shared}/app/{APP_KEY}?protocol=7"
+
+    async def counts() -> tuple[float, float]:
+        return ((await scrape(first))["turnout_connections"],
+                (await scrape(second))["turnout_connections"])
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as held:
+            for _ in range(30):
+                await held.enter_async_context(pusher_client(url))
+            on_first, on_second = await counts()
+            assert on_first + on_second == 30
+            assert on_first > 0 and on_second > 0, (on_first, on_second)
+
+            first.proc.send_signal(signal.SIGTERM)
+            assert await in_thread(_wait_exit, first, 10) == 0, first.log()
+            # node-a's clients were closed with 4200; every new connection lands on node-b.
+            before = (await scrape(second))["turnout_connections"]
+            async with AsyncExitStack() as later:
+                for _ in range(10):
+                    client = await later.enter_async_context(pusher_client(url))
+                    ok = await client.subscribe("shared")
+                    assert ok["event"] == "pusher_internal:subscription_succeeded", ok
+                assert (await scrape(second))["turnout_connections"] == before + 10
+    assert f"also listening on shared port 127.0.0.1:{shared}" in second.log()
