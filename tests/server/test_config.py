@@ -23,8 +23,8 @@ def load(argv: list[str], env: dict[str, str] | None = None) -> Config:
     return load_config(argv, {**APP_ENV, **(env or {})})
 
 ALL_FLAGS = [
-    "--host", "--port", "--unix-socket", "--shared-port", "--redis-url", "--node-id", "--app-id", "--app-key",
-    "--app-secret",
+    "--host", "--port", "--unix-socket", "--shared-port", "--redis-url", "--node-id",
+    "--app-id", "--app-key", "--app-secret",
     "--history-size", "--history-ttl", "--max-message-size", "--max-event-data",
     "--activity-timeout", "--pong-timeout", "--drain-grace", "--max-connections",
     "--max-connections-per-ip", "--max-subscriptions", "--max-fragments", "--max-header-size",
@@ -35,8 +35,8 @@ ALL_FLAGS = [
 ]  # fmt: skip
 
 ALL_ENV = [
-    "TURNOUT_HOST", "TURNOUT_PORT", "TURNOUT_UNIX_SOCKET", "TURNOUT_SHARED_PORT", "TURNOUT_REDIS_URL", "TURNOUT_NODE_ID",
-    "TURNOUT_APP_ID",
+    "TURNOUT_HOST", "TURNOUT_PORT", "TURNOUT_UNIX_SOCKET", "TURNOUT_SHARED_PORT",
+    "TURNOUT_REDIS_URL", "TURNOUT_NODE_ID", "TURNOUT_APP_ID",
     "TURNOUT_APP_KEY", "TURNOUT_APP_SECRET", "TURNOUT_HISTORY_SIZE", "TURNOUT_HISTORY_TTL",
     "TURNOUT_MAX_MESSAGE_SIZE", "TURNOUT_MAX_EVENT_DATA", "TURNOUT_ACTIVITY_TIMEOUT",
     "TURNOUT_PONG_TIMEOUT", "TURNOUT_DRAIN_GRACE", "TURNOUT_MAX_CONNECTIONS",
