@@ -32,7 +32,7 @@ from . import checker
 from .experiment import ExperimentError, load_experiment
 from .procs import cancel_on_signals
 from .render import fault_recovery_text, render_markdown
-from .runner import EXIT_ERROR, RunOptions, RunResult, run_experiment
+from .runner import EXIT_ERROR, RunOptions, RunResult, prepare, run_experiment
 from .servers import SERVERS
 
 __all__ = ["main"]
@@ -231,6 +231,11 @@ def _run(args: argparse.Namespace) -> int:
                          seed=args.seed, server=args.server,
                          scale=args.scale, target_url=args.target, app_id=args.app_id,
                          app_key=args.app_key, app_secret=args.app_secret)
+    try:
+        prepare(experiment, options)  # refuses an override the file cannot take
+    except ExperimentError as exc:
+        console.print(f"[red]turnout: error:[/] {exc}")
+        return EXIT_ERROR
     progress = _Progress(experiment.name)
     result: RunResult | None = None
 

@@ -377,8 +377,10 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 client_proxies=client_proxies,
                 lb_proxies=lb_proxies and cluster.balancer == "haproxy",
                 balancer=cluster.balancer, server=cluster.server)
-            events.phase("setup", waits_for=f"Redis, Toxiproxy, HAProxy and {cluster.nodes} "
-                                             "nodes to be ready")
+            events.phase("setup", waits_for=(
+                f"Redis, Toxiproxy, HAProxy and {cluster.nodes} nodes to be ready"
+                if cluster.balancer == "haproxy" else
+                f"Redis, Toxiproxy and {cluster.nodes} nodes on a shared port to be ready"))
             topology = await root.start(run_topology, spec, run_dir)
             ws_entries = [_ws_entry(u, app[1]) for u in topology.ws_urls]
             api_url = topology.http_api_url

@@ -146,6 +146,15 @@ def test_cli_refuses_server_with_target(tmp_path: Path) -> None:
     assert main(["run", baseline, "--server", "sockudo", "--target", "ws://127.0.0.1:1"]) == 2
 
 
+def test_cli_refuses_sockudo_on_a_kernel_balanced_file(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from harness.cli import main
+
+    full = str(Path(__file__).parents[2] / "experiments" / "election-night-full.toml")
+    assert main(["run", full, "--server", "sockudo"]) == 2
+    assert "--server sockudo needs 'haproxy'" in capsys.readouterr().out
+
+
 # --- skipped faults: history, events, report ----------------------------------------------------
 
 
