@@ -152,7 +152,7 @@ def test_cli_refuses_sockudo_on_a_kernel_balanced_file(capsys: pytest.CaptureFix
 
     full = str(Path(__file__).parents[2] / "experiments" / "election-night-full.toml")
     assert main(["run", full, "--server", "sockudo"]) == 2
-    assert "--server sockudo needs 'haproxy'" in capsys.readouterr().out
+    assert "--server sockudo needs 'haproxy'" in " ".join(capsys.readouterr().err.split())
 
 
 # --- skipped faults: history, events, report ----------------------------------------------------
