@@ -27,6 +27,15 @@ than in HTTP mode, and a second thread saves nothing), fixed 64 KiB socket buffe
 connects to the nodes from a source address of its own per lane (127.0.1.<lane+1>), so lanes
 never compete for ephemeral ports towards a node.
 
+With ``balancer = "kernel"`` there is no HAProxy: every node also listens on one shared port
+with ``SO_REUSEPORT`` (``--shared-port``) and the kernel spreads new connections over the
+nodes listening on it, so no balancer process relays a frame (HAProxy's relay cost more CPU
+per delivery than the node's own send: docs/benchmarks.md). A node leaves the group when it
+drains or dies; what the kernel does not do is health-check: a frozen node keeps its share of
+new connections, which time out and retry. A lane is then only its clients' entry: the shared
+port, or a Toxiproxy in front of it where a ``clients->lb[i]`` fault needs one; there are no
+``lb->node`` links.
+
 Lanes exist because of the 20,000 open-files cap per process: a client connection costs 2
 descriptors in its lane's HAProxy and 2 more in its lane's Toxiproxy per proxied hop, so a lane
 carries at most 9,000 clients, or 4,000 when both client-side hops are proxied
