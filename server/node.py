@@ -9,6 +9,7 @@ watchdog drained the node).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -182,6 +183,21 @@ class Node:
         sock.setblocking(False)
         return sock
 
+    async def _bind_shared(self, patience: float = 15.0) -> socket.socket:
+        """Join the shared port's group. A restart right after a SIGKILL has been refused with
+        EADDRINUSE once at 40,000 viewers (cause not found; the same bind succeeded later), so
+        retry for ``patience`` seconds, logging each refusal, before giving up."""
+        deadline = trio.current_time() + patience
+        while True:
+            try:
+                return self._bind(self.config.host, self.config.shared_port, shared=True)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or trio.current_time() >= deadline:
+                    raise
+                log.warning("shared port %d refused (%s); retrying", self.config.shared_port,
+                            exc)
+                await trio.sleep(0.5)
+
     def _leave_balancing(self) -> None:
         """Stop taking new connections from the balancing paths: leave the shared port's
         group (the kernel sends new connections to the other nodes from now on) and close the
@@ -241,8 +257,7 @@ class Node:
                     log.info("node %s also listening on unix:%s", self.config.node_id,
                              self.config.unix_socket)
                 if self.config.shared_port:
-                    self._shared_listener = self._bind(self.config.host,
-                                                       self.config.shared_port, shared=True)
+                    self._shared_listener = await self._bind_shared()
                     conns.start_soon(self._accept_loop, self._shared_listener, conns)
                     log.info("node %s also listening on shared port %s:%d (SO_REUSEPORT)",
                              self.config.node_id, self.config.host, self.config.shared_port)

@@ -195,3 +195,25 @@ def test_presence_negative_control_reports_ghosts(tmp_path: Path):
     assert doc["presence"]["ghosts"] > 0, doc["presence"]
     assert [v for v in doc["violations"] if v.startswith("presence = ")], doc["violations"]
     assert doc["totals"]["lost"] == 0  # only presence is broken
+
+
+@pytest.mark.slow
+def test_the_kernel_balancer_keeps_every_update(tmp_path: Path):
+    """election-night.toml with cluster.balancer = "kernel" (what the full election night
+    runs): no HAProxy, the nodes share one port, and a node kill and a rolling deploy still
+    lose nothing; the viewers of each fault came back through the kernel's balancing."""
+    text = (REPO / "experiments" / "election-night.toml").read_text()
+    assert "[cluster]\n" in text
+    source = tmp_path / "election-night-kernel.toml"
+    source.write_text(text.replace("[cluster]\n", '[cluster]\nbalancer = "kernel"\n', 1))
+    run_dir = tmp_path / "kernel"
+    result = turnout_run(str(source), "--out", str(run_dir))
+    assert result.returncode == 0, explain(result, run_dir)
+    doc = report(run_dir)
+    assert doc["verdict"] == "pass"
+    totals = doc["totals"]
+    assert (totals["lost"], totals["duplicated"], totals["reordered"]) == (0, 0, 0)
+    assert totals["delivered"] > 0
+    _clients_reconnected(doc)
+    assert "HAProxy" not in doc["cpu"]["components"], doc["cpu"]
+    assert not list(run_dir.glob("logs/haproxy*")), "a kernel-balanced run started HAProxy"
