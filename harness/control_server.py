@@ -41,7 +41,7 @@ def cluster_names(nemesis: Nemesis) -> ClusterNames | None:
     topology = nemesis.ctx.topology
     if topology is None:
         return None
-    return ClusterNames(tuple(topology.nodes), tuple(sorted(topology.proxies)))
+    return ClusterNames(tuple(topology.nodes), tuple(sorted(topology.link_names)))
 
 
 def handle_command(nemesis: Nemesis, events: EventLog, command: Any) -> dict[str, Any]:

@@ -150,6 +150,12 @@ class Cluster:
         "SO_REUSEPORT and the kernel spreads new connections over the nodes: no balancer "
         "process relays a frame, ~15 µs of CPU less per delivery, but no health checks and no "
         "lb->node links to cut; turnout nodes only)", strict=False)
+    client_link_faults: Literal["toxiproxy", "netfilter"] = param(
+        "toxiproxy", "—", "how faults reach the viewers' links: 'toxiproxy' puts a Toxiproxy "
+        "on each lane a clients->lb fault names, on its data path for the whole run; "
+        "'netfilter' puts none there, and a latency fault holds the lane's packets in an "
+        "iptables NFQUEUE only while it lasts (needs root and iptables; only latency faults "
+        "may target client links)", strict=False)
     server: Literal["turnout", "sockudo"] = param(
         "turnout", "—", "the Pusher server the nodes run (turnout run --server overrides it): "
         "'sockudo' runs Sockudo nodes over their Redis adapter behind the same load balancer "
@@ -676,6 +682,19 @@ class _Loader:
                         f"faults[{fault.index}].target",
                         f"expected a link the kernel balancer has (it has no lb->node links: "
                         f"cluster.balancer = 'kernel'), got '{fault.target}'")
+        if k.client_link_faults == "netfilter":
+            if k.proxies == "all":
+                raise self.error("cluster.proxies", "expected 'auto' with client_link_faults = "
+                                 "'netfilter' (no Toxiproxy on client links), got 'all'")
+            for fault in exp.faults:
+                form = parse_target(fault.target)
+                if (form is not None and form.cls in ("clients", "client_link")
+                        and fault.kind != "latency"):
+                    raise self.error(
+                        f"faults[{fault.index}].kind",
+                        f"expected latency on '{fault.target}' (client links have no "
+                        f"Toxiproxy with cluster.client_link_faults = 'netfilter'), "
+                        f"got '{fault.kind}'")
         if exp.faults and p.faults_s == 0:
             raise self.error(
                 "phases.faults_s", "expected a number of seconds > 0 when there are faults, got 0"

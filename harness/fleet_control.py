@@ -29,10 +29,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOCKETS_PER_SOURCE = 20_000
 
 
-def source_addresses(connections: int) -> tuple[str, ...]:
+def source_addresses(connections: int, lanes: int = 1) -> tuple[str, ...]:
     """Enough 127.0.0.x source addresses for ``connections`` (never 127.0.0.1 for clients:
-    the proxies' own outgoing connections use it)."""
+    the proxies' own outgoing connections use it), a multiple of ``lanes`` of them: viewer
+    ``id`` enters through lane ``id % lanes`` from address ``id % count``, so lane i's
+    viewers use the addresses ``[i::lanes]`` and no other lane's."""
     count = max(2, math.ceil(connections / SOCKETS_PER_SOURCE) + 1)
+    count = math.ceil(count / lanes) * lanes
+    if count > 253:
+        raise ValueError(f"{connections} connections over {lanes} lanes need {count} source "
+                         "addresses; 127.0.0.2-254 has 253")
     return tuple(f"127.0.0.{i}" for i in range(2, 2 + count))
 
 

@@ -44,7 +44,7 @@ import orjson
 
 from server.auth import channel_auth
 
-from .recording import LATENCY_BITS, LIVE_SAMPLES
+from .recording import LATENCY_BITS
 
 if TYPE_CHECKING:
     from .recording import Recorder
@@ -517,9 +517,8 @@ class Viewer:
                     us = (us >> shift) << shift
                 hist = entry[2]
                 hist[us] = hist.get(us, 0) + 1
-                samples = stats.latency_samples
-                if len(samples) < LIVE_SAMPLES:
-                    samples.append(latency * 1000.0)
+                live = stats.live_latency
+                live[us] = live.get(us, 0) + 1
         return None
 
     def _on_message(self, message: dict[str, Any], now: float) -> tuple[int, str] | None:

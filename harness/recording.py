@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["LATENCY_BITS", "LiveStats", "Recorder", "latency_bucket"]
 
 LATENCY_BITS: Final = 7
-LIVE_SAMPLES: Final = 2000
 
 
 def latency_bucket(us: int) -> int:
@@ -64,21 +63,29 @@ class LiveStats:
     live_duplicates: int = 0
     live_reorders: int = 0
     conflicts: int = 0
-    latency_samples: list[float] = field(default_factory=list)
+    #: Every owed first delivery's latency since the last snapshot: µs bucket -> count. All
+    #: of them, not the first N: a burst's first deliveries are its fastest.
+    live_latency: dict[int, int] = field(default_factory=dict)
 
     def latency_snapshot(self) -> dict[str, float] | None:
-        """p50/p99/max of the latencies sampled since the last snapshot (ms)."""
-        samples = self.latency_samples
-        if not samples:
+        """p50/p99/max of the latencies since the last snapshot (ms), then start afresh."""
+        buckets = self.live_latency
+        if not buckets:
             return None
-        ordered = sorted(samples)
-        self.latency_samples = []
+        self.live_latency = {}
+        n = sum(buckets.values())
+        ordered = sorted(buckets.items())
 
         def pick(q: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+            rank, seen = min(n - 1, int(q * n)), 0
+            for us, count in ordered:
+                seen += count
+                if seen > rank:
+                    return round(us / 1000.0, 1)
+            return round(ordered[-1][0] / 1000.0, 1)
 
-        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1),
-                "n": len(ordered)}
+        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1][0] / 1000.0, 1),
+                "n": n}
 
 
 class Recorder:
@@ -150,8 +157,8 @@ class Recorder:
             us = latency_bucket(int(latency_s * 1e6))
             hist = entry[2]
             hist[us] = hist.get(us, 0) + 1
-            if len(stats.latency_samples) < LIVE_SAMPLES:
-                stats.latency_samples.append(latency_s * 1000.0)
+            live = stats.live_latency
+            live[us] = live.get(us, 0) + 1
 
     def out_of_line(self, kind: int) -> None:
         """A duplicate (counted as a delivery here) or a reorder (already counted)."""
@@ -165,8 +172,10 @@ class Recorder:
 
     def unpositioned(self, pid: str | None, t: float | None, now: float) -> None:
         self.stats.delivered += 1
-        if t is not None and len(self.stats.latency_samples) < LIVE_SAMPLES:
-            self.stats.latency_samples.append((now - t) * 1000.0)
+        if t is not None and now >= t:
+            us = latency_bucket(int((now - t) * 1e6))
+            live = self.stats.live_latency
+            live[us] = live.get(us, 0) + 1
 
     def deliver_op(self, process: str, channel: str, pid: str | None, seq: int | None,
                    offset: Any, epoch: Any, now: float) -> None:

@@ -43,7 +43,7 @@ from .cpu import CpuLedger
 from .events import EventLog
 from .experiment import Experiment, ExperimentError, FaultSpec
 from .faults import FAULTS, FaultContext
-from .fleet_control import FleetControl, plan_clients
+from .fleet_control import FleetControl, plan_clients, source_addresses
 from .history import HARNESS, HistoryWriter
 from .nemesis import Nemesis
 from .procs import HarnessSetupError, ProcessFailed, Supervisor, open_supervisor
@@ -233,7 +233,7 @@ async def _status_loop(events: EventLog, topology: Topology | None, fleet: Fleet
                     stats = node.process.statistics()
                     nodes[name] = {"state": node.state.value, "pid": node.pid,
                                    "rss_bytes": stats.rss_bytes, **metrics}
-                for link in sorted(topology.proxies):
+                for link in sorted(topology.link_names):
                     links[link] = {"toxics": []}
                 for entry in nemesis.active.values():
                     for link in (entry.fault.resolved or "").split(","):
@@ -361,8 +361,12 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 f"control of the cluster's processes and proxies: {', '.join(refused)}")
     async with trio.open_nursery() as root:
         topology: Topology | None = None
+        sources = tuple(clients_cfg.source_addresses)  # () lets the fleet pick its own
         if options.target_url is None:
             client_proxies, lb_proxies = proxied_links(experiment.faults, cluster.proxies)
+            delayed: bool | tuple[int, ...] = False
+            if cluster.client_link_faults == "netfilter":
+                delayed, client_proxies = client_proxies, False
             spec = TopologySpec(
                 nodes=cluster.nodes, clients=clients_cfg.count + storm,
                 history_size=cluster.effective_history_size,
@@ -377,6 +381,11 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
                 client_proxies=client_proxies,
                 lb_proxies=lb_proxies and cluster.balancer == "haproxy",
                 balancer=cluster.balancer, server=cluster.server)
+            if delayed is not False:
+                sources = sources or source_addresses(clients_cfg.count + storm,
+                                                      lanes=spec.lanes)
+                lanes = tuple(range(spec.lanes)) if delayed is True else delayed
+                spec = replace(spec, client_sources=sources, delay_lanes=lanes)
             events.phase("setup", waits_for=(
                 f"Redis, Toxiproxy, HAProxy and {cluster.nodes} nodes to be ready"
                 if cluster.balancer == "haproxy" else
@@ -398,7 +407,7 @@ async def _run(experiment: Experiment, options: RunOptions, run_dir: Path, seed:
             await fleet.start_workers(
                 fleet_supervisor, entries=ws_entries, clients=plan,
                 history_dir=run_dir / "parts", storm_capacity=storm,
-                sources=clients_cfg.source_addresses, app_secret=app[2],
+                sources=sources, app_secret=app[2],
                 spec_kwargs={
                     "app_key": app[1],
                     "connect_rate_per_s": clients_cfg.connect_rate_per_s,

@@ -64,6 +64,8 @@ from typing import Final, NoReturn, final
 import httpx
 import trio
 
+from harness.netdelay import DelayLink
+from harness.netdelay import unavailable as netdelay_unavailable
 from harness.ports import LOOPBACK, PortAllocator
 from harness.procs import (
     HarnessSetupError,
@@ -156,6 +158,12 @@ class TopologySpec:
     lb_proxies: bool = True
     #: One of :data:`BALANCERS`.
     balancer: str = "haproxy"
+    #: Lanes whose client links latency faults delay in the kernel (harness.netdelay) rather
+    #: than through a Toxiproxy: no relay on their data path outside the fault.
+    delay_lanes: tuple[int, ...] = ()
+    #: The fleet's source addresses (harness.fleet_control.source_addresses): under the kernel
+    #: balancer lane i's viewers use ``[i::lanes]``, which is how a delay link finds them.
+    client_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -169,6 +177,15 @@ class TopologySpec:
         if self.balancer not in BALANCERS:
             raise ValueError(f"balancer must be one of {', '.join(BALANCERS)}, "
                              f"got {self.balancer!r}")
+        proxied = [lane for lane in self.delay_lanes if self.client_proxy(lane)]
+        if proxied:
+            raise ValueError(f"lanes {proxied} cannot have both a Toxiproxy and a delay link")
+        if self.delay_lanes and self.kernel_balanced and (
+                not self.client_sources or len(self.client_sources) % self.lanes):
+            raise ValueError(
+                f"a delay link under the kernel balancer tells its lane's viewers apart by "
+                f"their source addresses: give a multiple of the {self.lanes} lanes, got "
+                f"{len(self.client_sources)}")
         if self.kernel_balanced:
             if self.lb_proxies:
                 raise ValueError("the kernel balancer has no lb->node links to proxy")
@@ -196,6 +213,13 @@ class TopologySpec:
     @property
     def lanes(self) -> int:
         return max(1, math.ceil(self.clients / self.capacity))
+
+    def lane_sources(self, lane: int) -> tuple[str, ...]:
+        """The source addresses of lane ``lane``'s viewers, where they tell the lane apart (the
+        kernel balancer: every lane enters through one port); () where its port does."""
+        if not self.kernel_balanced:
+            return ()
+        return self.client_sources[lane::self.lanes]
 
     def client_proxy(self, lane: int) -> bool:
         """Whether lane ``lane``'s clients come in through a clients->lb proxy."""
@@ -387,6 +411,13 @@ class Topology:
         self.lanes: list[Lane] = []
         #: link name -> proxy: "clients->lb[0]", "lb[0]->node-1", "node-1->redis".
         self.proxies: dict[str, Proxy] = {}
+        #: client links no Toxiproxy relays, which latency faults delay in the kernel
+        self.delay_links: dict[str, DelayLink] = {}
+
+    @property
+    def link_names(self) -> tuple[str, ...]:
+        """Every link a fault can name: the proxied ones and the delay links."""
+        return tuple(self.proxies) + tuple(self.delay_links)
 
     @property
     def redis_url(self) -> str:
@@ -696,6 +727,8 @@ def _require_binaries(spec: TopologySpec) -> dict[str, str]:
         "toxiproxy-server": find_binary("toxiproxy-server", hint="run scripts/setup.sh"),
     }
     spec.adapter.require(spec)
+    if spec.delay_lanes and (missing := netdelay_unavailable()):
+        raise HarnessSetupError(missing)
     return found
 
 
@@ -873,6 +906,14 @@ async def run_topology(
         starter = start_kernel_lane if spec.kernel_balanced else start_lane
         await _concurrently([partial(starter, i) for i in range(spec.lanes)])
         topo.lanes = [lanes[i] for i in range(spec.lanes)]
+        if spec.delay_lanes:
+            holders = await stack.enter_async_context(trio.open_nursery())
+            for index in spec.delay_lanes:
+                name = f"clients->lb[{index}]"
+                topo.delay_links[name] = DelayLink(
+                    name, topo.lanes[index].frontend_port, spec.lane_sources(index), holders,
+                    queue_numbers=reserve, release_number=ports.release,
+                    seed=spec.toxiproxy_seed)
         for lane in topo.lanes:
             if lane.entry is not None:
                 topo.proxies[f"clients->lb[{lane.index}]"] = lane.entry

@@ -27,6 +27,7 @@ from server.schema import Key, keys, validate
 from .. import targets as target_grammar
 
 if TYPE_CHECKING:
+    from harness.netdelay import DelayLink
     from harness.topology import NodeProcess, Topology
     from harness.toxiproxy import Proxy
 
@@ -99,17 +100,35 @@ class FaultContext:
             raise FaultError(f"{kind}: no node {target!r} (nodes: {sorted(topology.nodes)})")
         return [topology.nodes[target]]
 
-    def links(self, kind: str, target: str) -> list[tuple[str, Proxy]]:
-        """Resolve a link target to (name, proxy) pairs (harness.targets.resolve)."""
+    def _link_names(self, kind: str, target: str) -> list[str]:
+        """Resolve a link target to the names of the run's links (harness.targets.resolve)."""
         topology = self.require_topology(kind)
-        names = target_grammar.ClusterNames(tuple(topology.nodes), tuple(topology.proxies))
+        known = topology.link_names
+        names = target_grammar.ClusterNames(tuple(topology.nodes), known)
         found = [n for n in target_grammar.resolve(
             target, names, lambda part: [n.name for n in self.nodes(kind, part)])
-            if n in topology.proxies]
+            if n in known]
         if not found:
-            raise FaultError(f"{kind}: no link matches {target!r} "
-                             f"(links: {sorted(topology.proxies)})")
+            raise FaultError(f"{kind}: no link matches {target!r} (links: {sorted(known)})")
+        return found
+
+    def links(self, kind: str, target: str) -> list[tuple[str, Proxy]]:
+        """The Toxiproxy proxies a link target names (a link no Toxiproxy relays in this run
+        is refused)."""
+        topology = self.require_topology(kind)
+        found = self._link_names(kind, target)
+        unproxied = [n for n in found if n not in topology.proxies]
+        if unproxied:
+            raise FaultError(f"{kind}: {', '.join(unproxied)} has no Toxiproxy in this run "
+                             "(cluster.client_link_faults = 'netfilter'): only latency can "
+                             "be put on it")
         return [(n, topology.proxies[n]) for n in found]
+
+    def toxic_links(self, kind: str, target: str) -> list[tuple[str, Proxy | DelayLink]]:
+        """The links a target names, Toxiproxy proxies or netfilter delay links."""
+        topology = self.require_topology(kind)
+        return [(n, topology.proxies.get(n) or topology.delay_links[n])
+                for n in self._link_names(kind, target)]
 
 
 def on(target: str) -> str:

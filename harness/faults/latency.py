@@ -27,6 +27,7 @@ class Latency(LinkToxic):
     words = r"\b(?:latency|delay|lag)\b"
     Params = LatencyParams
     toxic_type = "latency"
+    kernel_link_ok = True
 
     @classmethod
     def describe(cls, target: str, p: Any) -> str:

@@ -29,8 +29,13 @@ class LinkToxic(FaultKind):
         chosen = self.params.direction
         return ["upstream", "downstream"] if chosen == "both" else [chosen]
 
+    #: Whether a netfilter delay link (harness.netdelay) can carry this kind.
+    kernel_link_ok: ClassVar[bool] = False
+
     async def inject(self, ctx: FaultContext) -> None:
-        self._links = ctx.links(self.kind, self.target)
+        self._links: list[tuple[str, Any]] = (
+            ctx.toxic_links(self.kind, self.target) if self.kernel_link_ok
+            else ctx.links(self.kind, self.target))
         self.resolved = ",".join(name for name, _ in self._links)
         for _, proxy in self._links:
             for stream in self.streams():

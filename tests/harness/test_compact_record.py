@@ -165,3 +165,20 @@ def test_an_intruder_seen_first_does_not_make_the_true_update_unexpected() -> No
     assert problems["client-1"].lost_ids == {"a": ("p2",)}
     assert problems["client-1"].unexpected_ids == ("a:evil (offset 2 carried p2)",)
     assert set(problems) == {"client-1"}
+
+
+def test_the_live_p99_counts_every_delivery_of_a_burst(tmp_path: Any) -> None:
+    """The status line's p99 comes from every owed delivery since the last snapshot: a burst's
+    first deliveries are its fastest, so a first-N sample would report only those."""
+    from harness.history import HistoryWriter
+    from harness.recording import Recorder
+
+    recorder = Recorder(HistoryWriter(tmp_path / "h.jsonl"))
+    for i in range(10_000):  # 10 ms each for the first 9,800, then 400 ms
+        recorder.received(f"p{i % 7}", 100.0 + i * 1e-4, 0.010 if i < 9_800 else 0.400)
+    snapshot = recorder.stats.latency_snapshot()
+    assert snapshot is not None
+    assert snapshot["n"] == 10_000
+    assert 9.8 <= snapshot["p50"] <= 10.0
+    assert 394.0 <= snapshot["p99"] <= 400.0 and snapshot["max"] == snapshot["p99"]
+    assert recorder.stats.latency_snapshot() is None  # each snapshot starts afresh

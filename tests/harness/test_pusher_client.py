@@ -245,7 +245,7 @@ def test_decoded_once_updates_are_recorded_exactly_as_decoded_per_viewer(
         rig.close(99.0)
         stats = rig.recorder.stats
         results.append((rig.path.read_text(), outbox, stats.delivered, stats.live_duplicates,
-                        stats.live_reorders, stats.conflicts, stats.latency_samples))
+                        stats.live_reorders, stats.conflicts, stats.live_latency))
     assert cache.hits == 0  # every message met once per viewer
     assert cache.misses > 60
     assert results[0][5] == 3  # pX, and both ids the other viewer saw first
