@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything turnout needs, idempotently: Debian packages (redis-server, haproxy,
-# chromium), the Toxiproxy server binary, the project virtualenv at .venv/, the npm packages of
+# iptables, chromium), the Toxiproxy server binary, the project virtualenv at .venv/, the npm packages of
 # the compatibility tests and of clients/pusher-resume (then its build). A second run does
 # nothing but check. Anything it cannot install is named in a clear error and the script
 # exits 2.
@@ -30,6 +30,8 @@ done
 missing_debs=()
 command -v redis-server >/dev/null 2>&1 || missing_debs+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing_debs+=(haproxy)
+# Latency faults on netfilter client links (cluster.client_link_faults) use iptables' NFQUEUE.
+command -v iptables-legacy >/dev/null 2>&1 || [ -x /usr/sbin/iptables-legacy ] || missing_debs+=(iptables)
 # The browser tests drive Debian's Chromium (tests/clients/); no browser build is downloaded.
 [ -x /usr/bin/chromium ] || missing_debs+=(chromium)
 if [ "${#missing_debs[@]}" -gt 0 ]; then
