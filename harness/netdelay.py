@@ -37,7 +37,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -233,7 +233,7 @@ class DelayLink:
         self._rng = random.Random(seed)
         #: toxic name -> (cancel scope, done event) of the holder running it
         self._holders: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
-        #: packets held so far, per toxic name (what the fault did, for tests and reports)
+        #: packets the last hold of each toxic name held (what the fault did, for reports)
         self.held: collections.Counter[str] = collections.Counter()
 
     async def add_toxic(self, type: str, *, stream: str = "downstream",
@@ -278,6 +278,7 @@ class DelayLink:
             with trio.CancelScope() as scope:
                 await _iptables("-A", rules)
                 self._holders[name] = (scope, done)
+                self.held[name] = 0
                 task_status.started()
                 while True:
                     wait = held[0][0] - time.monotonic() if held else math.inf
@@ -308,7 +309,3 @@ class DelayLink:
                 self._release_number(number)
                 self._holders.pop(name, None)
                 done.set()
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "port": self.port, "addresses": list(self.addresses),
-                "toxics": sorted(self._holders)}

@@ -36,6 +36,12 @@ new connections, which time out and retry. A lane is then only its clients' entr
 port, or a Toxiproxy in front of it where a ``clients->lb[i]`` fault needs one; there are no
 ``lb->node`` links.
 
+A lane in ``TopologySpec.delay_lanes`` has no Toxiproxy even though a fault names its
+``clients->lb[i]`` link: it gets a :class:`harness.netdelay.DelayLink` in
+``Topology.delay_links`` instead, on which a latency fault holds the lane's packets in the
+kernel only while it lasts (found by the lane's entry port, and under the kernel balancer by
+its viewers' source addresses, ``TopologySpec.lane_sources``).
+
 Lanes exist because of the 20,000 open-files cap per process: a client connection costs 2
 descriptors in its lane's HAProxy and 2 more in its lane's Toxiproxy per proxied hop, so a lane
 carries at most 9,000 clients, or 4,000 when both client-side hops are proxied
@@ -824,30 +830,35 @@ async def run_topology(
         maxconn = min(spec.capacity + _LANE_HEADROOM, _HAPROXY_MAXCONN)
         lanes: dict[int, Lane] = {}
 
+        async def lane_toxiproxy(index: int, needed: bool) -> ToxiproxyServer | None:
+            if not needed:
+                return None
+            toxi = await start_toxiproxy(
+                supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
+            )
+            stack.push_async_callback(toxi.aclose)
+            return toxi
+
+        async def client_entry(index: int, toxi: ToxiproxyServer | None,
+                               port: int) -> Proxy | None:
+            """The lane's clients->lb proxy in front of ``port``, where a fault needs one."""
+            if toxi is None or not spec.client_proxy(index):
+                return None
+            return await toxi.create_proxy(
+                f"lane{index}.clients-lb", f"{LOOPBACK}:{port}", listen_port=reserve()
+            )
+
         async def start_kernel_lane(index: int) -> None:
             # No balancer process: the lane is its clients' entry (a Toxiproxy where a fault
             # needs one) to the nodes' shared port.
-            toxi: ToxiproxyServer | None = None
-            entry: Proxy | None = None
-            if spec.client_proxy(index):
-                toxi = await start_toxiproxy(
-                    supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
-                )
-                stack.push_async_callback(toxi.aclose)
-                entry = await toxi.create_proxy(
-                    f"lane{index}.clients-lb", f"{LOOPBACK}:{shared_port}", listen_port=reserve()
-                )
+            toxi = await lane_toxiproxy(index, spec.client_proxy(index))
             lanes[index] = Lane(index=index, toxiproxy=toxi, haproxy=None,
                                 frontend_port=shared_port, stats_port=None, config_path=None,
-                                entry=entry, node_proxies={})
+                                entry=await client_entry(index, toxi, shared_port),
+                                node_proxies={})
 
         async def start_lane(index: int) -> None:
-            toxi: ToxiproxyServer | None = None
-            if spec.client_proxy(index) or spec.lb_proxies:
-                toxi = await start_toxiproxy(
-                    supervisor, f"toxiproxy-lane{index}", seed=spec.toxiproxy_seed, ports=ports
-                )
-                stack.push_async_callback(toxi.aclose)
+            toxi = await lane_toxiproxy(index, spec.client_proxy(index) or spec.lb_proxies)
             node_proxies: dict[str, Proxy] = {}
             backends: dict[str, tuple[str, int] | str] = {}
             for name, node in topo.nodes.items():
@@ -885,12 +896,7 @@ async def run_topology(
                     stop_grace=2.0,
                 )
             )
-            entry: Proxy | None = None
-            if toxi is not None and spec.client_proxy(index):
-                entry = await toxi.create_proxy(
-                    f"lane{index}.clients-lb", f"{LOOPBACK}:{frontend_port}",
-                    listen_port=reserve()
-                )
+            entry = await client_entry(index, toxi, frontend_port)
             lanes[index] = Lane(
                 index=index,
                 toxiproxy=toxi,

@@ -46,4 +46,9 @@ class LinkToxic(FaultKind):
     async def heal(self, ctx: FaultContext) -> None:
         for _, proxy in self._links:
             for stream in self.streams():
-                await proxy.remove_toxic(f"turnout-{self.kind}-{stream}", missing_ok=True)
+                name = f"turnout-{self.kind}-{stream}"
+                await proxy.remove_toxic(name, missing_ok=True)
+                held = getattr(proxy, "held", None)  # a netfilter delay link counts packets
+                if held is not None:
+                    key = f"packets_held_{stream}"
+                    self.observed[key] = self.observed.get(key, 0) + held[name]

@@ -362,6 +362,13 @@ def test_fault_must_be_a_table() -> None:
          "target = 'lb[0]->node-1'\n",
          "faults[0].target: expected a link the kernel balancer has (it has no lb->node links: "
          "cluster.balancer = 'kernel'), got 'lb[0]->node-1'"),
+        ("[cluster]\nclient_link_faults = 'netfilter'\n[[faults]]\nkind = 'bandwidth'\n"
+         "at_s = 1\ntarget = 'clients->lb[1]'\n",
+         "faults[0].kind: expected latency on 'clients->lb[1]' (client links have no Toxiproxy "
+         "with cluster.client_link_faults = 'netfilter'), got 'bandwidth'"),
+        ("[cluster]\nclient_link_faults = 'netfilter'\nproxies = 'all'\n",
+         "cluster.proxies: expected 'auto' with client_link_faults = 'netfilter' (no Toxiproxy "
+         "on client links), got 'all'"),
     ],
 )
 def test_cross_field_errors(extra: str, expected: str) -> None:
@@ -373,6 +380,19 @@ def test_the_kernel_balancer_keeps_client_link_faults() -> None:
                 "at_s = 1\ntarget = 'clients->lb[0]'\n")
     assert exp.cluster.balancer == "kernel"
     assert "cluster.balancer: expected" in error(MINIMAL + "[cluster]\nbalancer = 'nginx'\n")
+
+
+def test_netfilter_client_links_take_latency_there_and_any_fault_elsewhere() -> None:
+    exp = parse(MINIMAL + "[cluster]\nclient_link_faults = 'netfilter'\n"
+                "[[faults]]\nkind = 'latency'\nat_s = 1\ntarget = 'clients'\n"
+                "[[faults]]\nkind = 'bandwidth'\nat_s = 2\ntarget = 'node-1->redis'\n"
+                "rate_kbps = 10\n")
+    assert exp.cluster.client_link_faults == "netfilter"
+    assert [f.kind for f in exp.faults] == ["latency", "bandwidth"]
+    assert parse(MINIMAL).cluster.client_link_faults == "toxiproxy"
+    full = load_experiment(shipped_experiments()["election-night-full"])
+    assert full.cluster.client_link_faults == "netfilter"
+    assert [f.kind for f in full.faults if f.target.startswith("clients")] == ["latency"]
 
 
 def test_recovery_off_skips_the_retention_checks() -> None:

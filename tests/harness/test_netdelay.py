@@ -176,3 +176,42 @@ async def test_a_held_link_lets_everything_through_when_the_run_is_torn_down() -
                 outer.cancel_scope.cancel()
     finally:
         ports.close()
+
+
+def test_a_kernel_topology_gives_each_delayed_lane_its_own_source_addresses() -> None:
+    from harness.topology import TopologySpec
+
+    kernel = {"clients": 20, "lane_capacity": 10, "balancer": "kernel", "lb_proxies": False,
+              "client_proxies": False}
+    spec = TopologySpec(**kernel, delay_lanes=(0,), client_sources=("a", "b", "c", "d"))
+    assert spec.lanes == 2
+    assert spec.lane_sources(0) == ("a", "c")
+    assert spec.lane_sources(1) == ("b", "d")
+    with pytest.raises(ValueError, match="multiple of the 2 lanes"):
+        TopologySpec(**kernel, delay_lanes=(0,), client_sources=("a", "b", "c"))
+    with pytest.raises(ValueError, match="both a Toxiproxy and a delay link"):
+        TopologySpec(**{**kernel, "client_proxies": (1,)}, delay_lanes=(1,),
+                     client_sources=("a", "b"))
+    behind_haproxy = TopologySpec(clients=20, lane_capacity=10, lb_proxies=False,
+                                  client_proxies=False, delay_lanes=(1,))
+    assert behind_haproxy.lane_sources(1) == ()  # its own frontend port tells it apart
+
+
+async def test_a_fault_reaches_a_delay_link_only_if_it_is_latency(tmp_path: object) -> None:
+    import random
+    from pathlib import Path
+
+    from harness.faults import FaultContext, FaultError
+    from harness.topology import Topology, TopologySpec
+
+    topology = Topology(TopologySpec(clients=20, lane_capacity=10), Path(str(tmp_path)),
+                        None)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        link = DelayLink("clients->lb[1]", 1, (), nursery, queue_numbers=lambda: 1,
+                         release_number=lambda _n: None)
+        topology.delay_links[link.name] = link
+        ctx = FaultContext(topology=topology, rng=random.Random(1))
+        assert ctx.toxic_links("latency", "clients") == [("clients->lb[1]", link)]
+        with pytest.raises(FaultError, match=r"clients->lb\[1\] has no Toxiproxy in this run"):
+            ctx.links("bandwidth", "clients->lb[1]")
+        assert "clients->lb[1]" in topology.link_names

@@ -199,13 +199,18 @@ def test_presence_negative_control_reports_ghosts(tmp_path: Path):
 
 @pytest.mark.slow
 def test_the_kernel_balancer_keeps_every_update(tmp_path: Path):
-    """election-night.toml with cluster.balancer = "kernel" (what the full election night
-    runs): no HAProxy, the nodes share one port, and a node kill and a rolling deploy still
-    lose nothing; the viewers of each fault came back through the kernel's balancing."""
+    """election-night.toml as the full election night runs it: cluster.balancer = "kernel"
+    (no HAProxy, the nodes share one port) and client_link_faults = "netfilter" (a latency
+    spike on the viewers' links, with no Toxiproxy on them). A node kill and a rolling deploy
+    still lose nothing, the viewers of each fault came back through the kernel's balancing, and
+    the spike delayed the deliveries of its window only."""
     text = (REPO / "experiments" / "election-night.toml").read_text()
     assert "[cluster]\n" in text
     source = tmp_path / "election-night-kernel.toml"
-    source.write_text(text.replace("[cluster]\n", '[cluster]\nbalancer = "kernel"\n', 1))
+    source.write_text(text.replace(
+        "[cluster]\n", '[cluster]\nbalancer = "kernel"\nclient_link_faults = "netfilter"\n', 1)
+        + '\n[[faults]]\nat_s = 13\nkind = "latency"\ntarget = "clients->lb[0]"\n'
+        'latency_ms = 300\nduration_s = 8\n')
     run_dir = tmp_path / "kernel"
     result = turnout_run(str(source), "--out", str(run_dir))
     assert result.returncode == 0, explain(result, run_dir)
@@ -217,3 +222,9 @@ def test_the_kernel_balancer_keeps_every_update(tmp_path: Path):
     _clients_reconnected(doc)
     assert "HAProxy" not in doc["cpu"]["components"], doc["cpu"]
     assert not list(run_dir.glob("logs/haproxy*")), "a kernel-balanced run started HAProxy"
+    assert not list(run_dir.glob("logs/toxiproxy-lane*")), "a client link had a Toxiproxy"
+    (spike,) = [f for f in doc["faults"] if f["fault"] == "latency"]
+    assert spike["status"] == "ok", spike
+    assert spike["observed"]["packets_held_downstream"] > 0, spike
+    assert spike["latency_ms"]["p50"] >= 290, spike  # 300 ms on every delivery of the window
+    assert doc["latency_by_phase"]["steady"]["p50"] < 150, doc["latency_by_phase"]
