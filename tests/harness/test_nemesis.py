@@ -52,7 +52,8 @@ def make(tmp_path: Path, nursery: trio.Nursery, *, cluster: bool = False
     history = HistoryWriter(tmp_path / "history.jsonl")
     topology: Any = None
     if cluster:
-        topology = SimpleNamespace(nodes=dict.fromkeys(NODES), proxies=dict.fromkeys(LINKS))
+        topology = SimpleNamespace(nodes=dict.fromkeys(NODES), proxies=dict.fromkeys(LINKS),
+                                   delay_links={}, link_names=tuple(LINKS))
     ctx = FaultContext(topology=topology, rng=random.Random(1))
     return Nemesis(ctx, history, events, nursery), events
 
