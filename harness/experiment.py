@@ -695,6 +695,16 @@ class _Loader:
                         f"expected latency on '{fault.target}' (client links have no "
                         f"Toxiproxy with cluster.client_link_faults = 'netfilter'), "
                         f"got '{fault.kind}'")
+                if (form is not None and form.cls in ("clients", "client_link")
+                        and k.balancer == "kernel" and exp.client_groups):
+                    # Under the kernel balancer a delay link finds its lane's viewers by their
+                    # source addresses; pusher-js and Chromium connect from 127.0.0.1.
+                    raise self.error(
+                        f"faults[{fault.index}].target",
+                        "expected no client link with [[client_groups]] under the kernel "
+                        "balancer and client_link_faults = 'netfilter' (real clients connect "
+                        "from 127.0.0.1, so no lane's rule can pick them out), "
+                        f"got '{fault.target}'")
         if exp.faults and p.faults_s == 0:
             raise self.error(
                 "phases.faults_s", "expected a number of seconds > 0 when there are faults, got 0"

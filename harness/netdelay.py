@@ -23,6 +23,8 @@ Streams: ``downstream`` is what the lane's entry port sends to the viewers (``--
 ``upstream`` what the viewers send to it (``--dport``). Under the kernel balancer every lane
 shares one port, so a lane's packets are told apart by its viewers' source addresses
 (``harness.fleet_control.source_addresses`` gives lane *i* the addresses ``[i::lanes]``).
+Real clients (``[[client_groups]]``: pusher-js, Chromium) connect from 127.0.0.1, so the
+experiment loader refuses a client-link fault with them under the kernel balancer.
 """
 
 from __future__ import annotations

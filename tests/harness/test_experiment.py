@@ -366,6 +366,12 @@ def test_fault_must_be_a_table() -> None:
          "at_s = 1\ntarget = 'clients->lb[1]'\n",
          "faults[0].kind: expected latency on 'clients->lb[1]' (client links have no Toxiproxy "
          "with cluster.client_link_faults = 'netfilter'), got 'bandwidth'"),
+        ("[cluster]\nclient_link_faults = 'netfilter'\nbalancer = 'kernel'\n"
+         "[[client_groups]]\nkind = 'pusher-js'\n"
+         "[[faults]]\nkind = 'latency'\nat_s = 1\ntarget = 'clients'\n",
+         "faults[0].target: expected no client link with [[client_groups]] under the kernel "
+         "balancer and client_link_faults = 'netfilter' (real clients connect from 127.0.0.1, "
+         "so no lane's rule can pick them out), got 'clients'"),
         ("[cluster]\nclient_link_faults = 'netfilter'\nproxies = 'all'\n",
          "cluster.proxies: expected 'auto' with client_link_faults = 'netfilter' (no Toxiproxy "
          "on client links), got 'all'"),
