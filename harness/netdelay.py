@@ -43,7 +43,8 @@ from typing import Final
 
 import trio
 
-__all__ = ["DelayLink", "LinkError", "delay_rules", "packet_ids", "unavailable"]
+__all__ = ["DelayLink", "LinkError", "delay_rules", "packet_ids", "remove_stale_rules",
+           "stale_rules", "unavailable"]
 
 IPTABLES: Final = "iptables-legacy"
 _AF_NETLINK: Final = 16
@@ -147,6 +148,41 @@ def delay_rules(stream: str, port: int, addresses: Sequence[str], queue: int) ->
     peers: Sequence[str | None] = addresses or [None]
     return [["-p", "tcp", *port_match, *([peer, address] if address else []), *tail]
             for address in peers]
+
+
+#: The queues bound on this host (one line per queue: its number first).
+BOUND_QUEUES: Final = "/proc/net/netfilter/nfnetlink_queue"
+
+
+def stale_rules(rules: Sequence[str], bound: Sequence[int]) -> list[list[str]]:
+    """The rule specs (``iptables -S`` lines) of delay links whose queue no process holds: left
+    by a run that was killed outright (harmless, ``--queue-bypass``, but they pile up)."""
+    stale: list[list[str]] = []
+    for line in rules:
+        words = line.split()
+        if words[:2] != ["-A", "OUTPUT"] or "NFQUEUE" not in words:
+            continue
+        comment = next((w for w in words if w.startswith("turnout-netdelay-")), None)
+        if comment is None:
+            continue
+        number = comment.removeprefix("turnout-netdelay-")
+        if number.isdigit() and int(number) not in bound:
+            stale.append(words[2:])
+    return stale
+
+
+async def remove_stale_rules() -> int:
+    """Delete the delay-link rules whose queue is not bound; returns how many."""
+    listed = await trio.run_process([IPTABLES, "-w", "5", "-t", "mangle", "-S", "OUTPUT"],
+                                    capture_stdout=True, capture_stderr=True, check=False)
+    try:
+        with open(BOUND_QUEUES) as table:
+            bound = [int(line.split()[0]) for line in table if line.strip()]
+    except FileNotFoundError:
+        bound = []  # no queue bound since boot
+    stale = stale_rules(listed.stdout.decode().splitlines(), bound)
+    await _iptables("-D", stale)
+    return len(stale)
 
 
 def unavailable() -> str | None:

@@ -70,7 +70,7 @@ from typing import Final, NoReturn, final
 import httpx
 import trio
 
-from harness.netdelay import DelayLink
+from harness.netdelay import DelayLink, remove_stale_rules
 from harness.netdelay import unavailable as netdelay_unavailable
 from harness.ports import LOOPBACK, PortAllocator
 from harness.procs import (
@@ -913,6 +913,7 @@ async def run_topology(
         await _concurrently([partial(starter, i) for i in range(spec.lanes)])
         topo.lanes = [lanes[i] for i in range(spec.lanes)]
         if spec.delay_lanes:
+            await remove_stale_rules()
             holders = await stack.enter_async_context(trio.open_nursery())
             for index in spec.delay_lanes:
                 name = f"clients->lb[{index}]"

@@ -215,3 +215,36 @@ async def test_a_fault_reaches_a_delay_link_only_if_it_is_latency(tmp_path: obje
         with pytest.raises(FaultError, match=r"clients->lb\[1\] has no Toxiproxy in this run"):
             ctx.links("bandwidth", "clients->lb[1]")
         assert "clients->lb[1]" in topology.link_names
+
+
+def test_stale_rules_are_those_whose_queue_nobody_holds() -> None:
+    listed = [
+        "-P OUTPUT ACCEPT",
+        "-A OUTPUT -p tcp -m tcp --sport 4100 -m comment --comment turnout-netdelay-4100 "
+        "-j NFQUEUE --queue-num 4100 --queue-bypass",
+        "-A OUTPUT -p tcp -m tcp --dport 4200 -m comment --comment turnout-netdelay-4200 "
+        "-j NFQUEUE --queue-num 4200 --queue-bypass",
+        "-A OUTPUT -p tcp -m comment --comment someone-else -j NFQUEUE --queue-num 9",
+    ]
+    assert netdelay.stale_rules(listed, bound=[4200]) == [listed[1].split()[2:]]
+    assert netdelay.stale_rules(listed, bound=[4100, 4200]) == []
+
+
+@needs_netfilter
+async def test_a_killed_runs_rules_are_removed_and_a_live_ones_kept() -> None:
+    ports = PortAllocator()
+    try:
+        dead, live = ports.allocate(), ports.allocate()
+        holder = netdelay._Queue(live)  # a live run binds its queue before adding its rule
+        try:
+            for number in (dead, live):
+                await netdelay._iptables("-A", delay_rules("downstream", number, (), number))
+            assert await netdelay.remove_stale_rules() >= 1
+            assert not _rules_of(f"turnout-netdelay-{dead} ")
+            assert _rules_of(f"turnout-netdelay-{live} ")
+        finally:
+            for number in (dead, live):
+                await netdelay._iptables("-D", delay_rules("downstream", number, (), number))
+            holder.close()
+    finally:
+        ports.close()
