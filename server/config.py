@@ -284,8 +284,9 @@ class Config:
     shared_port: int = _setting(
         0, "Also listen on this TCP port of --host with SO_REUSEPORT, shared by every node on "
         "this host: the kernel spreads new connections over the nodes listening on it, with no "
-        "balancer process in the data path (a node leaves the group when it drains or dies). "
-        "0 = off.", ge=0, le=65535)
+        "balancer process in the data path. A node leaves the group when it drains or dies, "
+        "and while it holds 90 % of --max-connections if another node is in the group "
+        "(rejoining at 80 %). 0 = off.", ge=0, le=65535)
     redis_url: Annotated[str, AfterValidator(_redis_url)] = _setting(
         "redis://127.0.0.1:6379/0", "Redis to scale over, as redis://host[:port][/db].")
     # Node ids end up in Redis keys, log lines and metrics labels, so keep them boring.

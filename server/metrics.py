@@ -35,6 +35,7 @@ class NodeStats:
     auth_failures: int = 0
     client_events: int = 0
     client_events_rejected: int = 0
+    shared_port_leaves: int = 0
     loop_lag: float = 0.0
     loop_lag_max: float = 0.0
 
@@ -61,6 +62,9 @@ _STAT_COUNTERS = {
     "client_events": ("client_events", "Client events relayed (published) by this node"),
     "client_events_rate_limited": (
         "client_events_rejected", "Connections closed 4301 for the client-event rate limit"),
+    "shared_port_leaves": (
+        "shared_port_leaves", "Times the node left the shared port's group at its high-water "
+        "mark of sockets"),
 }
 
 
@@ -74,6 +78,9 @@ class NodeView(Protocol):
     max_connections: int
     draining: bool
     peer_log: Any
+
+    @property
+    def shared_port_member(self) -> bool: ...
 
     @property
     def connection_count(self) -> int: ...
@@ -111,6 +118,8 @@ class _NodeCollector(Collector):
         yield gauge("redis_link_up", "1 while the pub/sub link to Redis is up",
                     1.0 if node.hub.broker.link_up else 0.0)
         yield gauge("draining", "1 while the node drains", 1.0 if node.draining else 0.0)
+        yield gauge("shared_port_member", "1 while in the shared port's group (--shared-port)",
+                    1.0 if node.shared_port_member else 0.0)
         yield gauge("rss_bytes", "Resident set size of the node process",
                     self._process.memory_info().rss)
         yield gauge("event_loop_lag_seconds", "Last measured scheduling lag", stats.loop_lag)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import os
 import resource
 import signal
@@ -30,6 +31,7 @@ from .hub import Hub
 from .interfaces import ConnectionContext
 from .metrics import Metrics, NodeStats
 from .peerlog import ErrorLog, PeerLog
+from .reuseport import listening_sockets
 from .store import NO_WEBHOOKS, Keys, WebhookPolicy, webhook_policies
 from .webhooks import WebhookSender
 
@@ -38,6 +40,7 @@ log = logging.getLogger("turnout.node")
 __all__ = ["Node", "run", "serve_node"]
 
 ACCEPT_BATCH = 256
+LISTEN_BACKLOG = 4096
 REAPER_INTERVAL = 1.0
 # File descriptors kept out of max_connections: listeners, Redis links, log files, /proc reads.
 FD_RESERVE = 128
@@ -46,6 +49,13 @@ FD_RESERVE = 128
 OVERFLOW_SLOTS = 64
 # Concurrent sockets on the chaos listener (loopback, token-guarded, harness use only).
 MAX_CHAOS_SOCKETS = 16
+# The shared port's group: the kernel spreads new connections evenly whatever each node holds,
+# so in a rolling restart the nodes restarted last pile up the others' viewers. A node leaves
+# the group at this share of max_connections and rejoins below the lower one (checked every
+# SHARED_PORT_RECHECK seconds); the gap keeps it from flapping.
+SHARED_PORT_HIGH_WATER = 0.9
+SHARED_PORT_LOW_WATER = 0.8
+SHARED_PORT_RECHECK = 0.5
 
 
 def raise_file_limit() -> int:
@@ -148,6 +158,10 @@ class Node:
         self._chaos_listener: socket.socket | None = None
         self._unix_listener: socket.socket | None = None
         self._shared_listener: socket.socket | None = None
+        self.shared_port_high_water = max(1, int(self.max_connections * SHARED_PORT_HIGH_WATER))
+        self.shared_port_low_water = int(self.max_connections * SHARED_PORT_LOW_WATER)
+        self._shared_port_checked_at = -math.inf
+        self._alone_logged = False
         self._drain_requested = trio.Event()
         self._done = trio.Event()
 
@@ -155,9 +169,14 @@ class Node:
     def connection_count(self) -> int:
         return len(self.connections)
 
+    @property
+    def shared_port_member(self) -> bool:
+        """In the shared port's group now (False when off, full, draining or stopped)."""
+        return self._shared_listener is not None
+
     # ------------------------------------------------------------------ serving
     @staticmethod
-    def _bind(host: str, port: int, backlog: int = 4096, *, shared: bool = False
+    def _bind(host: str, port: int, backlog: int = LISTEN_BACKLOG, *, shared: bool = False
               ) -> socket.socket:
         """A TCP listener; ``shared``: in the SO_REUSEPORT group of every node bound to the
         same address, among which the kernel spreads new connections."""
@@ -172,7 +191,7 @@ class Node:
         return sock
 
     @staticmethod
-    def _bind_unix(path: str, backlog: int = 4096) -> socket.socket:
+    def _bind_unix(path: str, backlog: int = LISTEN_BACKLOG) -> socket.socket:
         """A Unix-socket listener at ``path``. Whatever file is there is replaced: a killed
         node leaves its socket file behind, and its restart must be able to bind again."""
         with contextlib.suppress(FileNotFoundError):
@@ -207,6 +226,60 @@ class Node:
             self._shared_listener.close()
             self._shared_listener = None
         self._close_unix_listener()
+
+    def _others_in_shared_port(self) -> bool:
+        """Whether another node listens in the shared port's group, so leaving it moves new
+        clients there rather than refusing them. Read at most every SHARED_PORT_RECHECK
+        seconds while at the high-water mark (alone, the node stays and fills to its cap)."""
+        now = trio.current_time()
+        if now < self._shared_port_checked_at + SHARED_PORT_RECHECK:
+            return False
+        self._shared_port_checked_at = now
+        try:
+            others = listening_sockets(self.config.host, self.config.shared_port) - 1
+        except OSError as exc:
+            log.warning("cannot count the shared port's group (%s); staying in it", exc)
+            return False
+        if others <= 0 and not self._alone_logged:
+            self._alone_logged = True
+            log.warning("at the high-water mark (%d sockets) but alone in the shared port's "
+                        "group: staying in it", self.open_sockets)
+        return others > 0
+
+    def _leave_shared_port_when_full(self, conns: trio.Nursery) -> None:
+        """At the high-water mark: take what the kernel already queued on our shared listener
+        (closing it would reset those handshakes; the node has room above the mark for them),
+        then leave the group, so new connections go to the nodes with room."""
+        listener = self._shared_listener
+        assert listener is not None
+        before = self.open_sockets
+        self._accept_batch(listener, conns, LISTEN_BACKLOG)
+        trio.lowlevel.notify_closing(listener)
+        listener.close()
+        self._shared_listener = None
+        self.stats.shared_port_leaves += 1
+        log.warning("left the shared port's group at %d sockets (high-water mark %d; %d queued "
+                    "taken first); rejoining at %d", self.open_sockets,
+                    self.shared_port_high_water, self.open_sockets - before,
+                    self.shared_port_low_water)
+
+    async def _rejoin_shared_port_with_room(self, conns: trio.Nursery) -> None:
+        """Owns re-entry into the shared port's group after a high-water leave: rejoin once the
+        node is back under its low-water mark, unless it is draining (then it stays out)."""
+        while True:
+            await trio.sleep(SHARED_PORT_RECHECK)
+            if self._shared_listener is not None or self.draining or \
+                    self.open_sockets > self.shared_port_low_water:
+                continue
+            try:
+                listener = self._bind(self.config.host, self.config.shared_port, shared=True)
+            except OSError as exc:
+                log.warning("rejoining shared port %d refused (%s); retrying",
+                            self.config.shared_port, exc)
+                continue
+            self._shared_listener = listener
+            conns.start_soon(self._accept_loop, listener, conns)
+            log.warning("rejoined the shared port's group at %d sockets", self.open_sockets)
 
     def _close_unix_listener(self) -> None:
         """Stop accepting on the Unix socket and remove its file (once: a node restarted in
@@ -259,8 +332,11 @@ class Node:
                 if self.config.shared_port:
                     self._shared_listener = await self._bind_shared()
                     conns.start_soon(self._accept_loop, self._shared_listener, conns)
-                    log.info("node %s also listening on shared port %s:%d (SO_REUSEPORT)",
-                             self.config.node_id, self.config.host, self.config.shared_port)
+                    conns.start_soon(self._rejoin_shared_port_with_room, conns)
+                    log.info("node %s also listening on shared port %s:%d (SO_REUSEPORT; "
+                             "leaves it at %d sockets, rejoins at %d)", self.config.node_id,
+                             self.config.host, self.config.shared_port,
+                             self.shared_port_high_water, self.shared_port_low_water)
                 conns.start_soon(self._drain_when_requested)
                 log.info("node %s listening on %s:%d (redis %s)", self.config.node_id,
                          self.config.host, self.port, self.config.redis_url)
@@ -287,39 +363,52 @@ class Node:
                 await trio.lowlevel.wait_readable(listener)
             except trio.ClosedResourceError:
                 return
-            per_ip_limit = self.config.max_connections_per_ip
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    sock, addr = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    # EMFILE and friends (another process's descriptors, a lowered limit):
-                    # log and let the backlog wait instead of spinning.
-                    log.error("accept failed: %s", exc)
-                    await trio.sleep(0.1)
-                    break
-                # A Unix-socket peer (the load balancer on this host) has no address.
-                unix = listener.family == socket.AF_UNIX
-                ip = "unix" if unix else addr[0]
-                from_ip = self.sockets_by_ip.get(ip, 0)
-                over = self.open_sockets >= self.max_connections or (
-                    per_ip_limit > 0 and from_ip >= per_ip_limit)
-                if over and self.open_sockets >= self.max_connections + self.overflow_slots:
-                    # Not even room to say why: close at once (the descriptor is what is short).
-                    self.stats.rejected_connections += 1
-                    sock.close()
-                    continue
-                self.open_sockets += 1
-                self.sockets_by_ip[ip] = from_ip + 1
-                sock.setblocking(False)
-                if not unix:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.config.socket_send_buffer:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                    self.config.socket_send_buffer)
-                conns.start_soon(serve_socket, self, self.api_route, sock, ip,
-                                 ip if unix else f"{ip}:{addr[1]}", over)
+            if self._accept_batch(listener, conns, ACCEPT_BATCH) is not None:
+                # EMFILE and friends (another process's descriptors, a lowered limit):
+                # let the backlog wait instead of spinning.
+                await trio.sleep(0.1)
+            if listener is self._shared_listener and \
+                    self.open_sockets >= self.shared_port_high_water and \
+                    self._others_in_shared_port():
+                self._leave_shared_port_when_full(conns)
+                return
+
+    def _accept_batch(self, listener: socket.socket, conns: trio.Nursery, limit: int
+                      ) -> OSError | None:
+        """Accept up to ``limit`` queued connections and start serving each; the error that
+        stopped it early (logged), if any. Sockets over max_connections are still accepted
+        (into the overflow slots) to be told "over capacity" in their own protocol."""
+        per_ip_limit = self.config.max_connections_per_ip
+        # A Unix-socket peer (the load balancer on this host) has no address.
+        unix = listener.family == socket.AF_UNIX
+        for _ in range(limit):
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                return exc
+            ip = "unix" if unix else addr[0]
+            from_ip = self.sockets_by_ip.get(ip, 0)
+            over = self.open_sockets >= self.max_connections or (
+                per_ip_limit > 0 and from_ip >= per_ip_limit)
+            if over and self.open_sockets >= self.max_connections + self.overflow_slots:
+                # Not even room to say why: close at once (the descriptor is what is short).
+                self.stats.rejected_connections += 1
+                sock.close()
+                continue
+            self.open_sockets += 1
+            self.sockets_by_ip[ip] = from_ip + 1
+            sock.setblocking(False)
+            if not unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.config.socket_send_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                self.config.socket_send_buffer)
+            conns.start_soon(serve_socket, self, self.api_route, sock, ip,
+                             ip if unix else f"{ip}:{addr[1]}", over)
+        return None
 
     async def _chaos_accept_loop(self, listener: socket.socket, conns: trio.Nursery) -> None:
         while True:

@@ -607,3 +607,57 @@ async def test_nodes_sharing_a_port_split_connections_and_a_drained_node_leaves(
             assert first.proc.poll() is None, "node-a was meant to be still draining"
             assert await in_thread(_wait_exit, first, 10) == 0, first.log()
     assert f"also listening on shared port 127.0.0.1:{shared}" in second.log()
+
+
+async def test_a_full_node_leaves_the_shared_port_and_rejoins_with_room(start_nodes):
+    """The kernel spreads new connections over the shared port's group evenly, whatever each
+    node holds; a node at its high-water mark (90 % of --max-connections) leaves the group so
+    new clients reach the nodes with room instead of being told "over capacity", and rejoins
+    once it is back under 80 %."""
+    from contextlib import AsyncExitStack
+
+    shared = free_port()
+    small = start_nodes("node-small", "--shared-port", str(shared), "--max-connections", "20")
+    large = start_nodes("node-large", "--shared-port", str(shared))
+    url = f"ws://127.0.0.1:{shared}/app/{APP_KEY}?protocol=7"
+
+    with trio.fail_after(60):
+        async with AsyncExitStack() as held:
+            for _ in range(60):  # each one balanced by the kernel on its own
+                await held.enter_async_context(pusher_client(url))
+            on_small, on_large = await scrape(small), await scrape(large)
+            assert on_small["turnout_connections"] + on_large["turnout_connections"] == 60
+            # It filled to its mark (18 sockets, the scraper's HTTP one among them), then left.
+            assert 16 <= on_small["turnout_connections"] <= 20, on_small["turnout_connections"]
+            assert on_small["turnout_connections_rejected_total"] == 0
+            assert on_small["turnout_shared_port_member"] == 0
+            assert on_small["turnout_shared_port_leaves_total"] == 1
+            assert on_large["turnout_shared_port_member"] == 1
+        # Every client gone: back under the low-water mark, so it rejoins.
+        await eventually(lambda: _scrape(small)["turnout_shared_port_member"] == 1, 10,
+                         "node-small back in the shared port's group")
+        _wait_log(small, "rejoined the shared port's group")
+        async with AsyncExitStack() as held:
+            for _ in range(20):
+                await held.enter_async_context(pusher_client(url))
+            assert (await scrape(small))["turnout_connections"] > 0, "no new client reached it"
+    assert "left the shared port's group at" in small.log()
+
+
+async def test_a_full_node_alone_in_the_shared_port_stays_in_it(start_nodes):
+    """Alone in the group, leaving would turn "over capacity" into refused connections while
+    the node still has room: it stays, and fills to its cap."""
+    from contextlib import AsyncExitStack
+
+    shared = free_port()
+    node = start_nodes("node-alone", "--shared-port", str(shared), "--max-connections", "12")
+    url = f"ws://127.0.0.1:{shared}/app/{APP_KEY}?protocol=7"
+    with trio.fail_after(30):
+        async with AsyncExitStack() as held:
+            for _ in range(11):
+                await held.enter_async_context(pusher_client(url))
+            samples = await scrape(node)
+            assert samples["turnout_connections"] == 11
+            assert samples["turnout_shared_port_member"] == 1
+            assert samples["turnout_shared_port_leaves_total"] == 0
+    _wait_log(node, "alone in the shared port's group: staying in it")
